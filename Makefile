@@ -1,0 +1,30 @@
+# Two entry points (see README): `make demo` and `make test`. Both create .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint validate bench clean
+
+$(BIN)/diffperf: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(BIN)/diffperf
+
+demo: $(BIN)/diffperf
+	$(BIN)/python experiments/demo_gpt3_175b_dgx_h100/run.py
+
+test: $(BIN)/diffperf
+	$(BIN)/python -m pytest tests; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+
+lint: $(BIN)/diffperf
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+validate: $(BIN)/diffperf
+	$(BIN)/diffperf validate --data data/training_calibration.csv
+
+bench: $(BIN)/diffperf
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

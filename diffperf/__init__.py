@@ -1,0 +1,31 @@
+"""diffperf: a differentiable performance model of LLM training and inference on clusters.
+
+    import diffperf as dp
+    cluster = dp.load_hardware("h100_sxm")
+    model = dp.load_workload("gpt3_175b")
+    mapping = dp.Parallelism(tp=8, pp=8, dp=16, microbatch=1, global_batch=1536,
+                             recompute="selective", sequence_parallel=True)
+    b = dp.train_step(cluster, model, mapping, relax=dp.Exact())
+    b.total  # seconds per optimizer step
+"""
+
+from ._breakdown import TERMS as TERMS
+from ._breakdown import Breakdown as Breakdown
+from ._collectives import collective_time as collective_time
+from ._hardware import Chip as Chip
+from ._hardware import Cluster as Cluster
+from ._hardware import Host as Host
+from ._hardware import NetworkTier as NetworkTier
+from ._mapping import Parallelism as Parallelism
+from ._mapping import check_mapping as check_mapping
+from ._relax import AbstractRelax as AbstractRelax
+from ._relax import Exact as Exact
+from ._relax import Smooth as Smooth
+from ._sensitivity import elasticities as elasticities
+from ._train import train_step as train_step
+from ._workload import Precision as Precision
+from ._workload import Transformer as Transformer
+from .io import load_hardware as load_hardware
+from .io import load_workload as load_workload
+
+__version__ = "0.1.0"

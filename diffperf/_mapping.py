@@ -1,0 +1,146 @@
+"""The parallel mapping (`Parallelism`) and its validation against a workload.
+
+Degrees are float leaves (t = tp, p = pp, d = dp, c = cp, e = ep, v = vpp), so a relaxed
+mapping can be optimized; reporting uses integer mappings re-scored with `Exact()`.
+Rank order, innermost first, follows Megatron-LM: tp, cp, dp, pp. Expert parallelism is
+carved out of the tp·cp·dp ranks of a stage (expert tensor parallel size etp, default 1).
+"""
+
+from typing import Literal
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array
+
+from ._checks import check_fields, concrete
+from ._relax import as_float
+from ._workload import Transformer
+
+__all__ = ["Parallelism", "check_mapping"]
+
+_F = dict(converter=as_float)
+
+
+class Parallelism(eqx.Module):
+    """How a training (or serving) job is laid out on chips.
+
+    Chips used: tp·pp·dp·cp. A step processes `global_batch` sequences of `seq_len`
+    tokens in m = global_batch / (dp·microbatch) microbatches per pipeline.
+
+    Fields with a `_overlap` suffix are the fraction of that communication the framework
+    hides behind compute (0 = fully exposed, 1 = hidden where compute is long enough).
+    """
+
+    tp: Array = eqx.field(**_F, default=1.0)
+    pp: Array = eqx.field(**_F, default=1.0)
+    dp: Array = eqx.field(**_F, default=1.0)
+    cp: Array = eqx.field(**_F, default=1.0)
+    ep: Array = eqx.field(**_F, default=1.0)
+    etp: Array = eqx.field(**_F, default=1.0)
+    vpp: Array = eqx.field(**_F, default=1.0)
+    microbatch: Array = eqx.field(**_F, default=1.0)
+    global_batch: Array = eqx.field(**_F, default=0.0)  # 0: dp·microbatch (one per dp)
+    seq_len: Array = eqx.field(**_F, default=0.0)  # tokens; 0: the model's max_seq_len
+    tp_overlap: Array = eqx.field(**_F, default=0.0)
+    dp_overlap: Array = eqx.field(**_F, default=1.0)
+    recompute: Literal["none", "selective", "full"] = eqx.field(
+        static=True, default="none"
+    )
+    sequence_parallel: bool = eqx.field(static=True, default=True)
+    zero: int = eqx.field(static=True, default=1)
+
+    def __check_init__(self):
+        check_fields(
+            self,
+            positive=("tp", "pp", "dp", "cp", "ep", "etp", "vpp", "microbatch"),
+            nonneg=("global_batch", "seq_len"),
+            fraction=("tp_overlap", "dp_overlap"),
+        )
+        if self.recompute not in ("none", "selective", "full"):
+            raise ValueError(
+                f"Parallelism(recompute={self.recompute!r}) must be none, selective "
+                "or full"
+            )
+        if self.zero not in (0, 1, 2, 3):
+            raise ValueError(f"Parallelism(zero={self.zero!r}) must be 0, 1, 2 or 3")
+
+    @property
+    def chips(self) -> Array:
+        """Chips in the job: tp·pp·dp·cp."""
+        return self.tp * self.pp * self.dp * self.cp
+
+    def batch(self) -> Array:
+        """Sequences per optimizer step."""
+        return jnp.where(
+            self.global_batch > 0, self.global_batch, self.dp * self.microbatch
+        )
+
+    def microbatches(self) -> Array:
+        """m: microbatches per pipeline per step = global_batch / (dp·microbatch)."""
+        return self.batch() / (self.dp * self.microbatch)
+
+    def tokens(self, model: Transformer) -> Array:
+        """Training sequence length S [tokens]."""
+        return jnp.where(self.seq_len > 0, self.seq_len, model.max_seq_len)
+
+
+def _int(x, what: str) -> int | None:
+    v = concrete(x)
+    if v is None:
+        return None
+    if abs(v - round(v)) > 1e-6:
+        raise ValueError(f"{what}={v:g} must be a whole number")
+    return round(v)
+
+
+def check_mapping(model: Transformer, mapping: Parallelism, gpus: int | None = None):
+    """Raises ValueError if an integer mapping does not fit the model (concrete values).
+
+    Checks: degrees are whole numbers; tp divides the query and kv heads (or kv heads
+    divide tp, replicated as Megatron does); pp·vpp ≤ layers (uneven stages are allowed,
+    as in Megatron); ep divides experts and tp·cp·dp/etp;
+    microbatch·dp divides the global batch; cp·2 divides the sequence; and, if `gpus` is
+    given, gpus = tp·pp·dp·cp. Traced values are skipped.
+    """
+    names = ("tp", "pp", "dp", "cp", "ep", "etp", "vpp", "microbatch")
+    deg = {n: _int(getattr(mapping, n), f"Parallelism({n})") for n in names}
+    if any(v is None for v in deg.values()):
+        return
+    heads = _int(model.n_heads, "n_heads")
+    kv = _int(model.n_kv_heads, "n_kv_heads")
+    layers = _int(model.n_layers, "n_layers")
+    experts = _int(model.n_experts, "n_experts")
+    t = deg["tp"]
+    if heads % t:
+        raise ValueError(f"--tp={t} must divide the model's n_heads={heads}")
+    if kv % t and t % kv:
+        raise ValueError(f"--tp={t} must divide n_kv_heads={kv} or be a multiple of it")
+    if deg["pp"] * deg["vpp"] > layers:
+        raise ValueError(
+            f"--pp·--vpp={deg['pp'] * deg['vpp']} must be <= n_layers={layers}"
+        )
+    if experts:
+        if experts % deg["ep"]:
+            raise ValueError(f"--ep={deg['ep']} must divide n_experts={experts}")
+        group = t * deg["cp"] * deg["dp"]
+        if group % (deg["ep"] * deg["etp"]):
+            raise ValueError(
+                f"--ep·etp={deg['ep'] * deg['etp']} must divide tp·cp·dp={group}"
+            )
+    elif deg["ep"] != 1:
+        raise ValueError(f"--ep={deg['ep']} must be 1 for a dense model")
+    gb = _int(mapping.global_batch, "--global-batch")
+    if gb and gb % (deg["dp"] * deg["microbatch"]):
+        raise ValueError(
+            f"--global-batch={gb} must be a multiple of dp·microbatch="
+            f"{deg['dp'] * deg['microbatch']}"
+        )
+    seq = _int(mapping.tokens(model), "--seq-len")
+    max_seq = _int(model.max_seq_len, "max_seq_len")
+    if seq is not None and deg["cp"] > 1 and seq % (2 * deg["cp"]):
+        raise ValueError(f"--seq-len={seq} must be a multiple of 2·cp={2 * deg['cp']}")
+    del max_seq  # training may exceed the pretraining context (long-context runs)
+    if gpus is not None:
+        n = t * deg["pp"] * deg["dp"] * deg["cp"]
+        if n != gpus:
+            raise ValueError(f"--gpus={gpus} must equal tp·pp·dp·cp={n}")

@@ -1,0 +1,95 @@
+"""HBM footprint of a training job on its busiest chip (the first pipeline stage).
+
+    M = weights + gradients + optimizer state + activations + logits + reserved  [B]
+
+Weights b_w·P (fp8/fp4 training adds a 1-byte copy), gradients b_g·P, Adam state 12·P
+(fp32 master, m, v), with P the chip's parameters (`stage_params`) divided by the
+data-parallel group per ZeRO stage: 1 shards the optimizer state, 2 also gradients, 3
+also weights.
+
+Activations per layer per microbatch follow Korthikanti et al. 2022 ("Reducing Activation
+Recomputation in Large Transformer Models", eqs. 1–5), generalized to GQA and gated MLPs and
+with fused attention (no s²-sized score matrix stored) and no dropout masks. Per token,
+in elements (up = 2 for gated MLPs, 1 for plain):
+    attention: D (norm output) + (N + 2K)·H (Q, K, V) + N·H (output)
+    MLP:       D (norm output) + up·F (up/gate output) + F (activation output)
+    norms:     2·D (inputs)
+The D-sized terms are sharded by t under sequence parallelism, the others by t always.
+No recompute and selective recompute store all of it (with fused attention selective
+recompute saves nothing more); full recompute stores only the layer input D·b.
+The first stage of a 1F1B pipeline holds min(p, m) microbatches in flight, times
+(1 + (p − 1)/(p·v)) for the interleaved schedule (Narayanan et al. 2021).
+"""
+
+from jaxtyping import Array
+
+from ._dp import _groups, stage_params
+from ._hardware import Chip
+from ._mapping import Parallelism
+from ._relax import AbstractRelax
+from ._workload import Transformer
+
+__all__ = ["train_memory"]
+
+ADAM_STATE_BYTES = 12.0
+"""fp32 master weights, first and second moments [B per parameter]."""
+
+
+def _activation_bytes_per_token(
+    model: Transformer, mapping: Parallelism, recompute: str
+) -> Array:
+    """Bytes stored per token per layer for the backward pass (see module docstring).
+
+    GEMM inputs (norm outputs, attention output, MLP activation output) are kept in the
+    GEMM dtype when it is fp8/fp4 (Transformer Engine saves the cast copy), else in the
+    activation dtype.
+    """
+    m, t = model, mapping.tp
+    b = model.precision.bytes("activations")
+    low = model.precision.math in ("fp8", "int8", "fp4")
+    b_in = 1.0 if low else b  # saved GEMM inputs
+    d, n, k, h = m.d_model, m.n_heads, m.n_kv_heads, m.head_dim
+    sp = t if mapping.sequence_parallel else 1.0
+    if recompute == "full":
+        return b * d / sp
+    up = m.mlp_mats - 1.0
+    f = m.moe_fraction
+    ffn = (1.0 - f) * m.d_ff + f * m.d_ff_expert * (
+        m.top_k * m.expert_imbalance + m.n_shared_experts
+    )
+    # Two norm inputs (b) and two norm outputs = GEMM inputs (b_in), SP-sharded;
+    # MoE layers also keep the k routed copies of the MLP input.
+    d_terms = (2.0 * b + 2.0 * b_in) * d / sp + f * m.top_k * d * b_in / t
+    other = ((n + 2.0 * k) * h * b + n * h * b_in + ffn * (up * b + b_in)) / t
+    return d_terms + other
+
+
+def train_memory(
+    model: Transformer, mapping: Parallelism, chip: Chip, *, relax: AbstractRelax
+) -> Array:
+    """Peak HBM bytes on the busiest chip of a training job (module docstring) [B]."""
+    prec = model.precision
+    dense, expert = stage_params(model, mapping)
+    (n_d, _), (n_e, _) = _groups(mapping)
+    low = prec.math in ("fp8", "int8", "fp4")
+    b_w = prec.bytes("weights") + (1.0 if low else 0.0)
+    b_g = prec.bytes("grads")
+    z = mapping.zero
+
+    def shard(params, n, stage):
+        return params / n if z >= stage else params
+
+    weights = b_w * (shard(dense, n_d, 3) + shard(expert, n_e, 3))
+    grads = b_g * (shard(dense, n_d, 2) + shard(expert, n_e, 2))
+    optim = ADAM_STATE_BYTES * (shard(dense, n_d, 1) + shard(expert, n_e, 1))
+
+    seq = mapping.tokens(model)
+    tokens = mapping.microbatch * seq / mapping.cp
+    p, v, m = mapping.pp, mapping.vpp, mapping.microbatches()
+    in_flight = relax.min(p, m) * (1.0 + (p - 1.0) / (p * v) * relax.step(v - 1.5))
+    per_layer = tokens * _activation_bytes_per_token(model, mapping, mapping.recompute)
+    acts = model.n_layers / p * per_layer * in_flight
+    if mapping.recompute == "full":  # one layer's full activations during recompute
+        acts = acts + tokens * _activation_bytes_per_token(model, mapping, "none")
+    logits = tokens * model.vocab_size / mapping.tp * 6.0  # bf16 logits + fp32 grad
+    return weights + grads + optim + acts + logits + chip.reserved_memory

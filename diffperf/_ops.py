@@ -1,0 +1,101 @@
+"""Per-operator roofline with smooth efficiency curves and an SRAM-aware traffic model.
+
+Each operator takes T_op = max(F / (π·ε), Q / (β·η))  [s], with F its FLOP, π the peak of
+its dtype, ε its efficiency, Q its HBM traffic [B], β the HBM bandwidth and η the memory
+efficiency (the roofline of Williams et al. 2009, made smooth by `relax.max`).
+Fixed per-kernel costs are counted apart (`kernel_overhead`).
+
+GEMM (M×K by K×N), following the tiling analysis of the JAX scaling book and CUTLASS:
+    F = 2·M·K·N
+    ε = ε_max · x / (x + x_½),  x = 3 / (1/M + 1/K + 1/N)   (effective dimension)
+    Q = b·(max(M·K + K·N, 2·M·K·N / τ) + M·N),  τ = sqrt(SRAM / (3·b))
+with τ the square output tile that fits in on-chip SRAM: a larger SRAM means fewer
+re-reads of the inputs (traffic ∝ 1/sqrt(SRAM)), bounded below by reading each input once.
+
+Fused (Flash) attention (Dao et al. 2022): F = 2·B·Sq·Skv·N·(Hqk + Hv), efficiency ε(x)
+times `attention_efficiency`; traffic reads Q, K, V and writes O once, plus K/V re-reads
+per query block Br = core_sram / (4·H·b) for the share of K/V that misses the L2.
+"""
+
+import jax.numpy as jnp
+from jaxtyping import Array
+
+from ._hardware import Chip
+from ._relax import AbstractRelax, as_float
+
+__all__ = ["gemm_time", "memory_time", "attention_time"]
+
+
+def _efficiency(chip: Chip, x) -> Array:
+    """ε = ε_max · x / (x + x_½) for a GEMM of effective dimension x."""
+    return chip.matmul_efficiency * x / (x + chip.matmul_half_dim)
+
+
+def memory_time(chip: Chip, nbytes) -> Array:
+    """Q / (β·η): time to stream Q bytes through HBM [s]."""
+    return as_float(nbytes) / (chip.hbm_bandwidth * chip.memory_efficiency)
+
+
+def gemm_time(
+    chip: Chip, m, k, n, *, count=1.0, peak, nbytes: float, relax: AbstractRelax
+) -> Array:
+    """Time of `count` GEMMs of shape (m×k)·(k×n) [s] (vectorized over op arrays).
+
+    Args:
+        chip: the accelerator.
+        m, k, n: GEMM dimensions [elements] (clamped to ≥ 1 so absent ops cost 0).
+        count: number of such GEMMs (e.g. local experts of a grouped GEMM).
+        peak: tensor peak of the math dtype [FLOP/s].
+        nbytes: bytes per element of the operands.
+        relax: Exact() or Smooth(p).
+    """
+    m, k, n = (jnp.maximum(as_float(v), 1.0) for v in (m, k, n))
+    count = as_float(count)
+    flops = 2.0 * m * k * n * count
+    x = 3.0 / (1.0 / m + 1.0 / k + 1.0 / n)
+    t_compute = flops / (peak * _efficiency(chip, x))
+    tile = jnp.sqrt(chip.sram_capacity / (3.0 * nbytes))
+    reads = relax.max(m * k + k * n, 2.0 * m * k * n / tile)
+    t_memory = memory_time(chip, nbytes * (reads + m * n) * count)
+    return relax.max(t_compute, t_memory)
+
+
+def attention_time(
+    chip: Chip,
+    *,
+    batch,
+    q_tokens,
+    kv_tokens,
+    seq,
+    heads,
+    kv_heads,
+    head_dim_qk,
+    head_dim_v,
+    peak,
+    nbytes: float,
+    relax: AbstractRelax,
+) -> tuple[Array, Array]:
+    """Forward time of fused attention on one chip, and its FLOP [s], [FLOP].
+
+    Args:
+        batch: B, sequences on this chip.
+        q_tokens: B·Sq, query tokens on this chip.
+        kv_tokens: mean keys each query attends to (S/2 causal, window if smaller).
+        seq: S, keys held by one sequence (for the L2 working set).
+        heads, kv_heads: query and K/V heads on this chip.
+        head_dim_qk, head_dim_v: per-head dims of Q·K and of V.
+        peak: tensor peak [FLOP/s]; nbytes: bytes per element.
+    """
+    flops = 2.0 * q_tokens * kv_tokens * heads * (head_dim_qk + head_dim_v)
+    x = 3.0 / (2.0 / jnp.maximum(kv_tokens, 1.0) + 1.0 / head_dim_qk)
+    t_compute = flops / (peak * _efficiency(chip, x) * chip.attention_efficiency)
+    # K/V re-reads: one pass per query block, for the share of K/V missing the L2.
+    block = chip.core_sram / (4.0 * head_dim_qk * nbytes)
+    q_blocks = relax.max(q_tokens / (batch * block), 1.0)
+    in_flight = relax.min(kv_heads, relax.max(chip.cores / q_blocks, 1.0))
+    working_set = seq * (head_dim_qk + head_dim_v) * nbytes * in_flight
+    miss = relax.min(working_set / chip.sram_capacity, 1.0)
+    kv_bytes = batch * kv_tokens * kv_heads * (head_dim_qk + head_dim_v) * nbytes
+    q_o_bytes = q_tokens * heads * (head_dim_qk + head_dim_v) * nbytes
+    traffic = q_o_bytes + kv_bytes * (1.0 + (q_blocks - 1.0) * miss)
+    return relax.max(t_compute, memory_time(chip, traffic)), flops

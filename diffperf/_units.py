@@ -1,0 +1,28 @@
+"""Units and constants.
+
+Everything inside diffperf is SI: seconds (s), bytes (B), floating-point operations (FLOP),
+FLOP/s, B/s, watts (W), square metres (m²) and US dollars (USD). The constants below exist only
+to make conversions at the edges (TOML comments, CLI output) readable.
+"""
+
+KB = 1e3
+MB = 1e6
+GB = 1e9
+TB = 1e12
+TFLOP = 1e12
+GBIT = 1e9 / 8
+"""One gigabit expressed in bytes (network rates are quoted in Gb/s)."""
+
+BYTES = {
+    "fp32": 4.0,
+    "tf32": 4.0,
+    "bf16": 2.0,
+    "fp16": 2.0,
+    "fp8": 1.0,
+    "int8": 1.0,
+    "fp4": 0.5,
+    "int4": 0.5,
+}
+"""Bytes per element of each storage dtype (MX/NV block scales folded in as ~3%: ignored)."""
+
+DTYPES = tuple(BYTES)

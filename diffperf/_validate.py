@@ -1,0 +1,226 @@
+"""Validation of the training model against measured runs (`diffperf validate`).
+
+Each CSV row (columns of `data/training_calibration.csv`) is resolved to hardware, a
+workload and a mapping, predicted with the Exact model, and compared on the metric the
+source measured most directly, in this order: tokens/s/GPU, step time, model TFLOP/s/GPU.
+Throughputs scale as 1/step time, so for every metric
+
+    APE = |predicted − measured| / measured
+
+is computed from our step time and the source's own FLOP or token count. A row that
+cannot be resolved is reported with the reason, never guessed.
+
+Defaults for columns a source leaves blank (documented in VALIDATION.md):
+  - Narayanan et al. SC'21 and the Megatron-LM 2020 README: full activation
+    recomputation (the paper's FLOP formula counts it; the 2020 scripts pass
+    --checkpoint-activations), ZeRO 0, no sequence parallelism (predates it).
+  - MosaicML llm-foundry: FSDP FULL_SHARD (ZeRO-3), tp = pp = 1.
+  - NVIDIA NeMo / Megatron-Bridge: distributed optimizer (ZeRO-1), sequence
+    parallelism when tp > 1, no recompute.
+"""
+
+import re
+
+import equinox as eqx
+
+from . import io
+from ._mapping import Parallelism, check_mapping
+from ._train import train_step
+from ._workload import Precision
+
+__all__ = ["validate_file", "validate_rows", "print_report"]
+
+_DTYPES = [
+    (r"nvfp4|fp4", "fp4"),
+    (r"fp8", "fp8"),
+    (r"bf16|fp16|amp_bf16", "bf16"),
+]
+_SUFFIXES = r"\s*(\((tokendrop|dropless|w/ mtp)\)|sft)\s*$"
+
+
+def _num(row, key):
+    v = (row.get(key) or "").strip()
+    try:
+        return float(v) if v else None
+    except ValueError:
+        raise ValueError(f"column {key}={v!r} must be a number") from None
+
+
+def _source_kind(source: str) -> str:
+    s = source.lower()
+    if "narayanan" in s:
+        return "sc21"
+    if "megatron-lm readme" in s:
+        return "megatron2020"
+    if "mosaicml" in s:
+        return "mosaic"
+    return "nvidia"
+
+
+def _dtype(text: str) -> str:
+    t = text.lower()
+    for pattern, dtype in _DTYPES:
+        if re.search(pattern, t):
+            return dtype
+    raise ValueError(f"dtype {text!r} is not one of bf16/fp16/fp8/fp4 variants")
+
+
+def _model(row):
+    name = row["model"].strip()
+    if re.search(r"\blora\b", name, re.I):
+        raise ValueError(
+            "LoRA fine-tuning is not modeled (frozen base weights skip weight gradients)"
+        )
+    mtp = "mtp" in name.lower()
+    base = re.sub(_SUFFIXES, "", name, flags=re.I)
+    model = io.load_workload(base)
+    if mtp:  # DeepSeek-V3 multi-token prediction: one more transformer block
+        model = eqx.tree_at(lambda m: m.n_layers, model, model.n_layers + 1)
+    return model
+
+
+def _mapping(row, kind: str, model) -> tuple[Parallelism, int]:
+    gpus = int(_num(row, "num_gpus"))
+    tp = int(_num(row, "tp") or 1)
+    pp = int(_num(row, "pp") or 1)
+    cp = int(_num(row, "cp") or 1)
+    dp = int(_num(row, "dp") or gpus // (tp * pp * cp))
+    rec = (row.get("recompute") or "").strip().lower()
+    if not rec:
+        rec = "full" if kind in ("sc21", "megatron2020") else "none"
+    sp_text = (row.get("seq_parallel") or "").strip().lower()
+    if sp_text:
+        sp = sp_text in ("y", "yes", "true", "1")
+    else:
+        sp = tp > 1 and kind in ("nvidia",)
+    zero = {"mosaic": 3, "nvidia": 1}.get(kind, 0)
+    mapping = Parallelism(
+        tp=tp, pp=pp, dp=dp, cp=cp, ep=_num(row, "ep") or 1, vpp=_num(row, "vpp") or 1,
+        microbatch=_num(row, "microbatch") or 1, global_batch=_num(row, "global_batch"),
+        seq_len=_num(row, "seq_len") or 0, recompute=rec, sequence_parallel=sp,
+        zero=zero,
+    )  # fmt: skip
+    check_mapping(model, mapping, gpus=gpus)
+    return mapping, gpus
+
+
+def _source_flops(row, kind, model, mapping) -> float:
+    """FLOP per step by the source's own formula (for rows reporting TFLOP/s only)."""
+    b, s = float(mapping.batch()), float(mapping.tokens(model))
+    L, h, V = float(model.n_layers), float(model.d_model), float(model.vocab_size)
+    if kind == "sc21":  # Narayanan et al. 2021, eq. (3): with recompute
+        return 96 * b * s * L * h**2 * (1 + s / (6 * h) + V / (16 * L * h))
+    # NeMo's llama formula (nemo/utils/flops_formulas.py): GQA, gated FFN, full attn.
+    g = float(model.n_kv_heads) / float(model.n_heads)
+    f = float(model.d_ff)
+    return b * s * L * h**2 * (12 + 12 * g + 18 * f / h + 12 * s / h + 6 * V / (L * h))
+
+
+def predict_row(row: dict, *, hardware_override=None) -> dict:
+    """The prediction for one training row (raises ValueError if it cannot be resolved)."""
+    kind = _source_kind(row.get("source", ""))
+    cluster = hardware_override or io.load_hardware(row["gpu"])
+    model = _model(row)
+    dtype = _dtype(row.get("dtype", "bf16"))
+    if float(cluster.chip.peak_flops(dtype)) <= 0:
+        raise ValueError(f"{cluster.name} has no {dtype} tensor throughput")
+    model = eqx.tree_at(lambda m: m.precision, model, Precision.training(dtype))
+    mapping, gpus = _mapping(row, kind, model)
+    b = train_step(cluster, model, mapping)
+    step = float(b.total)
+    tokens = float(b.tokens)
+    tok, step_m = _num(row, "measured_tokens_per_s_per_gpu"), _num(row, "measured_step_time_s")
+    tfl = _num(row, "measured_tflops_per_gpu")
+    if tok:
+        metric, measured, predicted = "tokens_per_s_per_gpu", tok, tokens / (step * gpus)
+    elif step_m:
+        metric, measured, predicted = "step_time_s", step_m, step
+    elif tfl:
+        flops = _source_flops(row, kind, model, mapping)
+        metric, measured, predicted = "tflops_per_gpu", tfl, flops / (step * gpus) / 1e12
+    else:
+        raise ValueError("row has no measured throughput, step time or TFLOP/s")
+    return dict(
+        metric=metric, measured=measured, predicted=predicted,
+        ape=abs(predicted - measured) / measured, step_time_s=step,
+        feasible=bool(b.feasible), memory_per_gpu_bytes=float(b.memory_per_gpu),
+        hardware=cluster.name, model=model.name,
+    )  # fmt: skip
+
+
+def validate_rows(rows: list[dict]) -> dict:
+    """Per-row predictions and the error summary of a list of training CSV rows."""
+    results = []
+    for i, row in enumerate(rows):
+        entry = dict(row=i, source=row.get("source", ""), gpu=row.get("gpu", ""),
+                     model_name=row.get("model", ""))  # fmt: skip
+        try:
+            entry |= predict_row(row)
+        except ValueError as e:
+            entry["reason"] = str(e).splitlines()[0]
+        results.append(entry)
+    return summarize(results)
+
+
+def summarize(results: list[dict]) -> dict:
+    """rows, rows_predicted, mape, median_ape overall and by source (and by GPU)."""
+    done = [r for r in results if "ape" in r]
+
+    def stats(rs):
+        apes = sorted(r["ape"] for r in rs)
+        n = len(apes)
+        med = (apes[(n - 1) // 2] + apes[n // 2]) / 2 if n else None
+        return dict(rows=n, mape=sum(apes) / n if n else None, median_ape=med)
+
+    by_source, by_gpu = {}, {}
+    for r in done:
+        by_source.setdefault(_short_source(r["source"]), []).append(r)
+        by_gpu.setdefault(r["hardware"], []).append(r)
+    overall = stats(done)
+    return dict(
+        kind="training", rows=len(results), rows_predicted=len(done),
+        mape=overall["mape"], median_ape=overall["median_ape"],
+        by_source={k: stats(v) for k, v in sorted(by_source.items())},
+        by_gpu={k: stats(v) for k, v in sorted(by_gpu.items())},
+        results=results,
+    )  # fmt: skip
+
+
+def _short_source(source: str) -> str:
+    s = re.split(r"[\[(,]", source)[0].strip()
+    return s[:60]
+
+
+def validate_file(path) -> dict:
+    """Validate against a measurement CSV; detects training vs inference columns."""
+    columns, rows = io.read_csv(path)
+    if "measured_tflops_per_gpu" in columns or "measured_tokens_per_s_per_gpu" in columns:
+        for col in ("gpu", "model", "num_gpus"):
+            if col not in columns:
+                raise ValueError(f"--data: training CSV lacks the column {col!r}")
+        return validate_rows(rows)
+    if {"metric", "value"} <= set(columns):
+        raise ValueError(
+            "--data: inference CSVs (metric/value columns) are not supported yet; "
+            "only the training format is"
+        )
+    raise ValueError(
+        "--data: unrecognized CSV; expected the training columns "
+        "(measured_tokens_per_s_per_gpu, ...) or the inference ones (metric, value)"
+    )
+
+
+def print_report(out: dict):
+    """Human-readable summary of `validate_file`'s result."""
+    pct = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"  # noqa: E731
+    print(f"rows {out['rows']}, predicted {out['rows_predicted']}, "
+          f"MAPE {pct(out['mape'])}, median APE {pct(out['median_ape'])}")  # fmt: skip
+    for title, table in (("source", out["by_source"]), ("gpu", out["by_gpu"])):
+        print(f"\nby {title}:")
+        for k, v in table.items():
+            print(f"  {k:<62} {v['rows']:4d}  MAPE {pct(v['mape']):>6}")
+    missing = [r for r in out["results"] if "reason" in r]
+    if missing:
+        print("\nnot predicted:")
+        for r in missing:
+            print(f"  row {r['row']}: {r['model_name']} on {r['gpu']}: {r['reason']}")

@@ -1,0 +1,211 @@
+"""The `diffperf` command line: train, validate, list.
+
+Every command accepts `--json` (exactly one JSON object on stdout, SI units); exit 0 on
+success and 2 on bad input, with a one-line message on stderr naming the field.
+"""
+
+import argparse
+import json
+import math
+import sys
+
+import jax.numpy as jnp
+
+from . import io
+from ._mapping import Parallelism, check_mapping
+from ._relax import Exact
+from ._train import train_step
+from ._units import DTYPES
+from ._workload import Precision
+
+__all__ = ["main", "train_result"]
+
+
+class UsageError(ValueError):
+    """Bad command-line input: reported on one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse prints usage otherwise)
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _positive_int(name):
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer") from None
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"{name}={v} must be >= 1")
+        return v
+
+    return parse
+
+
+def _add_train(sub):
+    p = sub.add_parser("train", help="time, memory and MFU of one training step")
+    p.add_argument("--hardware", required=True, help="name, alias or TOML path")
+    p.add_argument("--model", required=True, help="name, alias, TOML or config.json")
+    p.add_argument("--gpus", required=True, type=_positive_int("--gpus"))
+    for axis in ("tp", "pp", "cp", "ep", "vpp"):
+        p.add_argument(f"--{axis}", type=_positive_int(f"--{axis}"), default=1)
+    p.add_argument("--dp", type=_positive_int("--dp"), help="default gpus/(tp·pp·cp)")
+    p.add_argument("--microbatch", type=_positive_int("--microbatch"), default=1)
+    p.add_argument("--global-batch", type=_positive_int("--global-batch"))
+    p.add_argument("--seq-len", type=_positive_int("--seq-len"))
+    p.add_argument("--recompute", choices=("none", "selective", "full"), default="none")
+    p.add_argument(
+        "--sequence-parallel", action=argparse.BooleanOptionalAction, default=None,
+        help="default: on when tp > 1",
+    )  # fmt: skip
+    p.add_argument("--zero", type=int, choices=(0, 1, 2, 3), default=1)
+    p.add_argument("--dtype", choices=DTYPES, default="bf16", help="GEMM math dtype")
+    p.add_argument("--json", action="store_true")
+    return p
+
+
+def _add_validate(sub):
+    p = sub.add_parser("validate", help="accuracy against a CSV of measured runs")
+    p.add_argument("--data", required=True, help="training or inference CSV")
+    p.add_argument("--json", action="store_true")
+    return p
+
+
+def _add_list(sub):
+    p = sub.add_parser("list", help="bundled hardware or workload specs")
+    p.add_argument("kind", choices=("hardware", "workloads"))
+    p.add_argument("--json", action="store_true")
+    return p
+
+
+def train_result(cluster, model, mapping, *, dtype_peak: str | None = None) -> dict:
+    """The `diffperf train --json` object for a concrete job (Exact model)."""
+    b = train_step(cluster, model, mapping, relax=Exact())
+    peak = cluster.chip.peak_flops(dtype_peak or model.precision.math)
+    per_gpu = b.model_flops_per_s_per_gpu
+    return {
+        "step_time_s": float(b.total),
+        "tokens_per_s_per_gpu": float(b.tokens_per_s_per_gpu),
+        "model_tflops_per_gpu": float(per_gpu) / 1e12,
+        "mfu": float(per_gpu / peak),
+        "hfu": float(b.hardware_flops / (b.total * b.chips) / peak),
+        "memory_per_gpu_bytes": float(b.memory_per_gpu),
+        "memory_capacity_bytes": float(b.memory_capacity),
+        "memory_excess_bytes": float(b.memory_excess),
+        "feasible": bool(b.feasible),
+        "breakdown": {k: float(v) for k, v in b.terms().items()},
+        "overlapped": {k: float(v) for k, v in b.overlapped().items()},
+    }
+
+
+def _train(args) -> dict:
+    cluster = io.load_hardware(args.hardware)
+    model = io.load_workload(args.model)
+    model = _with_precision(model, Precision.training(args.dtype))
+    if float(cluster.chip.peak_flops(args.dtype)) <= 0:
+        raise UsageError(f"--dtype={args.dtype}: {cluster.name} has no {args.dtype} tensor "
+                         "throughput (flops_" + args.dtype + " = 0)")  # fmt: skip
+    inner = args.tp * args.pp * args.cp
+    dp = args.dp if args.dp is not None else args.gpus // inner
+    if args.gpus % inner and args.dp is None:
+        raise UsageError(f"--gpus={args.gpus} must be a multiple of tp·pp·cp={inner}")
+    sp = args.sequence_parallel if args.sequence_parallel is not None else args.tp > 1
+    mapping = Parallelism(
+        tp=args.tp, pp=args.pp, dp=dp, cp=args.cp, ep=args.ep, vpp=args.vpp,
+        microbatch=args.microbatch,
+        global_batch=args.global_batch or dp * args.microbatch,
+        seq_len=args.seq_len or 0, recompute=args.recompute, sequence_parallel=sp,
+        zero=args.zero,
+    )  # fmt: skip
+    check_mapping(model, mapping, gpus=args.gpus)
+    out = train_result(cluster, model, mapping)
+    out |= {
+        "hardware": cluster.name,
+        "model": model.name,
+        "mapping": {
+            "gpus": args.gpus, "tp": args.tp, "pp": args.pp, "dp": dp, "cp": args.cp,
+            "ep": args.ep, "vpp": args.vpp, "microbatch": args.microbatch,
+            "global_batch": float(mapping.batch()), "seq_len": float(mapping.tokens(model)),
+            "recompute": args.recompute, "sequence_parallel": sp, "zero": args.zero,
+            "dtype": args.dtype,
+        },
+    }  # fmt: skip
+    return out
+
+
+def _with_precision(model, precision):
+    import equinox as eqx
+
+    return eqx.tree_at(lambda m: m.precision, model, precision)
+
+
+def _print_train(out: dict):
+    print(f"{out['model']} on {out['mapping']['gpus']} × {out['hardware']}")
+    print(f"  step time        {out['step_time_s']:.4g} s")
+    print(f"  tokens/s/GPU     {out['tokens_per_s_per_gpu']:.5g}")
+    print(f"  model TFLOP/s/GPU {out['model_tflops_per_gpu']:.4g}  (MFU {out['mfu']:.1%})")
+    mem, cap = out["memory_per_gpu_bytes"], out["memory_capacity_bytes"]
+    fit = "fits" if out["feasible"] else "DOES NOT FIT"
+    print(f"  memory/GPU       {mem / 1e9:.1f} GB of {cap / 1e9:.0f} GB ({fit})")
+    total = out["step_time_s"]
+    for name, sec in sorted(out["breakdown"].items(), key=lambda kv: -kv[1]):
+        if sec > 0:
+            print(f"    {name:<16} {sec:10.4g} s  {sec / total:6.1%}")
+
+
+def _list(args) -> dict:
+    kind = args.kind
+    names = io.hardware_names() if kind == "hardware" else io.workload_names()
+    items = {n: io.meta(kind, n).get("name", n) for n in names}
+    if not args.json:
+        for n, title in items.items():
+            print(f"{n:<28} {title}")
+    return {kind: items}
+
+
+def main(argv=None) -> int:
+    """Entry point of the `diffperf` console script."""
+    parser = _Parser(prog="diffperf", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_train(sub)
+    _add_validate(sub)
+    _add_list(sub)
+    try:
+        args = parser.parse_args(argv)
+        if args.command == "train":
+            out = _train(args)
+            if not args.json:
+                _print_train(out)
+        elif args.command == "validate":
+            from ._validate import print_report, validate_file
+
+            out = validate_file(args.data)
+            if not args.json:
+                print_report(out)
+        else:
+            out = _list(args)
+    except (ValueError, FileNotFoundError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(_clean(out)))
+    return 0
+
+
+def _clean(x):
+    """JSON-safe copy: NaN/inf become null (JSON has neither)."""
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_clean(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, jnp.ndarray):
+        return _clean(x.tolist())
+    return x
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

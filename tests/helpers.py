@@ -1,0 +1,40 @@
+"""Shared test helpers."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def tree_allclose(x, y, *, rtol=1e-5, atol=0.0) -> bool:
+    """True when two pytrees have the same structure and all leaves are close."""
+    xs, tx = jax.tree_util.tree_flatten(eqx.filter(x, eqx.is_array))
+    ys, ty = jax.tree_util.tree_flatten(eqx.filter(y, eqx.is_array))
+    if tx != ty:
+        return False
+    return all(
+        np.allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol)
+        for a, b in zip(xs, ys, strict=True)
+    )
+
+
+def scale_leaf(tree, path: str, factor):
+    """A copy of `tree` with the float leaf at dotted `path` multiplied by `factor`."""
+    parts = path.split(".")
+
+    def get(t):
+        for p in parts:
+            t = getattr(t, p)
+        return t
+
+    return eqx.tree_at(get, tree, get(tree) * factor)
+
+
+def float_leaf_paths(tree) -> list[str]:
+    from diffperf._sensitivity import leaf_paths
+
+    return leaf_paths(tree)
+
+
+def f64(x):
+    return jnp.asarray(x, dtype=jnp.float64)
