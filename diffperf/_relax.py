@@ -24,6 +24,7 @@ The scale-free p-norm forms suit quantities spanning 1e-9 to 1e3 s.
 import abc
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike
 
@@ -131,7 +132,7 @@ class Smooth(AbstractRelax):
         return scale / self.sharpness * jnp.logaddexp(0.0, self.sharpness * x / scale)
 
     def step(self, x, scale=1.0):
-        return 1.0 / (1.0 + jnp.exp(-self.sharpness * as_float(x) / as_float(scale)))
+        return jax.nn.sigmoid(self.sharpness * as_float(x) / as_float(scale))
 
     def ceil(self, x):
         x = as_float(x)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import diffperf as dp
 
-from .helpers import float_leaf_paths, scale_leaf, tree_allclose
+from .helpers import f64, float_leaf_paths, scale_leaf, tree_allclose
 
 H100 = dp.load_hardware("h100_sxm")
 DGX_A100 = dp.load_hardware("dgx_a100")
@@ -119,7 +119,7 @@ def test_no_retrace_when_only_values_change():
     step(H100, LLAMA70, MAP70)
     step(scale_leaf(H100, "chip.flops_bf16", 1.7), LLAMA70, MAP70)
     step(H100, scale_leaf(LLAMA70, "d_model", 1.25), MAP70)
-    step(H100, LLAMA70, eqx.tree_at(lambda m: m.dp, MAP70, 8.0))
+    step(H100, LLAMA70, eqx.tree_at(lambda m: m.dp, MAP70, f64(8.0)))
 
 
 def test_terms_sum_to_total_and_are_nonnegative():
