@@ -26,7 +26,7 @@ from jaxtyping import Array
 from ._hardware import Cluster
 from ._relax import AbstractRelax, as_float
 
-__all__ = ["collective_time", "p2p_time", "ranks_in_domain"]
+__all__ = ["collective_time", "p2p_time", "ranks_in_domain", "dispatch_time"]
 
 Kind = Literal["all_gather", "reduce_scatter", "all_reduce", "all_to_all"]
 
@@ -97,3 +97,28 @@ def p2p_time(cluster: Cluster, nbytes, stride, *, relax: AbstractRelax) -> Array
     t_out = out.latency + nbytes / (cluster.scale_out_bandwidth() * out.efficiency)
     inside = relax.step(up.size - as_float(stride) - 0.5, scale=1.0)
     return inside * t_up + (1.0 - inside) * t_out
+
+
+def dispatch_time(cluster: Cluster, token_bytes, k, n, stride, *, relax: AbstractRelax):
+    """MoE token dispatch (or combine) over an n-rank expert-parallel group [s].
+
+    Each of a rank's tokens (token_bytes in all) goes to k experts spread evenly over the
+    n ranks, n_in of them in this scale-up domain and n_out = n/n_in domains in all.
+    Hierarchical dispatch (DeepEP / Megatron's flex dispatcher) sends a token once to each
+    distinct remote domain and fans it out there over the scale-up tier:
+        inter = S · (n_out − 1) · (1 − (1 − 1/n_out)^k)          [B over the NICs]
+        intra = S · k · (n − 1)/n                                [B over NVLink / ICI]
+        T = max(intra / W_up + (n_in − 1)·α_up, inter / W_out + (n_out − 1)·α_out)
+    (the expected number of distinct remote domains among k uniform picks is
+    (n_out − 1)·(1 − (1 − 1/n_out)^k)). With n_out = 1 it is a flat all-to-all.
+    """
+    token_bytes, n, k = as_float(token_bytes), as_float(n), as_float(k)
+    up, out = cluster.scale_up, cluster.scale_out
+    n_in = ranks_in_domain(cluster, n, stride, relax=relax)
+    n_out = n / n_in
+    intra = token_bytes * k * (n - 1.0) / n
+    inter = token_bytes * (n_out - 1.0) * (1.0 - (1.0 - 1.0 / n_out) ** k)
+    t_up = intra / (up.bandwidth * up.efficiency) + (n_in - 1.0) * up.latency
+    t_out = inter / (cluster.scale_out_bandwidth() * out.efficiency)
+    t_out = t_out + (n_out - 1.0) * out.latency
+    return relax.max(t_up, t_out)

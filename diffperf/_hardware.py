@@ -53,6 +53,7 @@ class Chip(eqx.Module):
     power: Array = eqx.field(**_F)  # W (TDP)
     die_area: Array = eqx.field(**_F)  # m²
     price: Array = eqx.field(**_F)  # USD
+    low_precision_efficiency: Array = eqx.field(**_F, default=1.0)  # fp8/fp4 rel. bf16
 
     def __check_init__(self):
         check_fields(
@@ -66,7 +67,10 @@ class Chip(eqx.Module):
                 "flops_tf32", "flops_fp8", "flops_int8", "flops_fp4",
                 "kernel_overhead", "reserved_memory", "power", "die_area", "price",
             ),
-            fraction=("matmul_efficiency", "attention_efficiency", "memory_efficiency"),
+            fraction=(
+                "matmul_efficiency", "attention_efficiency", "memory_efficiency",
+                "low_precision_efficiency",
+            ),
         )  # fmt: skip
 
     def peak_flops(self, dtype: str) -> Array:

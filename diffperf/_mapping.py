@@ -29,6 +29,8 @@ class Parallelism(eqx.Module):
 
     Fields with a `_overlap` suffix are the fraction of that communication the framework
     hides behind compute (0 = fully exposed, 1 = hidden where compute is long enough).
+    `flash_attention=False` models frameworks that materialize the attention scores
+    (Megatron-LM before 2022).
     """
 
     tp: Array = eqx.field(**_F, default=1.0)
@@ -48,6 +50,7 @@ class Parallelism(eqx.Module):
     )
     sequence_parallel: bool = eqx.field(static=True, default=True)
     zero: int = eqx.field(static=True, default=1)
+    flash_attention: bool = eqx.field(static=True, default=True)
 
     def __check_init__(self):
         check_fields(

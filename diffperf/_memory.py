@@ -2,7 +2,7 @@
 
     M = weights + gradients + optimizer state + activations + logits + reserved  [B]
 
-Weights b_w·P (fp8/fp4 training adds a 1-byte copy), gradients b_g·P, Adam state 12·P
+Weights b_w·P (fp8/fp4 training keeps fp8/fp4 primary weights), gradients b_g·P, Adam state 12·P
 (fp32 master, m, v), with P the chip's parameters (`stage_params`) divided by the
 data-parallel group per ZeRO stage: 1 shards the optimizer state, 2 also gradients, 3
 also weights.
@@ -16,7 +16,9 @@ in elements (up = 2 for gated MLPs, 1 for plain):
     norms:     2·D (inputs)
 The D-sized terms are sharded by t under sequence parallelism, the others by t always.
 No recompute and selective recompute store all of it (with fused attention selective
-recompute saves nothing more); full recompute stores only the layer input D·b.
+recompute saves nothing more); full recompute stores only the layer input D·b. Without
+fused attention, no recompute also stores the softmax output, dropout mask and dropout
+output: (2b + 1)·N·S bytes per token (Korthikanti's 5·a·s/h term).
 The first stage of a 1F1B pipeline holds min(p, m) microbatches in flight, times
 (1 + (p − 1)/(p·v)) for the interleaved schedule (Narayanan et al. 2021).
 """
@@ -61,6 +63,9 @@ def _activation_bytes_per_token(
     # MoE layers also keep the k routed copies of the MLP input.
     d_terms = (2.0 * b + 2.0 * b_in) * d / sp + f * m.top_k * d * b_in / t
     other = ((n + 2.0 * k) * h * b + n * h * b_in + ffn * (up * b + b_in)) / t
+    if not mapping.flash_attention and recompute == "none":
+        # stored softmax output, dropout mask and output: (2b + 1)·N·S per token
+        other = other + (2.0 * b + 1.0) * n * mapping.tokens(model) / t
     return d_terms + other
 
 
@@ -71,8 +76,7 @@ def train_memory(
     prec = model.precision
     dense, expert = stage_params(model, mapping)
     (n_d, _), (n_e, _) = _groups(mapping)
-    low = prec.math in ("fp8", "int8", "fp4")
-    b_w = prec.bytes("weights") + (1.0 if low else 0.0)
+    b_w = prec.bytes("weights")
     b_g = prec.bytes("grads")
     z = mapping.zero
 

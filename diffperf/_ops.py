@@ -74,8 +74,15 @@ def attention_time(
     peak,
     nbytes: float,
     relax: AbstractRelax,
+    fused: bool = True,
 ) -> tuple[Array, Array]:
-    """Forward time of fused attention on one chip, and its FLOP [s], [FLOP].
+    """Forward time of attention on one chip, and its FLOP [s], [FLOP].
+
+    Fused (Flash) attention skips the masked half of a causal score matrix and keeps the
+    scores on chip. Unfused attention (Megatron-LM before FlashAttention) computes the full
+    S × S scores and moves them through HBM: QK^T writes them, a fused
+    scale-mask-softmax reads and writes them, dropout reads them and writes them with a
+    mask, and the AV GEMM reads them: about 6 passes of B·N·Sq·S elements of b bytes.
 
     Args:
         batch: B, sequences on this chip.
@@ -85,7 +92,16 @@ def attention_time(
         heads, kv_heads: query and K/V heads on this chip.
         head_dim_qk, head_dim_v: per-head dims of Q·K and of V.
         peak: tensor peak [FLOP/s]; nbytes: bytes per element.
+        fused: Flash-style fused kernel (True) or unfused GEMM-softmax-GEMM (False).
     """
+    if not fused:
+        scores = q_tokens * seq * heads  # full S × S per query block, no causal skip
+        flops = 2.0 * scores * (head_dim_qk + head_dim_v)
+        x = 3.0 / (2.0 / jnp.maximum(seq, 1.0) + 1.0 / head_dim_qk)
+        t_compute = flops / (peak * _efficiency(chip, x) * chip.attention_efficiency)
+        q_o = q_tokens * (heads + kv_heads) * (head_dim_qk + head_dim_v) * nbytes
+        traffic = 6.0 * scores * nbytes + q_o
+        return relax.max(t_compute, memory_time(chip, traffic)), flops
     flops = 2.0 * q_tokens * kv_tokens * heads * (head_dim_qk + head_dim_v)
     x = 3.0 / (2.0 / jnp.maximum(kv_tokens, 1.0) + 1.0 / head_dim_qk)
     t_compute = flops / (peak * _efficiency(chip, x) * chip.attention_efficiency)

@@ -16,7 +16,7 @@ with the bubble (p − 1)/v·t_mb of 1F1B / interleaved schedules.
 import jax.numpy as jnp
 
 from ._breakdown import Breakdown
-from ._collectives import collective_time, p2p_time
+from ._collectives import collective_time, dispatch_time, p2p_time
 from ._dp import dp_exposed, optimizer_time, p2p_exposed
 from ._hardware import Cluster
 from ._mapping import Parallelism, check_mapping
@@ -53,6 +53,7 @@ class _Shape:
         self.b_act = m.precision.bytes("activations")
         self.low = m.precision.math in _LOW_PRECISION
         self.b_gemm = 1.0 if self.low else self.b_act
+        self.flash = mapping.flash_attention
 
 
 def _gemm_shapes(model: Transformer, s: _Shape):
@@ -116,16 +117,29 @@ def _elementwise_bytes(model: Transformer, s: _Shape):
     return total
 
 
-def _kernels_per_layer(model: Transformer, s: _Shape) -> tuple[float, float]:
-    """Kernels per layer forward: dense MLP layer and MoE layer (static counts)."""
-    base = 11.0 + (4.0 if s.low else 0.0)  # 4 GEMM, attn, 2 norm, 2 add, act, rope
-    return base, base + 6.0  # MoE: router, top-k, permute, 2 grouped GEMM, unpermute
+def _kernels_per_layer(s: _Shape) -> tuple[float, float]:
+    """(GPU kernels, host-dispatched ops) of the representative layer's forward pass.
+
+    Dense layer: 4 GEMMs, attention, 2 norms, 2 residual adds, activation and rotary
+    (11 kernels; + 4 casts for fp8/fp4 GEMMs), each one host op. An MoE layer adds router
+    GEMM, top-k, permute, 2 grouped GEMMs and unpermute on the GPU (+6 kernels), and about
+    40 small host-side ops (router softmax/top-k bookkeeping, auxiliary load-balancing loss,
+    token-count histogram with its device-to-host sync, permutation indices, splits of the
+    all-to-all), an estimate from the structure of Megatron-core's MoE layer. The backward
+    pass launches about twice as many.
+    """
+    base = 11.0 + (4.0 if s.low else 0.0)
+    gpu = base + 6.0 * s.moe
+    host = base + 46.0 * s.moe
+    return gpu, host
 
 
 def _layer(cluster: Cluster, model: Transformer, s: _Shape, relax: AbstractRelax):
     """Forward and backward seconds of the representative layer, by class, per microbatch."""
     chip = cluster.chip
     peak = chip.peak_flops(model.precision.math)
+    if s.low:  # sub-16-bit GEMMs reach a smaller share of their (higher) peak
+        peak = peak * chip.low_precision_efficiency
     peak16 = chip.peak_flops("bf16")
     mm, kk, nn, count, weight = _gemm_shapes(model, s)
     g = gemm_time(chip, mm, kk, nn, count=count, peak=peak, nbytes=s.b_gemm, relax=relax)
@@ -133,14 +147,13 @@ def _layer(cluster: Cluster, model: Transformer, s: _Shape, relax: AbstractRelax
     attn, attn_flops = attention_time(
         chip, batch=s.batch, q_tokens=s.tokens, kv_tokens=s.kv_tokens, seq=s.seq,
         heads=s.heads, kv_heads=s.kv_heads, head_dim_qk=s.h_qk, head_dim_v=s.h_v,
-        peak=peak16, nbytes=s.b_act, relax=relax,
+        peak=peak16, nbytes=s.b_act, relax=relax, fused=s.flash,
     )  # fmt: skip
     elem = memory_time(chip, _elementwise_bytes(model, s))
-    k_dense, k_moe = _kernels_per_layer(model, s)
-    kernels = (1.0 - s.moe) * k_dense + s.moe * k_moe
+    kernels, host_ops = _kernels_per_layer(s)
     flops = 2.0 * jnp.sum(mm * kk * nn * count * weight)
     return dict(
-        gemm=gemm, attn=attn, elem=elem, kernels=kernels,
+        gemm=gemm, attn=attn, elem=elem, kernels=kernels, host_ops=host_ops,
         flops=flops, attn_flops=attn_flops,
     )  # fmt: skip
 
@@ -153,8 +166,8 @@ def _layer_comm(cluster: Cluster, model: Transformer, s: _Shape, relax: Abstract
     reduce-scatter after the attention and the dense MLP, forward and backward (8
     collectives of T·D·b bytes); without it, 4 all-reduces. MoE layers with etp = 1 have
     TP collectives around attention only. CP: ring attention passes K/V (c − 1) times
-    forward and K/V plus their gradients backward. EP: dispatch and combine all-to-all
-    forward and backward, (T/t)·k·D·b bytes each.
+    forward and K/V plus their gradients backward. EP: dispatch and combine forward and
+    backward of the chip's T/t tokens to k experts each (`dispatch_time`).
     """
     b = s.b_act
     buf = s.tokens * model.d_model * b
@@ -171,8 +184,8 @@ def _layer_comm(cluster: Cluster, model: Transformer, s: _Shape, relax: Abstract
     kv = s.tokens * kv_elems / s.t * b
     hop = p2p_time(cluster, kv, s.t, relax=relax)
     cp_fwd, cp_bwd = (s.c - 1.0) * hop, 2.0 * (s.c - 1.0) * hop
-    routed = s.tokens / s.t * model.top_k * model.d_model * b
-    a2a = collective_time(cluster, "all_to_all", routed, s.ep, s.etp, relax=relax)
+    token_bytes = s.tokens / s.t * model.d_model * b
+    a2a = dispatch_time(cluster, token_bytes, model.top_k, s.ep, s.etp, relax=relax)
     ep = 4.0 * a2a * s.moe
     return dict(tp=tp, cp_fwd=cp_fwd, cp_bwd=cp_bwd, ep=ep, tp_fwd=tp / 2.0)
 
@@ -212,7 +225,7 @@ def train_step(
     com = _layer_comm(cluster, model, s, relax, mapping)
     chip = cluster.chip
 
-    bwd_attn = 2.5 * lay["attn"]
+    bwd_attn = (2.5 if s.flash else 2.0) * lay["attn"]  # flash recomputes the scores
     cp_fwd = relax.exceed(com["cp_fwd"], lay["attn"])
     cp_bwd = relax.exceed(com["cp_bwd"], bwd_attn)
     tp = (1.0 - mapping.tp_overlap) * com["tp"]
@@ -222,7 +235,8 @@ def train_step(
         "selective": lay["attn"],
         "full": lay["gemm"] + lay["attn"] + lay["elem"] + tp / 2.0,
     }[mapping.recompute]
-    kernels = lay["kernels"] * (4.0 if full else 3.0)
+    passes = 4.0 if full else 3.0  # forward + backward (2×) + recomputed forward
+    kernels = lay["kernels"] * passes
     per_layer = dict(
         matmul=3.0 * lay["gemm"],
         attention=lay["attn"] + bwd_attn,
@@ -237,7 +251,7 @@ def train_step(
     t_layers = sum(stage.values())
     head = _head_time(cluster, model, s, relax)
     t_mb = t_layers + head  # the last stage, which also runs the head, sets the pace
-    host_mb = ls * kernels * cluster.host.dispatch_overhead
+    host_mb = ls * lay["host_ops"] * passes * cluster.host.dispatch_overhead
     dp, dp_hidden = dp_exposed(cluster, model, mapping, s, t_layers, ls, relax=relax)
     terms = {k: m * val for k, val in stage.items()} | dict(
         head=m * head,
@@ -253,7 +267,8 @@ def train_step(
     model_flops = (6.0 * model.active_params() + attn_model) * tokens
     extra = {"none": 0.0, "selective": lay["attn_flops"],
              "full": lay["flops"] + lay["attn_flops"]}[mapping.recompute]  # fmt: skip
-    per_chip = m * (ls * (3.0 * lay["flops"] + 3.5 * lay["attn_flops"] + extra))
+    attn_passes = 3.5 if s.flash else 3.0
+    per_chip = m * (ls * (3.0 * lay["flops"] + attn_passes * lay["attn_flops"] + extra))
     per_chip = per_chip + m * 6.0 * s.tokens * model.d_model * model.vocab_size / (s.t * p)
     return Breakdown(
         **terms,

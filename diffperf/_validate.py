@@ -13,7 +13,8 @@ cannot be resolved is reported with the reason, never guessed.
 Defaults for columns a source leaves blank (documented in VALIDATION.md):
   - Narayanan et al. SC'21 and the Megatron-LM 2020 README: full activation
     recomputation (the paper's FLOP formula counts it; the 2020 scripts pass
-    --checkpoint-activations), ZeRO 0, no sequence parallelism (predates it).
+    --checkpoint-activations), ZeRO 0, no sequence parallelism, no FlashAttention and no
+    overlap of the gradient all-reduce with the backward pass (all predate 2022).
   - MosaicML llm-foundry: FSDP FULL_SHARD (ZeRO-3), tp = pp = 1.
   - NVIDIA NeMo / Megatron-Bridge: distributed optimizer (ZeRO-1), sequence
     parallelism when tp > 1, no recompute.
@@ -94,11 +95,12 @@ def _mapping(row, kind: str, model) -> tuple[Parallelism, int]:
     else:
         sp = tp > 1 and kind in ("nvidia",)
     zero = {"mosaic": 3, "nvidia": 1}.get(kind, 0)
+    legacy = kind in ("sc21", "megatron2020")
     mapping = Parallelism(
         tp=tp, pp=pp, dp=dp, cp=cp, ep=_num(row, "ep") or 1, vpp=_num(row, "vpp") or 1,
         microbatch=_num(row, "microbatch") or 1, global_batch=_num(row, "global_batch"),
         seq_len=_num(row, "seq_len") or 0, recompute=rec, sequence_parallel=sp,
-        zero=zero,
+        zero=zero, flash_attention=not legacy, dp_overlap=0.0 if legacy else 1.0,
     )  # fmt: skip
     check_mapping(model, mapping, gpus=gpus)
     return mapping, gpus

@@ -54,13 +54,14 @@ class Precision(eqx.Module):
     def training(cls, dtype: str) -> "Precision":
         """The precision of a training run whose GEMMs run in `dtype` (bf16, fp8, fp4...).
 
-        Low-precision (fp8/fp4) training keeps bf16 weights and activations between
-        GEMMs and casts GEMM inputs (Transformer Engine recipe).
+        Low-precision (fp8/fp4) training keeps its primary weights in that dtype (fp32
+        master weights live in the optimizer state), bf16 activations between GEMMs, and
+        casts GEMM inputs (Transformer Engine's fp8 parameters and recipe).
         """
         if dtype in ("bf16", "fp16", "fp32", "tf32"):
             return cls(math=dtype, weights=dtype if dtype != "tf32" else "fp32",
                        activations=dtype if dtype != "tf32" else "fp32")  # fmt: skip
-        return cls(math=_dtype(dtype, "math"))
+        return cls(math=_dtype(dtype, "math"), weights=dtype)
 
 
 class Transformer(eqx.Module):

@@ -2,10 +2,12 @@
 
 For every chip spec with rows in data/training_calibration.csv, fits
 
-    chip.matmul_efficiency, chip.attention_efficiency, chip.kernel_overhead,
-    scale_out.efficiency, host.step_overhead
+    chip.matmul_efficiency, chip.matmul_half_dim, chip.attention_efficiency,
+    chip.low_precision_efficiency, chip.kernel_overhead, scale_out.efficiency,
+    host.dispatch_overhead, host.step_overhead
 
-(the same values for every row of a device, never per row) by minimizing the mean squared
+(the same values for every row of a device, never per row; a leaf no row depends on,
+such as the fp8 efficiency of a device measured only in bf16, keeps its prior) by minimizing the mean squared
 log error of the predicted step time, with optax Adam in log space under the Smooth model
 and box bounds that keep the values physical. Rows of systems that extend a chip file
 (e.g. dgx_a100_40gb → a100_sxm4_40gb) count for that chip.
@@ -38,9 +40,12 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 LEAVES = {  # path: (lower, upper) bound
     "chip.matmul_efficiency": (0.3, 0.98),
+    "chip.matmul_half_dim": (16.0, 1024.0),
     "chip.attention_efficiency": (0.2, 1.0),
+    "chip.low_precision_efficiency": (0.3, 1.0),
     "chip.kernel_overhead": (0.5e-6, 40e-6),
     "scale_out.efficiency": (0.2, 0.95),
+    "host.dispatch_overhead": (1e-6, 100e-6),
     "host.step_overhead": (1e-3, 2.0),
 }
 MIN_ROWS_FOR_ALL = 20  # fewer rows: fit matmul_efficiency only
@@ -79,6 +84,7 @@ def prepared_rows(rows):
         # measured step time: the model's step time scaled by measured/predicted metric
         ratio = res["measured"] / res["predicted"]
         t_meas = res["step_time_s"] * (ratio if res["metric"] == "step_time_s" else 1 / ratio)
+        t_meas = jnp.asarray(t_meas, dtype=jnp.result_type(float))  # a leaf: no retrace
         out.append((_root(cluster.name), cluster, model, mapping, t_meas, row))
     return out
 

@@ -1,0 +1,99 @@
+"""Evaluation-speed benchmarks of the training-step model. Prints one JSON object.
+
+    python benchmarks/run.py [--configs 1000000] [--chunk 65536]
+
+Measures, on the default JAX device:
+  - eager: one `train_step` call without jit (what a notebook user sees first)
+  - jit_single: one jitted call after compilation, and the compile time
+  - vmap_sweep: configurations per second of a jitted, vmapped sweep over hardware leaves
+    (HBM bandwidth × peak FLOP/s × NIC bandwidth × NVLink domain size), chunked
+  - grad: one reverse-mode pass over all hardware leaves (the sensitivity analysis)
+"""
+
+import argparse
+import json
+import platform
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import diffperf as dp
+
+
+def _timeit(fn, *, repeat=5):
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--configs", type=int, default=1_000_000)
+    ap.add_argument("--chunk", type=int, default=65_536)
+    args = ap.parse_args(argv)
+
+    cluster = dp.load_hardware("dgx_h100")
+    model = dp.load_workload("llama3_70b")
+    mapping = dp.Parallelism(tp=4, pp=8, dp=32, vpp=5, microbatch=1, global_batch=1024,
+                             seq_len=8192)  # fmt: skip
+    out = {"device": str(jax.devices()[0]), "platform": platform.platform(),
+           "processor": platform.processor() or platform.machine(),
+           "jax": jax.__version__, "x64": bool(jax.config.jax_enable_x64),
+           "workload": "llama3_70b on dgx_h100, tp4 pp8 dp32 vpp5"}  # fmt: skip
+
+    out["eager_s"] = _timeit(lambda: dp.train_step(cluster, model, mapping).total, repeat=3)
+
+    step = eqx.filter_jit(lambda c: dp.train_step(c, model, mapping).total)
+    t0 = time.perf_counter()
+    jax.block_until_ready(step(cluster))
+    out["jit_compile_s"] = time.perf_counter() - t0
+    out["jit_single_s"] = _timeit(lambda: step(cluster), repeat=50)
+
+    def one(x):
+        bw, fl, nic, size = x
+        c = eqx.tree_at(
+            lambda c: (c.chip.hbm_bandwidth, c.chip.flops_bf16, c.scale_out.bandwidth,
+                       c.scale_up.size),
+            cluster, (bw, fl, nic, size),
+        )  # fmt: skip
+        return dp.train_step(c, model, mapping).total
+
+    sweep = jax.jit(jax.vmap(one))
+    rng = np.random.default_rng(0)
+    lo = np.array([1e12, 4e14, 12.5e9, 4.0])
+    hi = np.array([8e12, 4e15, 200e9, 72.0])
+    n = args.configs
+    xs = lo + (hi - lo) * rng.random((n, 4))
+    chunk = min(args.chunk, n)
+    first = jnp.asarray(xs[:chunk])
+    t0 = time.perf_counter()
+    jax.block_until_ready(sweep(first))
+    out["vmap_compile_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    results = []
+    for i in range(0, n - n % chunk, chunk):
+        results.append(sweep(jnp.asarray(xs[i : i + chunk])))
+    jax.block_until_ready(results)
+    dt = time.perf_counter() - t0
+    evaluated = len(results) * chunk
+    out |= {"vmap_configs": evaluated, "vmap_chunk": chunk, "vmap_s": dt,
+            "vmap_configs_per_s": evaluated / dt}  # fmt: skip
+
+    smooth = eqx.filter_jit(
+        eqx.filter_grad(lambda c: dp.train_step(c, model, mapping, relax=dp.Smooth()).total)
+    )
+    jax.block_until_ready(smooth(cluster))
+    out["grad_all_hardware_leaves_s"] = _timeit(lambda: smooth(cluster), repeat=20)
+    leaves = jax.tree_util.tree_leaves(eqx.filter(cluster, eqx.is_inexact_array))
+    out["hardware_leaves"] = len(leaves)
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Markdown accuracy tables of `diffperf validate` (pasted into VALIDATION.md).
+
+    python experiments/validation_report/tables.py [--data data/training_calibration.csv]
+
+Prints the overall figures, MAPE per source, per (source, GPU), per model family, and the
+rows with the largest errors, and writes report.json next to this file.
+"""
+
+import argparse
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+
+from diffperf._validate import _short_source, validate_file
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+
+
+def _family(name: str) -> str:
+    n = name.lower()
+    for key in ("mpt", "llama", "gpt-2", "gpt3", "gpt oss", "qwen3", "deepseek", "nemotron"):
+        if key in n:
+            return key
+    return re.sub(r"[-\s(].*", "", n) or n
+
+
+def _table(title, groups):
+    lines = [f"| {title} | rows | MAPE | median APE | max APE |", "|---|---:|---:|---:|---:|"]
+    for key, rows in sorted(groups.items()):
+        apes = sorted(r["ape"] for r in rows)
+        n = len(apes)
+        med = (apes[(n - 1) // 2] + apes[n // 2]) / 2
+        lines.append(f"| {key} | {n} | {100 * sum(apes) / n:.1f}% | {100 * med:.1f}% | "
+                     f"{100 * apes[-1]:.1f}% |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=str(ROOT / "data" / "training_calibration.csv"))
+    args = ap.parse_args(argv)
+    rep = validate_file(args.data)
+    done = [r for r in rep["results"] if "ape" in r]
+    print(f"rows {rep['rows']}, predicted {rep['rows_predicted']} "
+          f"({100 * rep['rows_predicted'] / rep['rows']:.1f}%), MAPE "
+          f"{100 * rep['mape']:.1f}%, median APE {100 * rep['median_ape']:.1f}%\n")  # fmt: skip
+    by = defaultdict(lambda: defaultdict(list))
+    for r in done:
+        src = _short_source(r["source"])
+        by["source"][src].append(r)
+        by["source, GPU"][f"{src} · {r['hardware']}"].append(r)
+        by["GPU"][r["hardware"]].append(r)
+        by["model family"][_family(r["model_name"])].append(r)
+    for title in ("source", "source, GPU", "GPU", "model family"):
+        print(_table(title, by[title]) + "\n")
+    worst = sorted(done, key=lambda r: -r["ape"])[:15]
+    print("| row | model | GPU | metric | measured | predicted | APE |")
+    print("|---:|---|---|---|---:|---:|---:|")
+    for r in worst:
+        print(f"| {r['row']} | {r['model_name']} | {r['hardware']} | {r['metric']} | "
+              f"{r['measured']:.4g} | {r['predicted']:.4g} | {100 * r['ape']:.1f}% |")  # fmt: skip
+    (HERE / "report.json").write_text(json.dumps(rep, indent=1))
+
+
+if __name__ == "__main__":
+    main()
