@@ -5,8 +5,8 @@
 Measures, on the default JAX device:
   - eager: one `train_step` call without jit (what a notebook user sees first)
   - jit_single: one jitted call after compilation, and the compile time
-  - vmap_sweep: configurations per second of a jitted, vmapped sweep over hardware leaves
-    (HBM bandwidth × peak FLOP/s × NIC bandwidth × NVLink domain size), chunked
+  - vmap_sweep: configurations per second of a jitted, vmapped sweep over hardware
+    leaves (HBM bandwidth × peak FLOP/s × NIC bandwidth × NVLink domain size), chunked
   - grad: one reverse-mode pass over all hardware leaves (the sensitivity analysis)
 """
 
@@ -40,14 +40,21 @@ def main(argv=None):
 
     cluster = dp.load_hardware("dgx_h100")
     model = dp.load_workload("llama3_70b")
-    mapping = dp.Parallelism(tp=4, pp=8, dp=32, vpp=5, microbatch=1, global_batch=1024,
-                             seq_len=8192)  # fmt: skip
-    out = {"device": str(jax.devices()[0]), "platform": platform.platform(),
-           "processor": platform.processor() or platform.machine(),
-           "jax": jax.__version__, "x64": bool(jax.config.jax_enable_x64),
-           "workload": "llama3_70b on dgx_h100, tp4 pp8 dp32 vpp5"}  # fmt: skip
+    mapping = dp.Parallelism(
+        tp=4, pp=8, dp=32, vpp=5, microbatch=1, global_batch=1024, seq_len=8192
+    )
+    out = {
+        "device": str(jax.devices()[0]),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "jax": jax.__version__,
+        "x64": bool(jax.config.jax_enable_x64),
+        "workload": "llama3_70b on dgx_h100, tp4 pp8 dp32 vpp5",
+    }
 
-    out["eager_s"] = _timeit(lambda: dp.train_step(cluster, model, mapping).total, repeat=3)
+    out["eager_s"] = _timeit(
+        lambda: dp.train_step(cluster, model, mapping).total, repeat=3
+    )
 
     step = eqx.filter_jit(lambda c: dp.train_step(c, model, mapping).total)
     t0 = time.perf_counter()
@@ -58,10 +65,15 @@ def main(argv=None):
     def one(x):
         bw, fl, nic, size = x
         c = eqx.tree_at(
-            lambda c: (c.chip.hbm_bandwidth, c.chip.flops_bf16, c.scale_out.bandwidth,
-                       c.scale_up.size),
-            cluster, (bw, fl, nic, size),
-        )  # fmt: skip
+            lambda c: (
+                c.chip.hbm_bandwidth,
+                c.chip.flops_bf16,
+                c.scale_out.bandwidth,
+                c.scale_up.size,
+            ),
+            cluster,
+            (bw, fl, nic, size),
+        )
         return dp.train_step(c, model, mapping).total
 
     sweep = jax.jit(jax.vmap(one))
@@ -82,11 +94,17 @@ def main(argv=None):
     jax.block_until_ready(results)
     dt = time.perf_counter() - t0
     evaluated = len(results) * chunk
-    out |= {"vmap_configs": evaluated, "vmap_chunk": chunk, "vmap_s": dt,
-            "vmap_configs_per_s": evaluated / dt}  # fmt: skip
+    out |= {
+        "vmap_configs": evaluated,
+        "vmap_chunk": chunk,
+        "vmap_s": dt,
+        "vmap_configs_per_s": evaluated / dt,
+    }
 
     smooth = eqx.filter_jit(
-        eqx.filter_grad(lambda c: dp.train_step(c, model, mapping, relax=dp.Smooth()).total)
+        eqx.filter_grad(
+            lambda c: dp.train_step(c, model, mapping, relax=dp.Smooth()).total
+        )
     )
     jax.block_until_ready(smooth(cluster))
     out["grad_all_hardware_leaves_s"] = _timeit(lambda: smooth(cluster), repeat=20)

@@ -1,12 +1,12 @@
-"""diffperf: a differentiable performance model of LLM training and inference on clusters.
+"""diffperf: a differentiable performance model of LLM training on accelerator clusters.
 
-    import diffperf as dp
-    cluster = dp.load_hardware("h100_sxm")
-    model = dp.load_workload("gpt3_175b")
-    mapping = dp.Parallelism(tp=8, pp=8, dp=16, microbatch=1, global_batch=1536,
-                             recompute="selective", sequence_parallel=True)
-    b = dp.train_step(cluster, model, mapping, relax=dp.Exact())
-    b.total  # seconds per optimizer step
+import diffperf as dp
+cluster = dp.load_hardware("h100_sxm")
+model = dp.load_workload("gpt3_175b")
+mapping = dp.Parallelism(tp=8, pp=8, dp=16, microbatch=1, global_batch=1536,
+                         recompute="selective", sequence_parallel=True)
+b = dp.train_step(cluster, model, mapping, relax=dp.Exact())
+b.total  # seconds per optimizer step
 """
 
 from ._breakdown import TERMS as TERMS

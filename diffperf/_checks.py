@@ -1,7 +1,8 @@
 """Value checks that run at construction time when values are concrete.
 
-Inside `jit`/`vmap` the leaves are tracers and the checks are skipped (the values were checked
-when the concrete pytree was built, and transformations only rescale them). Errors are plain
+Inside `jit`/`vmap` the leaves are tracers and the checks are skipped (the values were
+checked when the concrete pytree was built, and transformations only rescale them).
+Errors are plain
 `ValueError`s whose message names the class, the field and what is allowed.
 """
 

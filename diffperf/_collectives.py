@@ -1,10 +1,11 @@
 """Hierarchical alpha-beta costs of collectives placed on the network tiers.
 
-A group of n ranks whose consecutive members are `stride` ranks apart (the product of the
-degrees of the axes inside it) has n_in = clip(size_up / stride, 1, n) members in one
-scale-up domain and n_out = n / n_in domains. Collectives run hierarchically (as NCCL's
-NVLS/tree and the scaling book's multi-tier analysis do): the scale-up part on the full
-buffer, the scale-out part on 1/n_in of it, over each chip's share of the node's NICs.
+A group of n ranks whose consecutive members are `stride` ranks apart (the product of
+the degrees of the axes inside it) has n_in = clip(size_up / stride, 1, n) members in
+one scale-up domain and n_out = n / n_in domains. Collectives run hierarchically (as
+NCCL's NVLS/tree and the scaling book's multi-tier analysis do): the scale-up part on
+the full buffer, the scale-out part on 1/n_in of it, over each chip's share of the
+node's NICs.
 
 For a buffer of S bytes (the full, gathered size) and ring algorithms, per tier with
 n ranks, bandwidth W·η and latency α (Thakur et al. 2005; Chan et al. 2007):
@@ -102,10 +103,10 @@ def p2p_time(cluster: Cluster, nbytes, stride, *, relax: AbstractRelax) -> Array
 def dispatch_time(cluster: Cluster, token_bytes, k, n, stride, *, relax: AbstractRelax):
     """MoE token dispatch (or combine) over an n-rank expert-parallel group [s].
 
-    Each of a rank's tokens (token_bytes in all) goes to k experts spread evenly over the
-    n ranks, n_in of them in this scale-up domain and n_out = n/n_in domains in all.
-    Hierarchical dispatch (DeepEP / Megatron's flex dispatcher) sends a token once to each
-    distinct remote domain and fans it out there over the scale-up tier:
+    Each of a rank's tokens (token_bytes in all) goes to k experts spread evenly over
+    the n ranks, n_in of them in this scale-up domain and n_out = n/n_in domains in all.
+    Hierarchical dispatch (DeepEP / Megatron's flex dispatcher) sends a token once to
+    each distinct remote domain and fans it out there over the scale-up tier:
         inter = S · (n_out − 1) · (1 − (1 − 1/n_out)^k)          [B over the NICs]
         intra = S · k · (n − 1)/n                                [B over NVLink / ICI]
         T = max(intra / W_up + (n_in − 1)·α_up, inter / W_out + (n_out − 1)·α_out)

@@ -29,7 +29,7 @@ param, m, v (12 B) and the bf16 copy (2 B)."""
 
 
 def stage_params(model: Transformer, mapping: Parallelism):
-    """(P_dense, P_expert): parameters held by one chip of the largest stage [elements]."""
+    """(P_dense, P_expert): parameters on one chip of the largest stage [elements]."""
     m, t = model, mapping.tp
     f = m.moe_fraction
     shared = m.n_shared_experts * m.expert_params() + m.d_model * m.n_experts
@@ -53,8 +53,16 @@ def _groups(mapping: Parallelism):
     return (d * c, t), (n_expert, mapping.ep * mapping.etp)
 
 
-def dp_exposed(cluster: Cluster, model, mapping: Parallelism, shape, t_layers, ls, *,
-               relax: AbstractRelax):  # fmt: skip
+def dp_exposed(
+    cluster: Cluster,
+    model,
+    mapping: Parallelism,
+    shape,
+    t_layers,
+    ls,
+    *,
+    relax: AbstractRelax,
+):
     """Exposed and hidden seconds of the data-parallel collectives of one step.
 
     T_comm is computed per ZeRO stage (module docstring). It overlaps with the backward
@@ -104,16 +112,22 @@ def optimizer_time(cluster: Cluster, model: Transformer, mapping: Parallelism):
     return memory_time(cluster.chip, (dense + expert) * ADAM_BYTES)
 
 
-def p2p_exposed(cluster: Cluster, model: Transformer, mapping: Parallelism, shape, *,
-                relax: AbstractRelax):  # fmt: skip
+def p2p_exposed(
+    cluster: Cluster,
+    model: Transformer,
+    mapping: Parallelism,
+    shape,
+    *,
+    relax: AbstractRelax,
+):
     """Pipeline sends on the critical path [s].
 
         1F1B (v = 1):        2·(m + p − 1)·(α + S/W)
-        interleaved (v > 1): 2·(p − 1)·v·(α + S/W)   (steady-state sends overlap compute)
-    and 0 without pipelining. One activation of S = T·D·b bytes (/t with sequence
-    parallelism) crosses a stage boundary forward and its gradient backward; the
-    neighbour stage is tp·cp·dp ranks away. Megatron-LM overlaps p2p with compute in the
-    interleaved schedule (`overlap_p2p_comm`), not in plain 1F1B.
+        interleaved (v > 1): 2·(p − 1)·v·(α + S/W)   (steady-state sends overlap
+    compute) and 0 without pipelining. One activation of S = T·D·b bytes (/t with
+    sequence parallelism) crosses a stage boundary forward and its gradient backward;
+    the neighbour stage is tp·cp·dp ranks away. Megatron-LM overlaps p2p with compute
+    in the interleaved schedule (`overlap_p2p_comm`), not in plain 1F1B.
     """
     s = shape
     nbytes = s.sp_tokens * model.d_model * s.b_act

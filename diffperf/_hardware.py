@@ -1,7 +1,8 @@
 """Hardware as pytrees: `Chip`, `NetworkTier`, `Host`, `Cluster`.
 
-Every continuous quantity is a float leaf (SI units, see each field), so any of them can be
-scaled, vmapped and differentiated; only names and topology labels are static. The number of
+Every continuous quantity is a float leaf (SI units, see each field), so any of them
+can be scaled, vmapped and differentiated; only names and topology labels are static.
+The number of
 chips in a job comes from the mapping, not from the cluster.
 
 Notation: peak FLOP/s π, HBM bandwidth β [B/s], link bandwidth W [B/s per chip per
@@ -59,22 +60,37 @@ class Chip(eqx.Module):
         check_fields(
             self,
             positive=(
-                "flops_fp32", "flops_bf16", "hbm_bandwidth", "hbm_capacity",
-                "sram_capacity", "sram_bandwidth", "cores", "core_sram",
+                "flops_fp32",
+                "flops_bf16",
+                "hbm_bandwidth",
+                "hbm_capacity",
+                "sram_capacity",
+                "sram_bandwidth",
+                "cores",
+                "core_sram",
                 "matmul_half_dim",
             ),
             nonneg=(
-                "flops_tf32", "flops_fp8", "flops_int8", "flops_fp4",
-                "kernel_overhead", "reserved_memory", "power", "die_area", "price",
+                "flops_tf32",
+                "flops_fp8",
+                "flops_int8",
+                "flops_fp4",
+                "kernel_overhead",
+                "reserved_memory",
+                "power",
+                "die_area",
+                "price",
             ),
             fraction=(
-                "matmul_efficiency", "attention_efficiency", "memory_efficiency",
+                "matmul_efficiency",
+                "attention_efficiency",
+                "memory_efficiency",
                 "low_precision_efficiency",
             ),
-        )  # fmt: skip
+        )
 
     def peak_flops(self, dtype: str) -> Array:
-        """Dense tensor peak [FLOP/s] of a math dtype (static string; fp16 = bf16 path)."""
+        """Dense tensor peak [FLOP/s] of a math dtype (static; fp16 uses bf16)."""
         if dtype not in MATH_DTYPES:
             raise ValueError(f"dtype={dtype!r} must be one of {', '.join(MATH_DTYPES)}")
         name = {"fp16": "bf16", "fp32": "fp32"}.get(dtype, dtype)
@@ -85,8 +101,9 @@ class NetworkTier(eqx.Module):
     """One tier of the network (scale-up NVLink/ICI domain, or scale-out NICs).
 
     Time to move S bytes point to point: α + S / (W · efficiency)  [s].
-    For the scale-up tier W is per chip per direction; for the scale-out tier W is per NIC
-    per direction and a chip's share is W · nics_per_node / chips_per_node (see `Cluster`).
+    For the scale-up tier W is per chip per direction; for the scale-out tier W is per
+    NIC per direction and a chip's share is W · nics_per_node / chips_per_node (see
+    `Cluster`).
     """
 
     bandwidth: Array = eqx.field(**_F)  # B/s per direction (per chip or per NIC)
@@ -128,10 +145,15 @@ class Host(eqx.Module):
             self,
             positive=("chips_per_node", "nics_per_node", "pcie_bandwidth"),
             nonneg=(
-                "pcie_latency", "cpu_cores", "dram_capacity", "dispatch_overhead",
-                "step_overhead", "power", "price",
+                "pcie_latency",
+                "cpu_cores",
+                "dram_capacity",
+                "dispatch_overhead",
+                "step_overhead",
+                "power",
+                "price",
             ),
-        )  # fmt: skip
+        )
 
 
 class Cluster(eqx.Module):
@@ -144,6 +166,6 @@ class Cluster(eqx.Module):
     name: str = eqx.field(static=True, default="custom")
 
     def scale_out_bandwidth(self) -> Array:
-        """Scale-out bandwidth one chip gets [B/s per direction]: W_nic · nics / chips."""
+        """A chip's scale-out bandwidth [B/s per direction]: W_nic · nics / chips."""
         h = self.host
         return self.scale_out.bandwidth * h.nics_per_node / h.chips_per_node

@@ -3,7 +3,8 @@
 Degrees are float leaves (t = tp, p = pp, d = dp, c = cp, e = ep, v = vpp), so a relaxed
 mapping can be optimized; reporting uses integer mappings re-scored with `Exact()`.
 Rank order, innermost first, follows Megatron-LM: tp, cp, dp, pp. Expert parallelism is
-carved out of the tp·cp·dp ranks of a stage (expert tensor parallel size etp, default 1).
+carved out of the tp·cp·dp ranks of a stage (expert tensor parallel size etp, default
+1).
 """
 
 from typing import Literal

@@ -2,15 +2,15 @@
 
     M = weights + gradients + optimizer state + activations + logits + reserved  [B]
 
-Weights b_w·P (fp8/fp4 training keeps fp8/fp4 primary weights), gradients b_g·P, Adam state 12·P
-(fp32 master, m, v), with P the chip's parameters (`stage_params`) divided by the
-data-parallel group per ZeRO stage: 1 shards the optimizer state, 2 also gradients, 3
-also weights.
+Weights b_w·P (fp8/fp4 training keeps fp8/fp4 primary weights), gradients b_g·P, Adam
+state 12·P (fp32 master, m, v), with P the chip's parameters (`stage_params`) divided
+by the data-parallel group per ZeRO stage: 1 shards the optimizer state, 2 also
+gradients, 3 also weights.
 
-Activations per layer per microbatch follow Korthikanti et al. 2022 ("Reducing Activation
-Recomputation in Large Transformer Models", eqs. 1–5), generalized to GQA and gated MLPs and
-with fused attention (no s²-sized score matrix stored) and no dropout masks. Per token,
-in elements (up = 2 for gated MLPs, 1 for plain):
+Activations per layer per microbatch follow Korthikanti et al. 2022 ("Reducing
+Activation Recomputation in Large Transformer Models", eqs. 1–5), generalized to GQA,
+gated MLPs and MoE, with fused attention (no s²-sized score matrix stored) and no
+dropout masks. Per token, in elements (up = 2 for gated MLPs, 1 for plain):
     attention: D (norm output) + (N + 2K)·H (Q, K, V) + N·H (output)
     MLP:       D (norm output) + up·F (up/gate output) + F (activation output)
     norms:     2·D (inputs)

@@ -1,16 +1,17 @@
 """Per-operator roofline with smooth efficiency curves and an SRAM-aware traffic model.
 
-Each operator takes T_op = max(F / (π·ε), Q / (β·η))  [s], with F its FLOP, π the peak of
-its dtype, ε its efficiency, Q its HBM traffic [B], β the HBM bandwidth and η the memory
-efficiency (the roofline of Williams et al. 2009, made smooth by `relax.max`).
+Each operator takes T_op = max(F / (π·ε), Q / (β·η))  [s], with F its FLOP, π the peak
+of its dtype, ε its efficiency, Q its HBM traffic [B], β the HBM bandwidth and η the
+memory efficiency (the roofline of Williams et al. 2009, made smooth by `relax.max`).
 Fixed per-kernel costs are counted apart (`kernel_overhead`).
 
 GEMM (M×K by K×N), following the tiling analysis of the JAX scaling book and CUTLASS:
     F = 2·M·K·N
-    ε = ε_max · x / (x + x_½),  x = 3 / (1/M + 1/K + 1/N)   (effective dimension)
+    ε = ε_max · x / (x + x_½),  x = 3 / (1/M + 1/K + 1/N)  (effective dimension)
     Q = b·(max(M·K + K·N, 2·M·K·N / τ) + M·N),  τ = sqrt(SRAM / (3·b))
 with τ the square output tile that fits in on-chip SRAM: a larger SRAM means fewer
-re-reads of the inputs (traffic ∝ 1/sqrt(SRAM)), bounded below by reading each input once.
+re-reads of the inputs (traffic ∝ 1/sqrt(SRAM)), bounded below by reading each input
+once.
 
 Fused (Flash) attention (Dao et al. 2022): F = 2·B·Sq·Skv·N·(Hqk + Hv), efficiency ε(x)
 times `attention_efficiency`; traffic reads Q, K, V and writes O once, plus K/V re-reads
@@ -43,7 +44,10 @@ def gemm_time(
 
     Args:
         chip: the accelerator.
-        m, k, n: GEMM dimensions [elements] (clamped to ≥ 1 so absent ops cost 0).
+        m: rows of the left operand [elements] (dims are clamped to ≥ 1, so an absent
+            op with count or weight 0 costs 0).
+        k: the contracted dimension [elements].
+        n: columns of the right operand [elements].
         count: number of such GEMMs (e.g. local experts of a grouped GEMM).
         peak: tensor peak of the math dtype [FLOP/s].
         nbytes: bytes per element of the operands.
@@ -79,19 +83,24 @@ def attention_time(
     """Forward time of attention on one chip, and its FLOP [s], [FLOP].
 
     Fused (Flash) attention skips the masked half of a causal score matrix and keeps the
-    scores on chip. Unfused attention (Megatron-LM before FlashAttention) computes the full
-    S × S scores and moves them through HBM: QK^T writes them, a fused
+    scores on chip. Unfused attention (Megatron-LM before FlashAttention) computes the
+    full S × S scores and moves them through HBM: QK^T writes them, a fused
     scale-mask-softmax reads and writes them, dropout reads them and writes them with a
     mask, and the AV GEMM reads them: about 6 passes of B·N·Sq·S elements of b bytes.
 
     Args:
+        chip: the accelerator.
         batch: B, sequences on this chip.
         q_tokens: B·Sq, query tokens on this chip.
         kv_tokens: mean keys each query attends to (S/2 causal, window if smaller).
         seq: S, keys held by one sequence (for the L2 working set).
-        heads, kv_heads: query and K/V heads on this chip.
-        head_dim_qk, head_dim_v: per-head dims of Q·K and of V.
-        peak: tensor peak [FLOP/s]; nbytes: bytes per element.
+        heads: query heads on this chip.
+        kv_heads: K/V heads on this chip.
+        head_dim_qk: per-head dimension of Q and K.
+        head_dim_v: per-head dimension of V.
+        peak: tensor peak [FLOP/s].
+        nbytes: bytes per element.
+        relax: Exact() or Smooth(p).
         fused: Flash-style fused kernel (True) or unfused GEMM-softmax-GEMM (False).
     """
     if not fused:

@@ -1,11 +1,11 @@
 """Exact and smooth versions of the few non-smooth operations a cost model needs.
 
 Cost code never calls `jnp.maximum`, `jnp.ceil` or `jnp.where` on costs: it calls
-`relax.max/min/ceil/relu/step/select` with `relax` passed in as a keyword argument. `Exact()`
-gives the piecewise model used for reporting; `Smooth(sharpness)` gives a differentiable
-relaxation used for optimization. Both have finite values and gradients everywhere,
-including at zero and at ties (the double-`where` trick: every input of a branch that is
-not taken is replaced by a safe value before the branch is evaluated).
+`relax.max/min/ceil/relu/step/select`, with `relax` passed in as a keyword argument.
+`Exact()` gives the piecewise model used for reporting; `Smooth(sharpness)` gives a
+differentiable relaxation used for optimization. Both have finite values and gradients
+everywhere, including at zero and at ties (the double-`where` trick: every input of a
+branch that is not taken is replaced by a safe value before the branch is evaluated).
 
 Bounds (p = sharpness; inputs of `max`/`min` are non-negative, as times and bytes are):
 
@@ -14,7 +14,7 @@ Bounds (p = sharpness; inputs of `max`/`min` are non-negative, as times and byte
 | `max(a, b)` | (a^p + b^p)^(1/p) | Exact ≤ Smooth ≤ 2^(1/p)·Exact |
 | `min(a, b)` | (a^-p + b^-p)^(-1/p) | 2^(-1/p)·Exact ≤ Smooth ≤ Exact |
 | `relu(x, scale)` | scale/p·softplus(p·x/scale) | 0 ≤ Smooth − Exact ≤ scale·ln2/p |
-| `step(x, scale)` | sigmoid(p·x/scale) | |Smooth − Exact| ≤ sigmoid(−k) where |x| ≥ k·scale/p |
+| `step(x, scale)` | sigmoid(p·x/scale) | ≤ sigmoid(−k) off where abs(x) ≥ k·scale/p |
 | `ceil(x)` (x ≥ 0) | x + tanh(p·x)/2 | |Smooth − Exact| ≤ 1, and ≤ 1/2 where x ≥ 2/p |
 | `select(values, scores)` | softmax(p·scores)·values | a convex combination of values |
 
@@ -32,17 +32,17 @@ __all__ = ["AbstractRelax", "Exact", "Smooth"]
 
 
 def as_float(x: ArrayLike) -> Array:
-    """Converts to a float array of JAX's default float dtype (a tracer stays a tracer)."""
+    """Converts to an array of JAX's default float dtype (tracers stay tracers)."""
     return jnp.asarray(x, dtype=jnp.result_type(float))
 
 
 def _pnorm(a: Array, b: Array, p: Array, *, largest: bool) -> Array:
-    """m·((a/m)^q + (b/m)^q)^(1/q) with m = max (q = p) or min (q = -p); 0 where m = 0."""
+    """m·((a/m)^q + (b/m)^q)^(1/q), m = max (q = p) or min (q = −p); 0 at m = 0."""
     a, b = jnp.broadcast_arrays(as_float(a), as_float(b))
     m = jnp.maximum(a, b) if largest else jnp.minimum(a, b)
     ok = m > 0
     safe_m = jnp.where(ok, m, 1.0)
-    # Ratios lie in [0, 1] for max and [1, inf) for min; replace both inputs where m == 0.
+    # Ratios lie in [0, 1] for max and [1, inf) for min; both are replaced at m = 0.
     ra = jnp.where(ok, a / safe_m, 1.0)
     rb = jnp.where(ok, b / safe_m, 1.0)
     q = p if largest else -p
@@ -90,7 +90,7 @@ class AbstractRelax(eqx.Module):
 
 
 class Exact(AbstractRelax):
-    """The piecewise model: hard max/min/ceil. Used for reporting and final re-scoring."""
+    """The piecewise model (hard max/min/ceil), for reporting and re-scoring."""
 
     def max(self, a, b):
         return jnp.maximum(as_float(a), as_float(b))
@@ -114,7 +114,7 @@ class Exact(AbstractRelax):
 
 
 class Smooth(AbstractRelax):
-    """Differentiable relaxations with sharpness p (a leaf: it can be annealed or vmapped).
+    """Differentiable relaxations with sharpness p (a leaf: anneal or vmap it).
 
     See the module docstring for each primitive's formula and bound against `Exact`.
     """

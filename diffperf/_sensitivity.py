@@ -1,8 +1,8 @@
 """Sensitivity analysis: elasticities d log(metric) / d log(leaf) in one backward pass.
 
 An elasticity of −0.6 for `chip.hbm_bandwidth` means 1% more bandwidth gives 0.6% less
-step time. Elasticities are dimensionless, so a 1e-6 s latency and a 1e15 FLOP/s peak can
-be ranked side by side.
+step time. Elasticities are dimensionless, so a 1e-6 s latency and a 1e15 FLOP/s peak
+can be ranked side by side.
 """
 
 from collections.abc import Callable
@@ -21,7 +21,7 @@ def leaf_paths(tree) -> list[str]:
 
 
 def elasticities(metric: Callable, tree) -> dict[str, float]:
-    """d log metric(tree) / d log leaf for every float leaf of `tree`, by dotted path.
+    """Elasticities d log metric(tree) / d log leaf of every float leaf, by path.
 
     E_i = (x_i / f) · ∂f/∂x_i, computed with one reverse-mode pass. Leaves equal to zero
     get elasticity 0.

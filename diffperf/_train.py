@@ -1,8 +1,8 @@
-"""The training-step model: `train_step(cluster, model, mapping, *, relax) -> Breakdown`.
+"""The training-step model: `train_step(cluster, model, mapping, *, relax)`.
 
 One representative layer (dense and MoE layers mixed by their share) is costed per
-microbatch on one chip and multiplied by the L/p layers of a pipeline stage; no Python loop
-runs over layers, so compile time does not grow with depth.
+microbatch on one chip and multiplied by the L/p layers of a pipeline stage; no Python
+loop runs over layers, so compile time does not grow with depth.
 
 Per microbatch (B sequences of S tokens; T = B·S/c tokens on a chip, t = tp):
   forward  = GEMMs + fused attention + elementwise + kernels + TP/CP/EP collectives
@@ -28,6 +28,7 @@ from ._workload import Transformer
 __all__ = ["train_step"]
 
 _LOW_PRECISION = ("fp8", "int8", "fp4")
+_EXACT = Exact()
 
 
 class _Shape:
@@ -105,8 +106,12 @@ def _elementwise_bytes(model: Transformer, s: _Shape):
     m, t = model, s.t
     up = m.mlp_mats - 1.0
     mlp_dense = (up + 1.0) * m.d_ff / t
-    mlp_moe = (up + 1.0) * m.d_ff_expert * (m.top_k * m.expert_imbalance
-                                            + m.n_shared_experts) / t  # fmt: skip
+    mlp_moe = (
+        (up + 1.0)
+        * m.d_ff_expert
+        * (m.top_k * m.expert_imbalance + m.n_shared_experts)
+        / t
+    )
     act = (1.0 - s.moe) * mlp_dense + s.moe * mlp_moe
     rope = 4.0 * (m.n_heads + m.n_kv_heads) * m.head_dim / t
     b = s.b_act
@@ -121,12 +126,12 @@ def _kernels_per_layer(s: _Shape) -> tuple[float, float]:
     """(GPU kernels, host-dispatched ops) of the representative layer's forward pass.
 
     Dense layer: 4 GEMMs, attention, 2 norms, 2 residual adds, activation and rotary
-    (11 kernels; + 4 casts for fp8/fp4 GEMMs), each one host op. An MoE layer adds router
-    GEMM, top-k, permute, 2 grouped GEMMs and unpermute on the GPU (+6 kernels), and about
-    40 small host-side ops (router softmax/top-k bookkeeping, auxiliary load-balancing loss,
-    token-count histogram with its device-to-host sync, permutation indices, splits of the
-    all-to-all), an estimate from the structure of Megatron-core's MoE layer. The backward
-    pass launches about twice as many.
+    (11 kernels; + 4 casts for fp8/fp4 GEMMs), each one host op. An MoE layer adds
+    router GEMM, top-k, permute, 2 grouped GEMMs and unpermute on the GPU (+6 kernels),
+    and about 40 small host-side ops (router softmax/top-k bookkeeping, auxiliary
+    load-balancing loss, token-count histogram with its device-to-host sync,
+    permutation indices, splits of the all-to-all), an estimate from the structure of
+    Megatron-core's MoE layer. The backward pass launches about twice as many.
     """
     base = 11.0 + (4.0 if s.low else 0.0)
     gpu = base + 6.0 * s.moe
@@ -135,32 +140,54 @@ def _kernels_per_layer(s: _Shape) -> tuple[float, float]:
 
 
 def _layer(cluster: Cluster, model: Transformer, s: _Shape, relax: AbstractRelax):
-    """Forward and backward seconds of the representative layer, by class, per microbatch."""
+    """Forward seconds of the representative layer by class, per microbatch."""
     chip = cluster.chip
     peak = chip.peak_flops(model.precision.math)
     if s.low:  # sub-16-bit GEMMs reach a smaller share of their (higher) peak
         peak = peak * chip.low_precision_efficiency
     peak16 = chip.peak_flops("bf16")
     mm, kk, nn, count, weight = _gemm_shapes(model, s)
-    g = gemm_time(chip, mm, kk, nn, count=count, peak=peak, nbytes=s.b_gemm, relax=relax)
+    g = gemm_time(
+        chip, mm, kk, nn, count=count, peak=peak, nbytes=s.b_gemm, relax=relax
+    )
     gemm = jnp.sum(g * weight)
     attn, attn_flops = attention_time(
-        chip, batch=s.batch, q_tokens=s.tokens, kv_tokens=s.kv_tokens, seq=s.seq,
-        heads=s.heads, kv_heads=s.kv_heads, head_dim_qk=s.h_qk, head_dim_v=s.h_v,
-        peak=peak16, nbytes=s.b_act, relax=relax, fused=s.flash,
-    )  # fmt: skip
+        chip,
+        batch=s.batch,
+        q_tokens=s.tokens,
+        kv_tokens=s.kv_tokens,
+        seq=s.seq,
+        heads=s.heads,
+        kv_heads=s.kv_heads,
+        head_dim_qk=s.h_qk,
+        head_dim_v=s.h_v,
+        peak=peak16,
+        nbytes=s.b_act,
+        relax=relax,
+        fused=s.flash,
+    )
     elem = memory_time(chip, _elementwise_bytes(model, s))
     kernels, host_ops = _kernels_per_layer(s)
     flops = 2.0 * jnp.sum(mm * kk * nn * count * weight)
     return dict(
-        gemm=gemm, attn=attn, elem=elem, kernels=kernels, host_ops=host_ops,
-        flops=flops, attn_flops=attn_flops,
-    )  # fmt: skip
+        gemm=gemm,
+        attn=attn,
+        elem=elem,
+        kernels=kernels,
+        host_ops=host_ops,
+        flops=flops,
+        attn_flops=attn_flops,
+    )
 
 
-def _layer_comm(cluster: Cluster, model: Transformer, s: _Shape, relax: AbstractRelax,
-                mapping: Parallelism):  # fmt: skip
-    """TP, CP and EP collective seconds of the layer, forward and backward, per microbatch.
+def _layer_comm(
+    cluster: Cluster,
+    model: Transformer,
+    s: _Shape,
+    relax: AbstractRelax,
+    mapping: Parallelism,
+):
+    """TP, CP and EP collective seconds of a layer per microbatch (fwd + bwd).
 
     TP (Korthikanti et al. 2022): with sequence parallelism, an all-gather before and a
     reduce-scatter after the attention and the dense MLP, forward and backward (8
@@ -174,13 +201,16 @@ def _layer_comm(cluster: Cluster, model: Transformer, s: _Shape, relax: Abstract
     kind = "all_gather" if mapping.sequence_parallel else "all_reduce"
     one = collective_time(cluster, kind, buf, s.t, 1.0, relax=relax)
     if mapping.sequence_parallel:
-        one = one + collective_time(cluster, "reduce_scatter", buf, s.t, 1.0, relax=relax)
+        one = one + collective_time(
+            cluster, "reduce_scatter", buf, s.t, 1.0, relax=relax
+        )
     n_tp = 2.0 * (1.0 - s.moe) + 1.0 * s.moe  # pairs per direction
     tp = 2.0 * n_tp * one
     kv_elems = (
-        model.n_heads * (s.h_qk + s.h_v) if model.attention == "mla"
+        model.n_heads * (s.h_qk + s.h_v)
+        if model.attention == "mla"
         else 2.0 * model.n_kv_heads * model.head_dim
-    )  # fmt: skip
+    )
     kv = s.tokens * kv_elems / s.t * b
     hop = p2p_time(cluster, kv, s.t, relax=relax)
     cp_fwd, cp_bwd = (s.c - 1.0) * hop, 2.0 * (s.c - 1.0) * hop
@@ -195,13 +225,13 @@ def train_step(
     model: Transformer,
     mapping: Parallelism,
     *,
-    relax: AbstractRelax = Exact(),
+    relax: AbstractRelax = _EXACT,
 ) -> Breakdown:
     """Time, memory and FLOP of one optimizer step of a training job.
 
     T_step = m·t_mb + (p − 1)/v·t_mb + T_p2p + T_dp,exposed + T_opt + T_host  [s]
-    where t_mb is one microbatch through one pipeline stage (L/p layers, plus the head on
-    the last stage). See the module docstring for the per-layer terms and
+    where t_mb is one microbatch through one pipeline stage (L/p layers, plus the head
+    on the last stage). See the module docstring for the per-layer terms and
     `diffperf._memory.train_memory` for memory.
 
     Args:
@@ -265,11 +295,16 @@ def train_step(
     tokens = mapping.batch() * s.seq
     attn_model = 6.0 * s.seq * model.n_heads * (s.h_qk + s.h_v) * model.n_layers
     model_flops = (6.0 * model.active_params() + attn_model) * tokens
-    extra = {"none": 0.0, "selective": lay["attn_flops"],
-             "full": lay["flops"] + lay["attn_flops"]}[mapping.recompute]  # fmt: skip
+    extra = {
+        "none": 0.0,
+        "selective": lay["attn_flops"],
+        "full": lay["flops"] + lay["attn_flops"],
+    }[mapping.recompute]
     attn_passes = 3.5 if s.flash else 3.0
     per_chip = m * (ls * (3.0 * lay["flops"] + attn_passes * lay["attn_flops"] + extra))
-    per_chip = per_chip + m * 6.0 * s.tokens * model.d_model * model.vocab_size / (s.t * p)
+    per_chip = per_chip + m * 6.0 * s.tokens * model.d_model * model.vocab_size / (
+        s.t * p
+    )
     return Breakdown(
         **terms,
         overlapped_tp_comm=mapping.tp_overlap * com["tp"] * ls * m,
@@ -293,9 +328,14 @@ def _head_time(cluster: Cluster, model: Transformer, s: _Shape, relax: AbstractR
     """
     chip = cluster.chip
     logits = gemm_time(
-        chip, s.tokens, model.d_model, model.vocab_size / s.t,
-        peak=chip.peak_flops("bf16"), nbytes=s.b_act, relax=relax,
-    )  # fmt: skip
+        chip,
+        s.tokens,
+        model.d_model,
+        model.vocab_size / s.t,
+        peak=chip.peak_flops("bf16"),
+        nbytes=s.b_act,
+        relax=relax,
+    )
     loss = memory_time(chip, s.tokens * model.vocab_size / s.t * 12.0)
     emb = memory_time(chip, 3.0 * s.tokens * model.d_model * s.b_act)
     return 3.0 * logits + loss + emb + 6.0 * chip.kernel_overhead

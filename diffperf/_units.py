@@ -1,7 +1,8 @@
 """Units and constants.
 
-Everything inside diffperf is SI: seconds (s), bytes (B), floating-point operations (FLOP),
-FLOP/s, B/s, watts (W), square metres (m²) and US dollars (USD). The constants below exist only
+Everything inside diffperf is SI: seconds (s), bytes (B), floating-point operations
+(FLOP), FLOP/s, B/s, watts (W), square metres (m²) and US dollars (USD). The constants
+below exist only
 to make conversions at the edges (TOML comments, CLI output) readable.
 """
 
@@ -23,6 +24,7 @@ BYTES = {
     "fp4": 0.5,
     "int4": 0.5,
 }
-"""Bytes per element of each storage dtype (MX/NV block scales folded in as ~3%: ignored)."""
+"""Bytes per element of each storage dtype (MX/NV block scales folded in as ~3%:
+ignored)."""
 
 DTYPES = tuple(BYTES)

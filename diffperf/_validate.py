@@ -2,8 +2,8 @@
 
 Each CSV row (columns of `data/training_calibration.csv`) is resolved to hardware, a
 workload and a mapping, predicted with the Exact model, and compared on the metric the
-source measured most directly, in this order: tokens/s/GPU, step time, model TFLOP/s/GPU.
-Throughputs scale as 1/step time, so for every metric
+source measured most directly, in this order: tokens/s/GPU, step time, model
+TFLOP/s/GPU. Throughputs scale as 1/step time, so for every metric
 
     APE = |predicted − measured| / measured
 
@@ -70,7 +70,8 @@ def _model(row):
     name = row["model"].strip()
     if re.search(r"\blora\b", name, re.I):
         raise ValueError(
-            "LoRA fine-tuning is not modeled (frozen base weights skip weight gradients)"
+            "LoRA fine-tuning is not modeled "
+            "(frozen base weights skip weight gradients)"
         )
     mtp = "mtp" in name.lower()
     base = re.sub(_SUFFIXES, "", name, flags=re.I)
@@ -97,11 +98,21 @@ def _mapping(row, kind: str, model) -> tuple[Parallelism, int]:
     zero = {"mosaic": 3, "nvidia": 1}.get(kind, 0)
     legacy = kind in ("sc21", "megatron2020")
     mapping = Parallelism(
-        tp=tp, pp=pp, dp=dp, cp=cp, ep=_num(row, "ep") or 1, vpp=_num(row, "vpp") or 1,
-        microbatch=_num(row, "microbatch") or 1, global_batch=_num(row, "global_batch"),
-        seq_len=_num(row, "seq_len") or 0, recompute=rec, sequence_parallel=sp,
-        zero=zero, flash_attention=not legacy, dp_overlap=0.0 if legacy else 1.0,
-    )  # fmt: skip
+        tp=tp,
+        pp=pp,
+        dp=dp,
+        cp=cp,
+        ep=_num(row, "ep") or 1,
+        vpp=_num(row, "vpp") or 1,
+        microbatch=_num(row, "microbatch") or 1,
+        global_batch=_num(row, "global_batch"),
+        seq_len=_num(row, "seq_len") or 0,
+        recompute=rec,
+        sequence_parallel=sp,
+        zero=zero,
+        flash_attention=not legacy,
+        dp_overlap=0.0 if legacy else 1.0,
+    )
     check_mapping(model, mapping, gpus=gpus)
     return mapping, gpus
 
@@ -119,7 +130,7 @@ def _source_flops(row, kind, model, mapping) -> float:
 
 
 def predict_row(row: dict, *, hardware_override=None) -> dict:
-    """The prediction for one training row (raises ValueError if it cannot be resolved)."""
+    """The prediction for one training row (ValueError if it cannot be resolved)."""
     kind = _source_kind(row.get("source", ""))
     cluster = hardware_override or io.load_hardware(row["gpu"])
     model = _model(row)
@@ -131,31 +142,51 @@ def predict_row(row: dict, *, hardware_override=None) -> dict:
     b = train_step(cluster, model, mapping)
     step = float(b.total)
     tokens = float(b.tokens)
-    tok, step_m = _num(row, "measured_tokens_per_s_per_gpu"), _num(row, "measured_step_time_s")
+    tok, step_m = (
+        _num(row, "measured_tokens_per_s_per_gpu"),
+        _num(row, "measured_step_time_s"),
+    )
     tfl = _num(row, "measured_tflops_per_gpu")
     if tok:
-        metric, measured, predicted = "tokens_per_s_per_gpu", tok, tokens / (step * gpus)
+        metric, measured, predicted = (
+            "tokens_per_s_per_gpu",
+            tok,
+            tokens / (step * gpus),
+        )
     elif step_m:
         metric, measured, predicted = "step_time_s", step_m, step
     elif tfl:
         flops = _source_flops(row, kind, model, mapping)
-        metric, measured, predicted = "tflops_per_gpu", tfl, flops / (step * gpus) / 1e12
+        metric, measured, predicted = (
+            "tflops_per_gpu",
+            tfl,
+            flops / (step * gpus) / 1e12,
+        )
     else:
         raise ValueError("row has no measured throughput, step time or TFLOP/s")
     return dict(
-        metric=metric, measured=measured, predicted=predicted,
-        ape=abs(predicted - measured) / measured, step_time_s=step,
-        feasible=bool(b.feasible), memory_per_gpu_bytes=float(b.memory_per_gpu),
-        hardware=cluster.name, model=model.name,
-    )  # fmt: skip
+        metric=metric,
+        measured=measured,
+        predicted=predicted,
+        ape=abs(predicted - measured) / measured,
+        step_time_s=step,
+        feasible=bool(b.feasible),
+        memory_per_gpu_bytes=float(b.memory_per_gpu),
+        hardware=cluster.name,
+        model=model.name,
+    )
 
 
 def validate_rows(rows: list[dict]) -> dict:
     """Per-row predictions and the error summary of a list of training CSV rows."""
     results = []
     for i, row in enumerate(rows):
-        entry = dict(row=i, source=row.get("source", ""), gpu=row.get("gpu", ""),
-                     model_name=row.get("model", ""))  # fmt: skip
+        entry = dict(
+            row=i,
+            source=row.get("source", ""),
+            gpu=row.get("gpu", ""),
+            model_name=row.get("model", ""),
+        )
         try:
             entry |= predict_row(row)
         except ValueError as e:
@@ -180,12 +211,15 @@ def summarize(results: list[dict]) -> dict:
         by_gpu.setdefault(r["hardware"], []).append(r)
     overall = stats(done)
     return dict(
-        kind="training", rows=len(results), rows_predicted=len(done),
-        mape=overall["mape"], median_ape=overall["median_ape"],
+        kind="training",
+        rows=len(results),
+        rows_predicted=len(done),
+        mape=overall["mape"],
+        median_ape=overall["median_ape"],
         by_source={k: stats(v) for k, v in sorted(by_source.items())},
         by_gpu={k: stats(v) for k, v in sorted(by_gpu.items())},
         results=results,
-    )  # fmt: skip
+    )
 
 
 def _short_source(source: str) -> str:
@@ -196,7 +230,10 @@ def _short_source(source: str) -> str:
 def validate_file(path) -> dict:
     """Validate against a measurement CSV; detects training vs inference columns."""
     columns, rows = io.read_csv(path)
-    if "measured_tflops_per_gpu" in columns or "measured_tokens_per_s_per_gpu" in columns:
+    if (
+        "measured_tflops_per_gpu" in columns
+        or "measured_tokens_per_s_per_gpu" in columns
+    ):
         for col in ("gpu", "model", "num_gpus"):
             if col not in columns:
                 raise ValueError(f"--data: training CSV lacks the column {col!r}")
@@ -215,8 +252,10 @@ def validate_file(path) -> dict:
 def print_report(out: dict):
     """Human-readable summary of `validate_file`'s result."""
     pct = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"  # noqa: E731
-    print(f"rows {out['rows']}, predicted {out['rows_predicted']}, "
-          f"MAPE {pct(out['mape'])}, median APE {pct(out['median_ape'])}")  # fmt: skip
+    print(
+        f"rows {out['rows']}, predicted {out['rows_predicted']}, "
+        f"MAPE {pct(out['mape'])}, median APE {pct(out['median_ape'])}"
+    )
     for title, table in (("source", out["by_source"]), ("gpu", out["by_gpu"])):
         print(f"\nby {title}:")
         for k, v in table.items():

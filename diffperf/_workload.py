@@ -28,11 +28,11 @@ def _dtype(x: str, field: str) -> str:
 
 
 class Precision(eqx.Module):
-    """Dtype of each tensor class (static labels; bytes come from `diffperf._units.BYTES`).
+    """Dtype of each tensor class (static labels; bytes from `_units.BYTES`).
 
-    `math` picks the tensor-core peak; the others set bytes moved and stored. Defaults are
-    the usual mixed-precision recipe: bf16 weights/activations, fp32 gradient reduction,
-    fp32 Adam state and master weights.
+    `math` picks the tensor-core peak; the others set bytes moved and stored. Defaults
+    are the usual mixed-precision recipe: bf16 weights/activations, fp32 gradient
+    reduction, fp32 Adam state and master weights.
     """
 
     math: str = eqx.field(static=True, default="bf16")
@@ -52,25 +52,28 @@ class Precision(eqx.Module):
 
     @classmethod
     def training(cls, dtype: str) -> "Precision":
-        """The precision of a training run whose GEMMs run in `dtype` (bf16, fp8, fp4...).
+        """The precision of a training run whose GEMMs run in `dtype`.
 
         Low-precision (fp8/fp4) training keeps its primary weights in that dtype (fp32
         master weights live in the optimizer state), bf16 activations between GEMMs, and
         casts GEMM inputs (Transformer Engine's fp8 parameters and recipe).
         """
         if dtype in ("bf16", "fp16", "fp32", "tf32"):
-            return cls(math=dtype, weights=dtype if dtype != "tf32" else "fp32",
-                       activations=dtype if dtype != "tf32" else "fp32")  # fmt: skip
+            return cls(
+                math=dtype,
+                weights=dtype if dtype != "tf32" else "fp32",
+                activations=dtype if dtype != "tf32" else "fp32",
+            )
         return cls(math=_dtype(dtype, "math"), weights=dtype)
 
 
 class Transformer(eqx.Module):
-    """A decoder-only transformer, dense or MoE (see workloads/README.md for the fields).
+    """A decoder-only transformer, dense or MoE (fields: workloads/README.md).
 
     Attention is multi-head (K = N), grouped-query (1 < K < N) or multi-query (K = 1);
     `attention="mla"` is DeepSeek's multi-head latent attention. MoE layers replace the
-    MLP by E routed experts (k per token) plus shared experts; the first `n_dense_layers`
-    keep a dense MLP of width F.
+    MLP by E routed experts (k per token) plus shared experts; the first
+    `n_dense_layers` keep a dense MLP of width F.
     """
 
     n_layers: Array = eqx.field(**_F)
@@ -103,16 +106,30 @@ class Transformer(eqx.Module):
         check_fields(
             self,
             positive=(
-                "n_layers", "d_model", "n_heads", "n_kv_heads", "head_dim", "d_ff",
-                "vocab_size", "max_seq_len", "expert_imbalance",
+                "n_layers",
+                "d_model",
+                "n_heads",
+                "n_kv_heads",
+                "head_dim",
+                "d_ff",
+                "vocab_size",
+                "max_seq_len",
+                "expert_imbalance",
             ),
             nonneg=(
-                "sliding_window", "n_experts", "top_k", "d_ff_expert",
-                "n_shared_experts", "n_dense_layers", "q_lora_rank", "kv_lora_rank",
-                "qk_rope_head_dim", "v_head_dim",
+                "sliding_window",
+                "n_experts",
+                "top_k",
+                "d_ff_expert",
+                "n_shared_experts",
+                "n_dense_layers",
+                "q_lora_rank",
+                "kv_lora_rank",
+                "qk_rope_head_dim",
+                "v_head_dim",
             ),
             fraction=("sliding_fraction",),
-        )  # fmt: skip
+        )
         if self.mlp not in ("gated", "plain"):
             raise ValueError(f"Transformer(mlp={self.mlp!r}) must be gated or plain")
         if self.attention not in ("standard", "mla"):
@@ -121,12 +138,12 @@ class Transformer(eqx.Module):
             )
         n, k = concrete(self.n_heads), concrete(self.n_kv_heads)
         if n is not None and k is not None and n % k:
-            raise ValueError(
-                f"Transformer(n_kv_heads={k:g}) must divide n_heads={n:g}"
-            )
+            raise ValueError(f"Transformer(n_kv_heads={k:g}) must divide n_heads={n:g}")
         e, top = concrete(self.n_experts), concrete(self.top_k)
         if e is not None and top is not None and e > 0 and not 0 < top <= e:
-            raise ValueError(f"Transformer(top_k={top:g}) must be in 1..n_experts={e:g}")
+            raise ValueError(
+                f"Transformer(top_k={top:g}) must be in 1..n_experts={e:g}"
+            )
 
     # ---- derived sizes (elements), all differentiable -------------------------------
     @property
@@ -180,7 +197,9 @@ class Transformer(eqx.Module):
 
     def params(self) -> Array:
         """Total parameters [elements]: L·layer + embeddings + final norm."""
-        return self.n_layers * self.layer_params() + self.embedding_params() + self.d_model
+        return (
+            self.n_layers * self.layer_params() + self.embedding_params() + self.d_model
+        )
 
     def active_params(self) -> Array:
         """Parameters used per token [elements]: routed experts count k of E."""

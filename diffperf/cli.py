@@ -56,9 +56,11 @@ def _add_train(sub):
     p.add_argument("--seq-len", type=_positive_int("--seq-len"))
     p.add_argument("--recompute", choices=("none", "selective", "full"), default="none")
     p.add_argument(
-        "--sequence-parallel", action=argparse.BooleanOptionalAction, default=None,
+        "--sequence-parallel",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="default: on when tp > 1",
-    )  # fmt: skip
+    )
     p.add_argument("--zero", type=int, choices=(0, 1, 2, 3), default=1)
     p.add_argument("--dtype", choices=DTYPES, default="bf16", help="GEMM math dtype")
     p.add_argument("--json", action="store_true")
@@ -104,33 +106,51 @@ def _train(args) -> dict:
     model = io.load_workload(args.model)
     model = _with_precision(model, Precision.training(args.dtype))
     if float(cluster.chip.peak_flops(args.dtype)) <= 0:
-        raise UsageError(f"--dtype={args.dtype}: {cluster.name} has no {args.dtype} tensor "
-                         "throughput (flops_" + args.dtype + " = 0)")  # fmt: skip
+        raise UsageError(
+            f"--dtype={args.dtype}: {cluster.name} has no {args.dtype} tensor "
+            "throughput (flops_" + args.dtype + " = 0)"
+        )
     inner = args.tp * args.pp * args.cp
     dp = args.dp if args.dp is not None else args.gpus // inner
     if args.gpus % inner and args.dp is None:
         raise UsageError(f"--gpus={args.gpus} must be a multiple of tp·pp·cp={inner}")
     sp = args.sequence_parallel if args.sequence_parallel is not None else args.tp > 1
     mapping = Parallelism(
-        tp=args.tp, pp=args.pp, dp=dp, cp=args.cp, ep=args.ep, vpp=args.vpp,
+        tp=args.tp,
+        pp=args.pp,
+        dp=dp,
+        cp=args.cp,
+        ep=args.ep,
+        vpp=args.vpp,
         microbatch=args.microbatch,
         global_batch=args.global_batch or dp * args.microbatch,
-        seq_len=args.seq_len or 0, recompute=args.recompute, sequence_parallel=sp,
+        seq_len=args.seq_len or 0,
+        recompute=args.recompute,
+        sequence_parallel=sp,
         zero=args.zero,
-    )  # fmt: skip
+    )
     check_mapping(model, mapping, gpus=args.gpus)
     out = train_result(cluster, model, mapping)
     out |= {
         "hardware": cluster.name,
         "model": model.name,
         "mapping": {
-            "gpus": args.gpus, "tp": args.tp, "pp": args.pp, "dp": dp, "cp": args.cp,
-            "ep": args.ep, "vpp": args.vpp, "microbatch": args.microbatch,
-            "global_batch": float(mapping.batch()), "seq_len": float(mapping.tokens(model)),
-            "recompute": args.recompute, "sequence_parallel": sp, "zero": args.zero,
+            "gpus": args.gpus,
+            "tp": args.tp,
+            "pp": args.pp,
+            "dp": dp,
+            "cp": args.cp,
+            "ep": args.ep,
+            "vpp": args.vpp,
+            "microbatch": args.microbatch,
+            "global_batch": float(mapping.batch()),
+            "seq_len": float(mapping.tokens(model)),
+            "recompute": args.recompute,
+            "sequence_parallel": sp,
+            "zero": args.zero,
             "dtype": args.dtype,
         },
-    }  # fmt: skip
+    }
     return out
 
 
@@ -144,7 +164,9 @@ def _print_train(out: dict):
     print(f"{out['model']} on {out['mapping']['gpus']} × {out['hardware']}")
     print(f"  step time        {out['step_time_s']:.4g} s")
     print(f"  tokens/s/GPU     {out['tokens_per_s_per_gpu']:.5g}")
-    print(f"  model TFLOP/s/GPU {out['model_tflops_per_gpu']:.4g}  (MFU {out['mfu']:.1%})")
+    print(
+        f"  model TFLOP/s/GPU {out['model_tflops_per_gpu']:.4g}  (MFU {out['mfu']:.1%})"
+    )
     mem, cap = out["memory_per_gpu_bytes"], out["memory_capacity_bytes"]
     fit = "fits" if out["feasible"] else "DOES NOT FIT"
     print(f"  memory/GPU       {mem / 1e9:.1f} GB of {cap / 1e9:.0f} GB ({fit})")

@@ -1,9 +1,9 @@
-"""Loading hardware and workload specs (TOML, Hugging Face config.json) and resolving names.
+"""Loading hardware and workload specs (TOML, HF config.json); resolving names.
 
 The only module of the library that touches files. Specs live in `hardware/` and
 `workloads/` at the repository root; an installed wheel carries copies under
-`diffperf/_specs/`. A name is a file stem, an alias from `[meta] aliases` (compared after
-lower-casing and dropping spaces and `-_.(),/`), or a path.
+`diffperf/_specs/`. A name is a file stem, an alias from `[meta] aliases` (compared
+after lower-casing and dropping spaces and `-_.(),/`), or a path.
 """
 
 import difflib
@@ -113,7 +113,7 @@ _BOOL_KEYS = {"tied_embeddings"}
 
 
 def _build(cls, table: dict | None, where: str, *, fixed: dict | None = None):
-    """cls(**table), with unknown / missing keys and bad values as one-line ValueErrors."""
+    """cls(**table); unknown / missing keys and bad values raise ValueError."""
     if not isinstance(table, dict):
         raise ValueError(f"{where}: missing table")
     fields = {f for f in cls.__dataclass_fields__ if f not in (fixed or {})}
@@ -145,7 +145,9 @@ def _check_meta(meta: dict, path: Path):
     if meta.get("schema") != 1:
         raise ValueError(f"{path}: [meta] schema must be 1")
     if not meta.get("source"):
-        raise ValueError(f"{path}: [meta] source is required (where the numbers come from)")
+        raise ValueError(
+            f"{path}: [meta] source is required (where the numbers come from)"
+        )
 
 
 def load_hardware(name: str | Path) -> Cluster:
@@ -180,7 +182,10 @@ def load_workload(name: str | Path) -> Transformer:
     data = _read_toml(path)
     _check_meta(data.get("meta", {}), path)
     return _build(
-        Transformer, data.get("model"), f"{path.name} [model]", fixed={"name": path.stem}
+        Transformer,
+        data.get("model"),
+        f"{path.name} [model]",
+        fixed={"name": path.stem},
     )
 
 
@@ -190,8 +195,10 @@ def published_params(name: str) -> float | None:
 
 
 def from_hf_config(path: str | Path) -> Transformer:
-    """A `Transformer` from a Hugging Face `config.json` (Llama, Mistral, Qwen, GPT-2,
-    Mixtral, Qwen-MoE, GPT-OSS and DeepSeek-V3 style keys).
+    """A `Transformer` from a Hugging Face `config.json`.
+
+    Understands Llama, Mistral, Qwen, GPT-2, Mixtral, Qwen-MoE, GPT-OSS and
+    DeepSeek-V3 style keys.
 
     Raises:
         ValueError: the file is not JSON or lacks the hidden size / layer / head keys.
@@ -214,10 +221,21 @@ def from_hf_config(path: str | Path) -> Transformer:
     d = get("hidden_size", "n_embd", "d_model")
     heads = get("num_attention_heads", "n_head")
     act = str(get("hidden_act", "activation_function", default="silu"))
-    gated = act in ("silu", "swiglu", "gelu_pytorch_tanh") or "llama" in str(
-        cfg.get("model_type", "")
-    ) or cfg.get("model_type") in ("mistral", "qwen2", "qwen3", "qwen3_moe",
-                                   "mixtral", "gpt_oss", "deepseek_v3", "gemma")  # fmt: skip
+    gated = (
+        act in ("silu", "swiglu", "gelu_pytorch_tanh")
+        or "llama" in str(cfg.get("model_type", ""))
+        or cfg.get("model_type")
+        in (
+            "mistral",
+            "qwen2",
+            "qwen3",
+            "qwen3_moe",
+            "mixtral",
+            "gpt_oss",
+            "deepseek_v3",
+            "gemma",
+        )
+    )
     experts = get("num_local_experts", "num_experts", "n_routed_experts", default=0)
     mla = cfg.get("kv_lora_rank") is not None
     table = dict(
@@ -232,13 +250,16 @@ def from_hf_config(path: str | Path) -> Transformer:
         mlp="gated" if gated else "plain",
         tied_embeddings=bool(cfg.get("tie_word_embeddings", not gated)),
         n_experts=experts,
-        top_k=get("num_experts_per_tok", "experts_per_token", default=0) if experts else 0,
+        top_k=get("num_experts_per_tok", "experts_per_token", default=0)
+        if experts
+        else 0,
         d_ff_expert=get("moe_intermediate_size", "intermediate_size", default=0)
-        if experts else 0,
+        if experts
+        else 0,
         n_shared_experts=get("n_shared_experts", default=0) if experts else 0,
         n_dense_layers=get("first_k_dense_replace", default=0) if experts else 0,
         sliding_window=get("sliding_window", default=0) or 0,
-    )  # fmt: skip
+    )
     if mla:
         table |= dict(
             attention="mla",

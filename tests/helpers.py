@@ -18,6 +18,13 @@ def tree_allclose(x, y, *, rtol=1e-5, atol=0.0) -> bool:
     )
 
 
+def get_leaf(tree, path: str):
+    """The leaf at dotted `path` (e.g. "chip.hbm_bandwidth")."""
+    for p in path.split("."):
+        tree = getattr(tree, p)
+    return tree
+
+
 def scale_leaf(tree, path: str, factor):
     """A copy of `tree` with the float leaf at dotted `path` multiplied by `factor`."""
     parts = path.split(".")

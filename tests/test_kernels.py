@@ -2,10 +2,11 @@
 
 The sweeps vary M with K = N = 12288, and K = N with M = 8192 (fp16). The measuring
 harness adds a fixed per-call cost, taken as the time of its smallest GEMM
-(8192×64×64 on A100, 8192×32×32 on MI210, ~30 µs, almost no work). The efficiency curve's
-best fraction ε_max of a GEMM in isolation is one free scale (fitted as the median ratio);
-the test checks the *shape*: the half-efficiency dimension, the memory roofline for skinny
-GEMMs and the SRAM-aware traffic, across 3 orders of magnitude of GEMM size.
+(8192×64×64 on A100, 8192×32×32 on MI210, ~30 µs, almost no work). The efficiency
+curve's best fraction ε_max of a GEMM in isolation is one free scale (fitted as the
+median ratio);
+the test checks the *shape*: the half-efficiency dimension, the memory roofline for
+skinny GEMMs and the SRAM-aware traffic, across 3 orders of magnitude of GEMM size.
 """
 
 import csv
@@ -35,15 +36,18 @@ def test_gemm_curve_shape_matches_measurements(gpu, stem, compute_bound_only):
     m, k, n = (np.array([float(r[c]) for r in rows]) for c in "MKN")
     measured = np.array([float(r["time_ms"]) for r in rows]) * 1e-3
     harness = measured[np.argmin(m * k * n)]
-    model = np.asarray(gemm_time(chip, m, k, n, peak=chip.flops_bf16, nbytes=2.0,
-                                 relax=dp.Exact()))  # fmt: skip
+    model = np.asarray(
+        gemm_time(chip, m, k, n, peak=chip.flops_bf16, nbytes=2.0, relax=dp.Exact())
+    )
     work = measured - harness
     keep = work > 0.2 * measured  # rows where the GEMM, not the harness, dominates
     if compute_bound_only:
         ideal_compute = 2 * m * k * n / float(chip.flops_bf16)
         ideal_memory = 2 * (m * k + k * n + m * n) / float(chip.hbm_bandwidth)
         keep &= ideal_compute > ideal_memory
-        m, k, n, measured, model, work = (a[keep] for a in (m, k, n, measured, model, work))
+        m, k, n, measured, model, work = (
+            a[keep] for a in (m, k, n, measured, model, work)
+        )
         keep = keep[keep]
     scale = np.median(model[keep] / work[keep])
     ratio = (model / scale + harness) / measured

@@ -5,14 +5,25 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "diffperf"
 LAYER = {
-    "_custom_types": 0, "_units": 0, "_relax": 0, "_checks": 0,
+    "_custom_types": 0,
+    "_units": 0,
+    "_relax": 0,
+    "_checks": 0,
     "_hardware": 1,
     "_workload": 2,
-    "_mapping": 3, "_collectives": 3,
-    "_ops": 4, "_breakdown": 4, "_dp": 4, "_memory": 4, "_train": 4,
-    "_sensitivity": 6, "_validate": 7,
-    "io": 7, "cli": 7, "__init__": 8,
-}  # fmt: skip
+    "_mapping": 3,
+    "_collectives": 3,
+    "_ops": 4,
+    "_breakdown": 4,
+    "_dp": 4,
+    "_memory": 4,
+    "_train": 4,
+    "_sensitivity": 6,
+    "_validate": 7,
+    "io": 7,
+    "cli": 7,
+    "__init__": 8,
+}
 FORBIDDEN_LOW = {"optax", "tomllib", "pathlib", "csv", "json", "open"}
 
 

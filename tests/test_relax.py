@@ -1,4 +1,5 @@
-"""Smooth primitives: bounds against Exact, finite values and gradients at 0 and ties."""
+"""Smooth primitives: bounds against Exact, finite values and gradients at 0 and
+ties."""
 
 import jax
 import jax.numpy as jnp
@@ -60,7 +61,9 @@ def test_select_is_convex_combination_and_exact_picks_argmax():
     assert abs(float(dp.Smooth(1e4).select(values, scores)) - 1.0) < 1e-6
 
 
-@pytest.mark.parametrize("relax", [dp.Exact(), dp.Smooth(16.0)], ids=["exact", "smooth"])
+@pytest.mark.parametrize(
+    "relax", [dp.Exact(), dp.Smooth(16.0)], ids=["exact", "smooth"]
+)
 @pytest.mark.parametrize("a,b", [(0.0, 0.0), (1.0, 1.0), (0.0, 2.0), (3.0, 0.0)])
 def test_finite_value_and_gradient_at_zero_and_ties(relax, a, b):
     for f in (relax.max, relax.min, relax.exceed):

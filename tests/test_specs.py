@@ -1,4 +1,5 @@
-"""Contract tests over every bundled hardware and workload spec, and spec loading errors."""
+"""Contract tests over every bundled hardware and workload spec, and spec loading
+errors."""
 
 import tomllib
 from pathlib import Path
@@ -49,11 +50,18 @@ def test_hardware_aliases_are_unique_and_resolve():
 
 @pytest.mark.parametrize(
     "alias,stem",
-    [("H100-SXM-80GB", "h100_sxm"), ("A100-40GB", "a100_sxm4_40gb"),
-     ("A100-80GB", "a100_sxm4_80gb"), ("A100-SXM4-80GB", "a100_sxm4_80gb"),
-     ("V100 (DGX-2)", "dgx2_v100"), ("B200", "b200"), ("H100", "h100_sxm"),
-     ("A100 (Selene, 80GB)", "a100_sxm4_80gb"), ("A100 (DGX-A100)", "dgx_a100_40gb")],
-)  # fmt: skip
+    [
+        ("H100-SXM-80GB", "h100_sxm"),
+        ("A100-40GB", "a100_sxm4_40gb"),
+        ("A100-80GB", "a100_sxm4_80gb"),
+        ("A100-SXM4-80GB", "a100_sxm4_80gb"),
+        ("V100 (DGX-2)", "dgx2_v100"),
+        ("B200", "b200"),
+        ("H100", "h100_sxm"),
+        ("A100 (Selene, 80GB)", "a100_sxm4_80gb"),
+        ("A100 (DGX-A100)", "dgx_a100_40gb"),
+    ],
+)
 def test_data_gpu_names_resolve(alias, stem):
     assert dp.load_hardware(alias).name == stem
 
@@ -67,8 +75,9 @@ def test_every_workload_matches_its_published_parameter_count(path):
     # 3%: biases, padded vocabularies and position embeddings are not all modeled.
     np.testing.assert_allclose(float(model.params()), published, rtol=0.03)
     if "active_params" in meta:
-        np.testing.assert_allclose(float(model.active_params()), meta["active_params"],
-                                   rtol=0.05)  # fmt: skip
+        np.testing.assert_allclose(
+            float(model.active_params()), meta["active_params"], rtol=0.05
+        )
 
 
 def test_workload_aliases_are_unique():
@@ -121,7 +130,9 @@ def test_unknown_and_missing_keys_are_errors(tmp_path):
     text = _h100_text().replace("[chip]", "[chip]\nwarp_speed = 9.0", 1)
     with pytest.raises(ValueError, match="unknown key.*warp_speed"):
         dp.load_hardware(_write(tmp_path, text))
-    lines = [ln for ln in _h100_text().splitlines() if not ln.startswith("hbm_capacity")]
+    lines = [
+        ln for ln in _h100_text().splitlines() if not ln.startswith("hbm_capacity")
+    ]
     with pytest.raises(ValueError, match="missing key.*hbm_capacity"):
         dp.load_hardware(_write(tmp_path, "\n".join(lines)))
 

@@ -10,29 +10,57 @@ from hypothesis import strategies as st
 
 import diffperf as dp
 
-from .helpers import f64, float_leaf_paths, scale_leaf, tree_allclose
+from .helpers import f64, float_leaf_paths, get_leaf, scale_leaf, tree_allclose
 
 H100 = dp.load_hardware("h100_sxm")
 DGX_A100 = dp.load_hardware("dgx_a100")
 LLAMA70 = dp.load_workload("llama3_70b")
 GPT175 = dp.load_workload("gpt3_175b")
 QWEN_MOE = dp.load_workload("qwen3_30b_a3b")
-MAP70 = dp.Parallelism(tp=4, pp=4, dp=4, vpp=5, microbatch=1, global_batch=128,
-                       seq_len=8192, recompute="selective")  # fmt: skip
-MAP_MOE = dp.Parallelism(tp=1, pp=1, dp=16, ep=16, microbatch=1, global_batch=256,
-                         seq_len=4096)  # fmt: skip
+MAP70 = dp.Parallelism(
+    tp=4,
+    pp=4,
+    dp=4,
+    vpp=5,
+    microbatch=1,
+    global_batch=128,
+    seq_len=8192,
+    recompute="selective",
+)
+MAP_MOE = dp.Parallelism(
+    tp=1, pp=1, dp=16, ep=16, microbatch=1, global_batch=256, seq_len=4096
+)
 CASES = [
     (LLAMA70, MAP70),
-    (GPT175, dp.Parallelism(tp=8, pp=8, dp=4, cp=1, microbatch=1, global_batch=256,
-                            recompute="full", zero=0, sequence_parallel=False)),
+    (
+        GPT175,
+        dp.Parallelism(
+            tp=8,
+            pp=8,
+            dp=4,
+            cp=1,
+            microbatch=1,
+            global_batch=256,
+            recompute="full",
+            zero=0,
+            sequence_parallel=False,
+        ),
+    ),
     (QWEN_MOE, MAP_MOE),
-    (LLAMA70, dp.Parallelism(tp=8, dp=8, cp=2, microbatch=1, global_batch=64,
-                             seq_len=32768, zero=3)),
-]  # fmt: skip
+    (
+        LLAMA70,
+        dp.Parallelism(
+            tp=8, dp=8, cp=2, microbatch=1, global_batch=64, seq_len=32768, zero=3
+        ),
+    ),
+]
 IDS = ["llama70-tp4pp4vpp5", "gpt175-full-zero0", "qwen-moe-ep16", "llama70-cp2-zero3"]
 
 
-def total(cluster, model, mapping, relax=dp.Smooth(16.0)):
+SMOOTH = dp.Smooth(16.0)
+
+
+def total(cluster, model, mapping, relax=SMOOTH):
     return dp.train_step(cluster, model, mapping, relax=relax).total
 
 
@@ -44,13 +72,15 @@ def test_gradients_match_finite_differences_for_every_hardware_leaf(model, mappi
     t0 = float(f(H100))
     eps = float(np.cbrt(np.finfo(np.float64).eps))
     for path in float_leaf_paths(H100):
-        x = float(eval(f"H100.{path}"))
-        g = float(eval(f"grads.{path}"))
+        x = float(get_leaf(H100, path))
+        g = float(get_leaf(grads, path))
         assert np.isfinite(g), path
         if x == 0.0:
             continue
-        fd = (float(f(scale_leaf(H100, path, np.exp(eps))))
-              - float(f(scale_leaf(H100, path, np.exp(-eps))))) / (2 * eps)  # fmt: skip
+        fd = (
+            float(f(scale_leaf(H100, path, np.exp(eps))))
+            - float(f(scale_leaf(H100, path, np.exp(-eps))))
+        ) / (2 * eps)
         # Elasticities below 1e-7 are at the finite-difference noise floor.
         assert abs(g * x - fd) <= 1e-4 * abs(fd) + 1e-7 * t0, (path, g * x, fd)
 
@@ -71,8 +101,9 @@ def test_gradient_finite_everywhere_and_live_for_binding_resource(model, mapping
 
 def test_comm_bound_job_has_live_network_gradient():
     """Pure DP across nodes with ZeRO-0 and no overlap: the NICs are binding."""
-    mapping = dp.Parallelism(dp=64, microbatch=1, global_batch=64, seq_len=2048,
-                             zero=0, dp_overlap=0.0)  # fmt: skip
+    mapping = dp.Parallelism(
+        dp=64, microbatch=1, global_batch=64, seq_len=2048, zero=0, dp_overlap=0.0
+    )
     model = dp.load_workload("llama2_7b")
     b = dp.train_step(H100, model, mapping)
     assert float(b.dp_comm) > 0.2 * float(b.total)
@@ -103,9 +134,9 @@ def test_jit_and_vmap_equal_plain_call(relax):
 
 def test_vmap_over_a_batched_cluster():
     bws = jnp.array([2e12, 3.35e12, 4.8e12])
-    clusters = jax.vmap(lambda bw: eqx.tree_at(lambda c: c.chip.hbm_bandwidth, H100, bw))(
-        bws
-    )
+    clusters = jax.vmap(
+        lambda bw: eqx.tree_at(lambda c: c.chip.hbm_bandwidth, H100, bw)
+    )(bws)
     out = jax.vmap(lambda c: dp.train_step(c, LLAMA70, MAP70).total)(clusters)
     assert out.shape == (3,) and bool(jnp.all(jnp.diff(out) <= 0))
 
@@ -128,14 +159,17 @@ def test_terms_sum_to_total_and_are_nonnegative():
         terms = b.terms()
         assert set(terms) == set(dp.TERMS)
         assert all(float(v) >= 0 and np.isfinite(float(v)) for v in terms.values())
-        np.testing.assert_allclose(sum(float(v) for v in terms.values()), float(b.total))
+        np.testing.assert_allclose(
+            sum(float(v) for v in terms.values()), float(b.total)
+        )
 
 
 def test_model_flops_are_six_params_tokens_plus_attention():
-    """Executed FLOP (no recompute) = 6·P_matmul·tokens + causal attention (Kaplan 2020)."""
+    """Executed FLOP (no recompute) = 6·P_matmul·tokens + causal attention."""
     m = LLAMA70
-    mapping = dp.Parallelism(tp=8, pp=4, dp=2, microbatch=1, global_batch=64,
-                             seq_len=4096)  # fmt: skip
+    mapping = dp.Parallelism(
+        tp=8, pp=4, dp=2, microbatch=1, global_batch=64, seq_len=4096
+    )
     b = dp.train_step(H100, m, mapping)
     tokens = 64 * 4096
     p_matmul = m.params() - m.vocab_size * m.d_model - (2 * m.n_layers + 1) * m.d_model
@@ -143,8 +177,12 @@ def test_model_flops_are_six_params_tokens_plus_attention():
     expected = (6 * p_matmul + attn) * tokens
     # Flash-attention backward recomputes scores (0.5 × forward attention) on top.
     extra = 0.5 * attn / 3 * tokens
-    np.testing.assert_allclose(float(b.hardware_flops), float(expected + extra), rtol=1e-3)
-    palm = (6 * m.params() + 6 * 4096 * m.n_heads * 2 * m.head_dim * m.n_layers) * tokens
+    np.testing.assert_allclose(
+        float(b.hardware_flops), float(expected + extra), rtol=1e-3
+    )
+    palm = (
+        6 * m.params() + 6 * 4096 * m.n_heads * 2 * m.head_dim * m.n_layers
+    ) * tokens
     np.testing.assert_allclose(float(b.model_flops), float(palm), rtol=1e-9)
 
 
@@ -158,17 +196,34 @@ def test_full_recompute_adds_one_forward():
     assert float(b1.total) > float(b0.total)
 
 
-FAST = ["chip.flops_bf16", "chip.flops_fp8", "chip.hbm_bandwidth", "chip.sram_capacity",
-        "chip.matmul_efficiency", "chip.attention_efficiency", "scale_up.bandwidth",
-        "scale_out.bandwidth", "host.nics_per_node", "scale_up.size",
-        "chip.memory_efficiency"]  # fmt: skip
-SLOW = ["chip.kernel_overhead", "scale_up.latency", "scale_out.latency",
-        "host.dispatch_overhead", "host.step_overhead", "chip.matmul_half_dim"]  # fmt: skip
+FAST = [
+    "chip.flops_bf16",
+    "chip.flops_fp8",
+    "chip.hbm_bandwidth",
+    "chip.sram_capacity",
+    "chip.matmul_efficiency",
+    "chip.attention_efficiency",
+    "scale_up.bandwidth",
+    "scale_out.bandwidth",
+    "host.nics_per_node",
+    "scale_up.size",
+    "chip.memory_efficiency",
+]
+SLOW = [
+    "chip.kernel_overhead",
+    "scale_up.latency",
+    "scale_out.latency",
+    "host.dispatch_overhead",
+    "host.step_overhead",
+    "chip.matmul_half_dim",
+]
 
 
 @st.composite
 def jobs(draw):
-    model = draw(st.sampled_from([LLAMA70, GPT175, QWEN_MOE, dp.load_workload("mpt_7b")]))
+    model = draw(
+        st.sampled_from([LLAMA70, GPT175, QWEN_MOE, dp.load_workload("mpt_7b")])
+    )
     tp = draw(st.sampled_from([1, 2, 4, 8]))
     pp = draw(st.sampled_from([1, 2, 4]))
     d = draw(st.sampled_from([1, 2, 8, 32]))
@@ -179,12 +234,18 @@ def jobs(draw):
     if float(model.n_experts) > 0:
         ep = draw(st.sampled_from([e for e in (1, 2, 4, 8) if (tp * d * cp) % e == 0]))
     mapping = dp.Parallelism(
-        tp=tp, pp=pp, dp=d, cp=cp, ep=ep, microbatch=mb, global_batch=d * mb * acc,
+        tp=tp,
+        pp=pp,
+        dp=d,
+        cp=cp,
+        ep=ep,
+        microbatch=mb,
+        global_batch=d * mb * acc,
         seq_len=draw(st.sampled_from([2048, 4096])),
         recompute=draw(st.sampled_from(["none", "selective", "full"])),
         zero=draw(st.sampled_from([0, 1, 2, 3])),
         sequence_parallel=draw(st.booleans()),
-    )  # fmt: skip
+    )
     return model, mapping
 
 

@@ -37,5 +37,8 @@ def test_mape_per_source(report):
 def test_unpredicted_rows_say_why(report):
     missing = [r for r in report["results"] if "ape" not in r]
     assert all(r["reason"] for r in missing)
-    assert all(r["predicted"] > 0 and r["measured"] > 0 for r in report["results"]
-               if "ape" in r)  # fmt: skip
+    assert all(
+        r["predicted"] > 0 and r["measured"] > 0
+        for r in report["results"]
+        if "ape" in r
+    )

@@ -7,10 +7,11 @@ For every chip spec with rows in data/training_calibration.csv, fits
     host.dispatch_overhead, host.step_overhead
 
 (the same values for every row of a device, never per row; a leaf no row depends on,
-such as the fp8 efficiency of a device measured only in bf16, keeps its prior) by minimizing the mean squared
-log error of the predicted step time, with optax Adam in log space under the Smooth model
-and box bounds that keep the values physical. Rows of systems that extend a chip file
-(e.g. dgx_a100_40gb → a100_sxm4_40gb) count for that chip.
+such as the fp8 efficiency of a device measured only in bf16, keeps its prior) by
+minimizing the mean squared log error of the predicted step time, with optax Adam in
+log space under the Smooth model and box bounds that keep the values physical. Rows of
+systems that extend a chip file (e.g. dgx_a100_40gb → a100_sxm4_40gb) count for that
+chip. Rows with the same static structure are stacked and vmapped.
 
 Usage:
     python experiments/calibrate_training/fit.py            # fit and report
@@ -68,7 +69,7 @@ def _root(stem: str) -> str:
 
 
 def prepared_rows(rows):
-    """(root chip, cluster, model, mapping, measured step time, row) per resolvable row."""
+    """(root chip, cluster, model, mapping, measured step time, row) per row."""
     out = []
     for row in rows:
         try:
@@ -83,18 +84,43 @@ def prepared_rows(rows):
         mapping, _ = _validate._mapping(row, kind, model)
         # measured step time: the model's step time scaled by measured/predicted metric
         ratio = res["measured"] / res["predicted"]
-        t_meas = res["step_time_s"] * (ratio if res["metric"] == "step_time_s" else 1 / ratio)
+        t_meas = res["step_time_s"] * (
+            ratio if res["metric"] == "step_time_s" else 1 / ratio
+        )
         t_meas = jnp.asarray(t_meas, dtype=jnp.result_type(float))  # a leaf: no retrace
         out.append((_root(cluster.name), cluster, model, mapping, t_meas, row))
     return out
 
 
-@eqx.filter_jit
 def _row_loss(values, cluster, model, mapping, t_meas, relax):
     for path, v in values.items():
         cluster = _set(cluster, path, v)
     t = dp.train_step(cluster, model, mapping, relax=relax).total
     return (jnp.log(t) - jnp.log(t_meas)) ** 2
+
+
+def _stacked_groups(items):
+    """Rows grouped by static structure, their leaves stacked for vmap."""
+    groups = defaultdict(list)
+    for _, cluster, model, mapping, t_meas, _ in items:
+        tree = (cluster, model, mapping, t_meas)
+        groups[jax.tree_util.tree_structure(tree)].append(tree)
+    return [
+        jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
+        for trees in groups.values()
+    ]
+
+
+@eqx.filter_jit
+def _group_loss_and_grad(u, stacked, relax):
+    def loss(u):
+        values = {k: jnp.exp(v) for k, v in u.items()}
+        per_row = jax.vmap(lambda c, m, mp, t: _row_loss(values, c, m, mp, t, relax))(
+            *stacked
+        )
+        return jnp.sum(per_row)
+
+    return jax.value_and_grad(loss)(u)
 
 
 def fit_device(items, paths, *, steps=150, lr=0.05):
@@ -106,14 +132,11 @@ def fit_device(items, paths, *, steps=150, lr=0.05):
     u = {p: jnp.clip(v, lo[p], hi[p]) for p, v in u.items()}
     opt = optax.adam(lr)
     state = opt.init(u)
-    grad_fn = eqx.filter_value_and_grad(
-        lambda u, c, m, mp, t: _row_loss({k: jnp.exp(v) for k, v in u.items()}, c, m, mp, t, relax)
-    )
+    groups = _stacked_groups(items)
     for _ in range(steps):
-        total, grads = 0.0, jax.tree_util.tree_map(jnp.zeros_like, u)
-        for _, cluster, model, mapping, t_meas, _ in items:
-            loss, g = grad_fn(u, cluster, model, mapping, t_meas)
-            total = total + loss
+        grads = jax.tree_util.tree_map(jnp.zeros_like, u)
+        for stacked in groups:
+            _, g = _group_loss_and_grad(u, stacked, relax)
             grads = jax.tree_util.tree_map(jnp.add, grads, g)
         grads = jax.tree_util.tree_map(lambda g: g / len(items), grads)
         updates, state = opt.update(grads, state)
@@ -126,7 +149,7 @@ _TABLE = re.compile(r"^\s*\[(\w+)\]\s*$")
 
 
 def patch_toml(path: Path, values: dict, note: str):
-    """Rewrite `key = value` lines of the given [table].key paths, keeping other lines."""
+    """Rewrite the `key = value` lines of the given [table].key paths in place."""
     lines = path.read_text().splitlines()
     table, done = None, set()
     for i, line in enumerate(lines):
@@ -162,16 +185,26 @@ def main(argv=None):
         groups[item[0]].append(item)
     fitted = {}
     for root, items in sorted(groups.items()):
-        paths = list(LEAVES) if len(items) >= MIN_ROWS_FOR_ALL else ["chip.matmul_efficiency"]
+        paths = (
+            list(LEAVES)
+            if len(items) >= MIN_ROWS_FOR_ALL
+            else ["chip.matmul_efficiency"]
+        )
         values = fit_device(items, paths, steps=args.steps)
         fitted[root] = dict(rows=len(items), values=values)
-        print(f"{root:<18} {len(items):4d} rows  " + "  ".join(
-            f"{p.split('.')[-1]}={v:.4g}" for p, v in values.items()), flush=True)  # fmt: skip
+        print(
+            f"{root:<18} {len(items):4d} rows  "
+            + "  ".join(f"{p.split('.')[-1]}={v:.4g}" for p, v in values.items()),
+            flush=True,
+        )
         if args.write:
             note = f"experiments/calibrate_training ({len(items)} rows)"
             patch_toml(ROOT / "hardware" / f"{root}.toml", values, note)
     (HERE / "fitted.json").write_text(json.dumps(fitted, indent=1, sort_keys=True))
-    print(f"fitted {len(fitted)} devices in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    print(
+        f"fitted {len(fitted)} devices in {time.perf_counter() - t0:.0f} s",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

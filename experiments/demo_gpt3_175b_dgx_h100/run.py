@@ -22,20 +22,27 @@ def main():
     cfg = tomllib.loads((HERE / "config.toml").read_text())
     cluster = dp.load_hardware(cfg["hardware"])
     model = dp.load_workload(cfg["model"])
-    model = eqx.tree_at(lambda m: m.precision, model, dp.Precision.training(cfg["dtype"]))
+    model = eqx.tree_at(
+        lambda m: m.precision, model, dp.Precision.training(cfg["dtype"])
+    )
     mapping = dp.Parallelism(**cfg["mapping"])
     dp.check_mapping(model, mapping)
 
     result = train_result(cluster, model, mapping)
     gpus = int(mapping.chips)
-    print(f"{cfg['model']} on {gpus} GPUs of {cfg['hardware']} ({cfg['dtype']}), "
-          f"mapping tp={cfg['mapping']['tp']} pp={cfg['mapping']['pp']} "
-          f"dp={cfg['mapping']['dp']} vpp={cfg['mapping']['vpp']}")  # fmt: skip
-    print(f"  step time {result['step_time_s']:.3f} s, "
-          f"{result['tokens_per_s_per_gpu']:.0f} tokens/s/GPU, "
-          f"{result['model_tflops_per_gpu']:.0f} model TFLOP/s/GPU (MFU {result['mfu']:.1%}), "
-          f"memory {result['memory_per_gpu_bytes'] / 1e9:.1f} GB/GPU "
-          f"({'fits' if result['feasible'] else 'does NOT fit'})")  # fmt: skip
+    print(
+        f"{cfg['model']} on {gpus} GPUs of {cfg['hardware']} ({cfg['dtype']}), "
+        f"mapping tp={cfg['mapping']['tp']} pp={cfg['mapping']['pp']} "
+        f"dp={cfg['mapping']['dp']} vpp={cfg['mapping']['vpp']}"
+    )
+    print(
+        f"  step time {result['step_time_s']:.3f} s, "
+        f"{result['tokens_per_s_per_gpu']:.0f} tokens/s/GPU, "
+        f"{result['model_tflops_per_gpu']:.0f} model TFLOP/s/GPU "
+        f"(MFU {result['mfu']:.1%}), "
+        f"memory {result['memory_per_gpu_bytes'] / 1e9:.1f} GB/GPU "
+        f"({'fits' if result['feasible'] else 'does NOT fit'})"
+    )
     print("\n  breakdown of the step (exposed seconds):")
     total = result["step_time_s"]
     for name, sec in sorted(result["breakdown"].items(), key=lambda kv: -kv[1]):
@@ -50,8 +57,10 @@ def main():
     )
     seconds = time.perf_counter() - t0
     ranked = sorted(el.items(), key=lambda kv: -abs(kv[1]))[: cfg["top"]]
-    print(f"\n  top hardware sensitivities, d log(step time) / d log(parameter) "
-          f"({len(el)} leaves, one backward pass, {seconds:.2f} s incl. compile):")  # fmt: skip
+    print(
+        f"\n  top hardware sensitivities, d log(step time) / d log(parameter) "
+        f"({len(el)} leaves, one backward pass, {seconds:.2f} s incl. compile):"
+    )
     for path, e in ranked:
         print(f"    {path:<28}{e:+.3f}   (+10% → {100 * (1.1**e - 1):+.2f}% step time)")
     out = dict(config=cfg, result=result, elasticities=el, device=str(jax.devices()[0]))

@@ -1,9 +1,10 @@
 """Markdown accuracy tables of `diffperf validate` (pasted into VALIDATION.md).
 
-    python experiments/validation_report/tables.py [--data data/training_calibration.csv]
+    python experiments/validation_report/tables.py [--data
+    data/training_calibration.csv]
 
-Prints the overall figures, MAPE per source, per (source, GPU), per model family, and the
-rows with the largest errors, and writes report.json next to this file.
+Prints the overall figures, MAPE per source, per (source, GPU), per model family, and
+the rows with the largest errors, and writes report.json next to this file.
 """
 
 import argparse
@@ -20,20 +21,34 @@ ROOT = HERE.parents[1]
 
 def _family(name: str) -> str:
     n = name.lower()
-    for key in ("mpt", "llama", "gpt-2", "gpt3", "gpt oss", "qwen3", "deepseek", "nemotron"):
+    for key in (
+        "mpt",
+        "llama",
+        "gpt-2",
+        "gpt3",
+        "gpt oss",
+        "qwen3",
+        "deepseek",
+        "nemotron",
+    ):
         if key in n:
             return key
     return re.sub(r"[-\s(].*", "", n) or n
 
 
 def _table(title, groups):
-    lines = [f"| {title} | rows | MAPE | median APE | max APE |", "|---|---:|---:|---:|---:|"]
+    lines = [
+        f"| {title} | rows | MAPE | median APE | max APE |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for key, rows in sorted(groups.items()):
         apes = sorted(r["ape"] for r in rows)
         n = len(apes)
         med = (apes[(n - 1) // 2] + apes[n // 2]) / 2
-        lines.append(f"| {key} | {n} | {100 * sum(apes) / n:.1f}% | {100 * med:.1f}% | "
-                     f"{100 * apes[-1]:.1f}% |")  # fmt: skip
+        lines.append(
+            f"| {key} | {n} | {100 * sum(apes) / n:.1f}% | {100 * med:.1f}% | "
+            f"{100 * apes[-1]:.1f}% |"
+        )
     return "\n".join(lines)
 
 
@@ -43,9 +58,11 @@ def main(argv=None):
     args = ap.parse_args(argv)
     rep = validate_file(args.data)
     done = [r for r in rep["results"] if "ape" in r]
-    print(f"rows {rep['rows']}, predicted {rep['rows_predicted']} "
-          f"({100 * rep['rows_predicted'] / rep['rows']:.1f}%), MAPE "
-          f"{100 * rep['mape']:.1f}%, median APE {100 * rep['median_ape']:.1f}%\n")  # fmt: skip
+    print(
+        f"rows {rep['rows']}, predicted {rep['rows_predicted']} "
+        f"({100 * rep['rows_predicted'] / rep['rows']:.1f}%), MAPE "
+        f"{100 * rep['mape']:.1f}%, median APE {100 * rep['median_ape']:.1f}%\n"
+    )
     by = defaultdict(lambda: defaultdict(list))
     for r in done:
         src = _short_source(r["source"])
@@ -59,8 +76,10 @@ def main(argv=None):
     print("| row | model | GPU | metric | measured | predicted | APE |")
     print("|---:|---|---|---|---:|---:|---:|")
     for r in worst:
-        print(f"| {r['row']} | {r['model_name']} | {r['hardware']} | {r['metric']} | "
-              f"{r['measured']:.4g} | {r['predicted']:.4g} | {100 * r['ape']:.1f}% |")  # fmt: skip
+        print(
+            f"| {r['row']} | {r['model_name']} | {r['hardware']} | {r['metric']} | "
+            f"{r['measured']:.4g} | {r['predicted']:.4g} | {100 * r['ape']:.1f}% |"
+        )
     (HERE / "report.json").write_text(json.dumps(rep, indent=1))
 
 
