@@ -40,7 +40,7 @@ class Breakdown(eqx.Module):
       pp_bubble: pipeline fill and drain; pp_p2p: stage-to-stage sends
       dp_comm: exposed data-parallel gradient / parameter collectives
       optimizer: the optimizer update (HBM-bound)
-      host_stall: time the GPUs wait for kernel dispatch by the CPU
+      host_stall: time the GPUs wait for the CPU (kernel dispatch, host syncs)
       step_overhead: fixed per-step host cost (data loading, logging, sync)
     `overlapped_*` are communication seconds hidden behind compute (not in `total`).
     """

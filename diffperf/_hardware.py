@@ -127,7 +127,12 @@ class NetworkTier(eqx.Module):
 
 
 class Host(eqx.Module):
-    """The server around the chips: PCIe, NICs, CPU, DRAM, per-step host costs."""
+    """The server around the chips: PCIe, NICs, CPU, DRAM, per-step host costs.
+
+    `dispatch_overhead` is CPU time per launched kernel, hidden while the GPU has queued
+    work; `sync_overhead` is the time exposed by one device-to-host synchronization (the
+    GPU drains, then waits for the CPU to launch what follows), e.g. the token counts of a
+    dropless MoE layer."""
 
     chips_per_node: Array = eqx.field(**_F)
     nics_per_node: Array = eqx.field(**_F)
@@ -139,6 +144,7 @@ class Host(eqx.Module):
     step_overhead: Array = eqx.field(**_F)  # s per optimizer step (data, logging, sync)
     power: Array = eqx.field(**_F)  # W per node excluding the chips
     price: Array = eqx.field(**_F)  # USD per node excluding the chips
+    sync_overhead: Array = eqx.field(**_F, default=1e-3)  # s exposed per host sync
 
     def __check_init__(self):
         check_fields(
@@ -150,6 +156,7 @@ class Host(eqx.Module):
                 "dram_capacity",
                 "dispatch_overhead",
                 "step_overhead",
+                "sync_overhead",
                 "power",
                 "price",
             ),

@@ -282,6 +282,8 @@ def train_step(
     head = _head_time(cluster, model, s, relax)
     t_mb = t_layers + head  # the last stage, which also runs the head, sets the pace
     host_mb = ls * lay["host_ops"] * passes * cluster.host.dispatch_overhead
+    # dropless MoE syncs device→host once per MoE layer and pass (token counts)
+    syncs = ls * s.moe * (passes - 1.0) * cluster.host.sync_overhead
     dp, dp_hidden = dp_exposed(cluster, model, mapping, s, t_layers, ls, relax=relax)
     terms = {k: m * val for k, val in stage.items()} | dict(
         head=m * head,
@@ -289,7 +291,7 @@ def train_step(
         pp_p2p=p2p_exposed(cluster, model, mapping, s, relax=relax),
         dp_comm=dp,
         optimizer=optimizer_time(cluster, model, mapping),
-        host_stall=m * relax.exceed(host_mb, t_mb),
+        host_stall=m * (relax.exceed(host_mb, t_mb) + syncs),
         step_overhead=cluster.host.step_overhead,
     )
     tokens = mapping.batch() * s.seq

@@ -4,7 +4,7 @@ For every chip spec with rows in data/training_calibration.csv, fits
 
     chip.matmul_efficiency, chip.matmul_half_dim, chip.attention_efficiency,
     chip.low_precision_efficiency, chip.kernel_overhead, scale_out.efficiency,
-    host.dispatch_overhead, host.step_overhead
+    host.dispatch_overhead, host.sync_overhead, host.step_overhead
 
 (the same values for every row of a device, never per row; a leaf no row depends on,
 such as the fp8 efficiency of a device measured only in bf16, keeps its prior) by
@@ -44,9 +44,10 @@ LEAVES = {  # path: (lower, upper) bound
     "chip.matmul_half_dim": (16.0, 1024.0),
     "chip.attention_efficiency": (0.2, 1.0),
     "chip.low_precision_efficiency": (0.3, 1.0),
-    "chip.kernel_overhead": (0.5e-6, 40e-6),
+    "chip.kernel_overhead": (0.5e-6, 10e-6),
     "scale_out.efficiency": (0.2, 0.95),
-    "host.dispatch_overhead": (1e-6, 100e-6),
+    "host.dispatch_overhead": (1e-6, 50e-6),
+    "host.sync_overhead": (1e-5, 2e-2),
     "host.step_overhead": (1e-3, 2.0),
 }
 MIN_ROWS_FOR_ALL = 20  # fewer rows: fit matmul_efficiency only
@@ -177,7 +178,15 @@ def main(argv=None):
     ap.add_argument("--data", default=str(ROOT / "data" / "training_calibration.csv"))
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--write", action="store_true", help="patch hardware/*.toml")
+    ap.add_argument(
+        "--apply", action="store_true", help="only patch TOMLs from fitted.json"
+    )
     args = ap.parse_args(argv)
+    if args.apply:
+        for root, fit in json.loads((HERE / "fitted.json").read_text()).items():
+            note = f"experiments/calibrate_training ({fit['rows']} rows)"
+            patch_toml(ROOT / "hardware" / f"{root}.toml", fit["values"], note)
+        return
     _, rows = io.read_csv(args.data)
     t0 = time.perf_counter()
     groups = defaultdict(list)

@@ -62,7 +62,7 @@ def main():
         f"({len(el)} leaves, one backward pass, {seconds:.2f} s incl. compile):"
     )
     for path, e in ranked:
-        print(f"    {path:<28}{e:+.3f}   (+10% → {100 * (1.1**e - 1):+.2f}% step time)")
+        print(f"    {path:<32}{e:+.3f}   (+10% → {100 * (1.1**e - 1):+.2f}% step time)")
     out = dict(config=cfg, result=result, elasticities=el, device=str(jax.devices()[0]))
     (HERE / "results.json").write_text(json.dumps(out, indent=1, sort_keys=True))
     print(f"\n  wrote {HERE / 'results.json'}")
