@@ -130,9 +130,10 @@ class Host(eqx.Module):
     """The server around the chips: PCIe, NICs, CPU, DRAM, per-step host costs.
 
     `dispatch_overhead` is CPU time per launched kernel, hidden while the GPU has queued
-    work; `sync_overhead` is the time exposed by one device-to-host synchronization (the
-    GPU drains, then waits for the CPU to launch what follows), e.g. the token counts of a
-    dropless MoE layer."""
+    work; `sync_overhead` is the time exposed by one device-to-host synchronization
+    (the GPU drains, then waits for the CPU to launch what follows), e.g. the token
+    counts of a dropless MoE layer.
+    """
 
     chips_per_node: Array = eqx.field(**_F)
     nics_per_node: Array = eqx.field(**_F)

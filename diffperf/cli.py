@@ -7,6 +7,7 @@ success and 2 on bad input, with a one-line message on stderr naming the field.
 import argparse
 import json
 import math
+import os
 import sys
 
 import jax.numpy as jnp
@@ -188,6 +189,14 @@ def _list(args) -> dict:
 
 def main(argv=None) -> int:
     """Entry point of the `diffperf` console script."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `diffperf ... | head` closed the pipe: not our error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _main(argv) -> int:
     parser = _Parser(prog="diffperf", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_train(sub)

@@ -8,8 +8,9 @@ For every chip spec with rows in data/training_calibration.csv, fits
 
 (the same values for every row of a device, never per row; a leaf no row depends on,
 such as the fp8 efficiency of a device measured only in bf16, keeps its prior) by
-minimizing the mean squared log error of the predicted step time, with optax Adam in
-log space under the Smooth model and box bounds that keep the values physical. Rows of
+minimizing the source-balanced mean squared log error of the predicted step time, with
+optax Adam in log space under the Smooth model and box bounds that keep the values
+physical. Rows of
 systems that extend a chip file (e.g. dgx_a100_40gb → a100_sxm4_40gb) count for that
 chip. Rows with the same static structure are stacked and vmapped.
 
@@ -26,7 +27,7 @@ import math
 import re
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import equinox as eqx
@@ -41,14 +42,14 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 LEAVES = {  # path: (lower, upper) bound
     "chip.matmul_efficiency": (0.3, 0.98),
-    "chip.matmul_half_dim": (16.0, 1024.0),
-    "chip.attention_efficiency": (0.2, 1.0),
+    "chip.matmul_half_dim": (16.0, 512.0),
+    "chip.attention_efficiency": (0.2, 0.95),
     "chip.low_precision_efficiency": (0.3, 1.0),
     "chip.kernel_overhead": (0.5e-6, 10e-6),
     "scale_out.efficiency": (0.2, 0.95),
     "host.dispatch_overhead": (1e-6, 50e-6),
     "host.sync_overhead": (1e-5, 2e-2),
-    "host.step_overhead": (1e-3, 2.0),
+    "host.step_overhead": (1e-3, 0.3),
 }
 MIN_ROWS_FOR_ALL = 20  # fewer rows: fit matmul_efficiency only
 
@@ -101,10 +102,16 @@ def _row_loss(values, cluster, model, mapping, t_meas, relax):
 
 
 def _stacked_groups(items):
-    """Rows grouped by static structure, their leaves stacked for vmap."""
+    """Rows grouped by static structure, their leaves stacked for vmap.
+
+    Each row is weighted by 1 / (rows of its source on this device), so that every
+    source counts the same, however many rows it published.
+    """
+    per_source = Counter(_validate._short_source(item[5]["source"]) for item in items)
     groups = defaultdict(list)
-    for _, cluster, model, mapping, t_meas, _ in items:
-        tree = (cluster, model, mapping, t_meas)
+    for _, cluster, model, mapping, t_meas, row in items:
+        w = 1.0 / per_source[_validate._short_source(row["source"])]
+        tree = (cluster, model, mapping, t_meas, jnp.asarray(w / len(per_source)))
         groups[jax.tree_util.tree_structure(tree)].append(tree)
     return [
         jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
@@ -116,10 +123,11 @@ def _stacked_groups(items):
 def _group_loss_and_grad(u, stacked, relax):
     def loss(u):
         values = {k: jnp.exp(v) for k, v in u.items()}
+        *trees, weights = stacked
         per_row = jax.vmap(lambda c, m, mp, t: _row_loss(values, c, m, mp, t, relax))(
-            *stacked
+            *trees
         )
-        return jnp.sum(per_row)
+        return jnp.sum(weights * per_row)
 
     return jax.value_and_grad(loss)(u)
 
@@ -139,7 +147,6 @@ def fit_device(items, paths, *, steps=150, lr=0.05):
         for stacked in groups:
             _, g = _group_loss_and_grad(u, stacked, relax)
             grads = jax.tree_util.tree_map(jnp.add, grads, g)
-        grads = jax.tree_util.tree_map(lambda g: g / len(items), grads)
         updates, state = opt.update(grads, state)
         u = optax.apply_updates(u, updates)
         u = {p: jnp.clip(v, lo[p], hi[p]) for p, v in u.items()}
