@@ -6,7 +6,8 @@ Measures, on the default JAX device:
   - eager: one `train_step` call without jit (what a notebook user sees first)
   - jit_single: one jitted call after compilation, and the compile time
   - vmap_sweep: configurations per second of a jitted, vmapped sweep over hardware
-    leaves (HBM bandwidth × peak FLOP/s × NIC bandwidth × NVLink domain size), chunked
+    leaves (HBM bandwidth × peak FLOP/s × NIC bandwidth × NVLink domain size), chunked,
+    and of one that also varies the mapping (tp, pp, dp, microbatch)
   - grad: one reverse-mode pass over all hardware leaves (the sensitivity analysis)
 """
 
@@ -100,6 +101,36 @@ def main(argv=None):
         "vmap_s": dt,
         "vmap_configs_per_s": evaluated / dt,
     }
+
+    # Sweep 2: hardware leaves and the mapping (tp, pp, dp, microbatch) vary together.
+    def two(x):
+        bw, fl, nic, size, tp, pp, dp_, mb = x
+        c = eqx.tree_at(
+            lambda c: (c.chip.hbm_bandwidth, c.chip.flops_bf16, c.scale_out.bandwidth,
+                       c.scale_up.size),
+            cluster, (bw, fl, nic, size),
+        )  # fmt: skip
+        mp = eqx.tree_at(
+            lambda m: (m.tp, m.pp, m.dp, m.microbatch), mapping, (tp, pp, dp_, mb)
+        )
+        return dp.train_step(c, model, mp).total
+
+    sweep2 = jax.jit(jax.vmap(two))
+    choice = rng.choice
+    maps = np.stack(
+        [choice([1.0, 2.0, 4.0, 8.0], n), choice([1.0, 2.0, 4.0, 8.0], n),
+         choice([8.0, 16.0, 32.0, 64.0], n), choice([1.0, 2.0], n)],
+        axis=1,
+    )  # fmt: skip
+    xs2 = np.concatenate([xs, maps], axis=1)
+    jax.block_until_ready(sweep2(jnp.asarray(xs2[:chunk])))
+    t0 = time.perf_counter()
+    results = [
+        sweep2(jnp.asarray(xs2[i : i + chunk])) for i in range(0, n - n % chunk, chunk)
+    ]
+    jax.block_until_ready(results)
+    dt = time.perf_counter() - t0
+    out["vmap_mapping_configs_per_s"] = len(results) * chunk / dt
 
     smooth = eqx.filter_jit(
         eqx.filter_grad(

@@ -42,3 +42,10 @@ def test_unpredicted_rows_say_why(report):
         for r in report["results"]
         if "ape" in r
     )
+
+
+def test_measured_runs_are_predicted_to_fit_in_memory(report):
+    """Every measured run did fit; the memory model must agree for >= 95% of them."""
+    done = [r for r in report["results"] if "ape" in r]
+    fits = sum(r["feasible"] for r in done)
+    assert fits / len(done) >= 0.95
