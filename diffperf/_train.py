@@ -217,7 +217,7 @@ def _layer_comm(
     token_bytes = s.tokens / s.t * model.d_model * b
     a2a = dispatch_time(cluster, token_bytes, model.top_k, s.ep, s.etp, relax=relax)
     ep = 4.0 * a2a * s.moe
-    return dict(tp=tp, cp_fwd=cp_fwd, cp_bwd=cp_bwd, ep=ep, tp_fwd=tp / 2.0)
+    return dict(tp=tp, cp_fwd=cp_fwd, cp_bwd=cp_bwd, ep=ep)
 
 
 def train_step(
