@@ -8,10 +8,10 @@ Fixed per-kernel costs are counted apart (`kernel_overhead`).
 GEMM (M×K by K×N), following the tiling analysis of the JAX scaling book and CUTLASS:
     F = 2·M·K·N
     ε = ε_max · x / (x + x_½),  x = 3 / (1/M + 1/K + 1/N)  (effective dimension)
-    Q = b·(max(M·K + K·N, 2·M·K·N / τ) + M·N),  τ = sqrt(SRAM / (3·b))
-with τ the square output tile that fits in on-chip SRAM: a larger SRAM means fewer
-re-reads of the inputs (traffic ∝ 1/sqrt(SRAM)), bounded below by reading each input
-once.
+    Q = b·M·K·max(N/τ, 1) + b_w·K·N·max(M/τ, 1) + b·M·N,  τ = sqrt(SRAM / (3·b))
+with τ the square output tile that fits in on-chip SRAM and b_w the bytes of a weight
+element: a larger SRAM means fewer re-reads of the inputs (traffic ∝ 1/sqrt(SRAM)),
+bounded below by reading each input once.
 
 Fused (Flash) attention (Dao et al. 2022): F = 2·B·Sq·Skv·N·(Hqk + Hv), efficiency ε(x)
 times `attention_efficiency`; traffic reads Q, K, V and writes O once, plus K/V re-reads
@@ -38,7 +38,16 @@ def memory_time(chip: Chip, nbytes) -> Array:
 
 
 def gemm_time(
-    chip: Chip, m, k, n, *, count=1.0, peak, nbytes: float, relax: AbstractRelax
+    chip: Chip,
+    m,
+    k,
+    n,
+    *,
+    count=1.0,
+    peak,
+    nbytes: float,
+    weight_nbytes: float | None = None,
+    relax: AbstractRelax,
 ) -> Array:
     """Time of `count` GEMMs of shape (m×k)·(k×n) [s] (vectorized over op arrays).
 
@@ -50,7 +59,9 @@ def gemm_time(
         n: columns of the right operand [elements].
         count: number of such GEMMs (e.g. local experts of a grouped GEMM).
         peak: tensor peak of the math dtype [FLOP/s].
-        nbytes: bytes per element of the operands.
+        nbytes: bytes per element of the M×K input and M×N output.
+        weight_nbytes: bytes per element of the K×N operand (the weights; quantized
+            weights are read at their own width); default `nbytes`.
         relax: Exact() or Smooth(p).
     """
     m, k, n = (jnp.maximum(as_float(v), 1.0) for v in (m, k, n))
@@ -58,9 +69,12 @@ def gemm_time(
     flops = 2.0 * m * k * n * count
     x = 3.0 / (1.0 / m + 1.0 / k + 1.0 / n)
     t_compute = flops / (peak * _efficiency(chip, x))
+    wb = nbytes if weight_nbytes is None else weight_nbytes
     tile = jnp.sqrt(chip.sram_capacity / (3.0 * nbytes))
-    reads = relax.max(m * k + k * n, 2.0 * m * k * n / tile)
-    t_memory = memory_time(chip, nbytes * (reads + m * n) * count)
+    # Each operand is re-read once per tile of the other dimension (at least once).
+    a_reads = nbytes * m * k * relax.max(n / tile, 1.0)
+    b_reads = wb * k * n * relax.max(m / tile, 1.0)
+    t_memory = memory_time(chip, (a_reads + b_reads + nbytes * m * n) * count)
     return relax.max(t_compute, t_memory)
 
 
@@ -77,6 +91,7 @@ def attention_time(
     head_dim_v,
     peak,
     nbytes: float,
+    kv_nbytes: float | None = None,
     relax: AbstractRelax,
     fused: bool = True,
 ) -> tuple[Array, Array]:
@@ -99,17 +114,20 @@ def attention_time(
         head_dim_qk: per-head dimension of Q and K.
         head_dim_v: per-head dimension of V.
         peak: tensor peak [FLOP/s].
-        nbytes: bytes per element.
+        nbytes: bytes per element of Q and O.
+        kv_nbytes: bytes per element of K and V (the KV cache); default `nbytes`.
         relax: Exact() or Smooth(p).
         fused: Flash-style fused kernel (True) or unfused GEMM-softmax-GEMM (False).
     """
+    kvb = nbytes if kv_nbytes is None else kv_nbytes
     if not fused:
         scores = q_tokens * seq * heads  # full S × S per query block, no causal skip
         flops = 2.0 * scores * (head_dim_qk + head_dim_v)
         x = 3.0 / (2.0 / jnp.maximum(seq, 1.0) + 1.0 / head_dim_qk)
         t_compute = flops / (peak * _efficiency(chip, x) * chip.attention_efficiency)
-        q_o = q_tokens * (heads + kv_heads) * (head_dim_qk + head_dim_v) * nbytes
-        traffic = 6.0 * scores * nbytes + q_o
+        q_o = q_tokens * heads * (head_dim_qk + head_dim_v) * nbytes
+        k_v = q_tokens * kv_heads * (head_dim_qk + head_dim_v) * kvb
+        traffic = 6.0 * scores * nbytes + q_o + k_v
         return relax.max(t_compute, memory_time(chip, traffic)), flops
     flops = 2.0 * q_tokens * kv_tokens * heads * (head_dim_qk + head_dim_v)
     x = 3.0 / (2.0 / jnp.maximum(kv_tokens, 1.0) + 1.0 / head_dim_qk)
@@ -118,9 +136,9 @@ def attention_time(
     block = chip.core_sram / (4.0 * head_dim_qk * nbytes)
     q_blocks = relax.max(q_tokens / (batch * block), 1.0)
     in_flight = relax.min(kv_heads, relax.max(chip.cores / q_blocks, 1.0))
-    working_set = seq * (head_dim_qk + head_dim_v) * nbytes * in_flight
+    working_set = seq * (head_dim_qk + head_dim_v) * kvb * in_flight
     miss = relax.min(working_set / chip.sram_capacity, 1.0)
-    kv_bytes = batch * kv_tokens * kv_heads * (head_dim_qk + head_dim_v) * nbytes
+    kv_bytes = batch * kv_tokens * kv_heads * (head_dim_qk + head_dim_v) * kvb
     q_o_bytes = q_tokens * heads * (head_dim_qk + head_dim_v) * nbytes
     traffic = q_o_bytes + kv_bytes * (1.0 + (q_blocks - 1.0) * miss)
     return relax.max(t_compute, memory_time(chip, traffic)), flops
