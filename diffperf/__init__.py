@@ -16,8 +16,13 @@ from ._hardware import Chip as Chip
 from ._hardware import Cluster as Cluster
 from ._hardware import Host as Host
 from ._hardware import NetworkTier as NetworkTier
+from ._infer import decode_step as decode_step
+from ._infer import prefill as prefill
+from ._infer import serve as serve
 from ._mapping import Parallelism as Parallelism
+from ._mapping import Serving as Serving
 from ._mapping import check_mapping as check_mapping
+from ._mapping import check_serving as check_serving
 from ._relax import AbstractRelax as AbstractRelax
 from ._relax import Exact as Exact
 from ._relax import Smooth as Smooth

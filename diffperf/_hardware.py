@@ -146,6 +146,7 @@ class Host(eqx.Module):
     power: Array = eqx.field(**_F)  # W per node excluding the chips
     price: Array = eqx.field(**_F)  # USD per node excluding the chips
     sync_overhead: Array = eqx.field(**_F, default=1e-3)  # s exposed per host sync
+    serve_overhead: Array = eqx.field(**_F, default=2e-3)  # s per serving engine step
 
     def __check_init__(self):
         check_fields(
@@ -158,6 +159,7 @@ class Host(eqx.Module):
                 "dispatch_overhead",
                 "step_overhead",
                 "sync_overhead",
+                "serve_overhead",
                 "power",
                 "price",
             ),

@@ -17,7 +17,7 @@ from ._checks import check_fields, concrete
 from ._relax import as_float
 from ._workload import Transformer
 
-__all__ = ["Parallelism", "check_mapping"]
+__all__ = ["Parallelism", "Serving", "check_mapping", "check_serving"]
 
 _F = dict(converter=as_float)
 
@@ -148,3 +148,71 @@ def check_mapping(model: Transformer, mapping: Parallelism, gpus: int | None = N
         n = t * deg["pp"] * deg["dp"] * deg["cp"]
         if n != gpus:
             raise ValueError(f"--gpus={gpus} must equal tp·pp·dp·cp={n}")
+
+
+class Serving(eqx.Module):
+    """How a model is served: parallel degrees of one replica and the request shape.
+
+    A replica uses tp·pp chips and runs `batch` sequences at once, each with
+    `input_len` prompt tokens and `output_len` generated tokens. `graphs=True` replays
+    each decode step as one captured graph (CUDA graphs / XLA), so the CPU does not
+    launch kernels one by one.
+    """
+
+    tp: Array = eqx.field(**_F, default=1.0)
+    pp: Array = eqx.field(**_F, default=1.0)
+    ep: Array = eqx.field(**_F, default=1.0)
+    etp: Array = eqx.field(**_F, default=1.0)
+    batch: Array = eqx.field(**_F, default=1.0)
+    input_len: Array = eqx.field(**_F, default=128.0)
+    output_len: Array = eqx.field(**_F, default=128.0)
+    graphs: bool = eqx.field(static=True, default=False)
+    flash_attention: bool = eqx.field(static=True, default=True)
+
+    def __check_init__(self):
+        check_fields(
+            self,
+            positive=("tp", "pp", "ep", "etp", "batch", "input_len", "output_len"),
+        )
+
+    @property
+    def chips(self) -> Array:
+        """Chips of one replica: tp·pp."""
+        return self.tp * self.pp
+
+
+def check_serving(model: Transformer, serving: Serving, gpus: int | None = None):
+    """Raises ValueError if a concrete serving mapping does not fit the model.
+
+    Checks: whole degrees; tp divides the query heads, and the KV heads divide tp or tp
+    divides them; pp ≤ layers; ep divides the experts; the context input + output fits
+    the model's maximum; and, if `gpus` is given, gpus = tp·pp.
+    """
+    names = ("tp", "pp", "ep", "etp", "batch")
+    deg = {n: _int(getattr(serving, n), f"Serving({n})") for n in names}
+    if any(v is None for v in deg.values()):
+        return
+    t = deg["tp"]
+    heads = _int(model.n_heads, "n_heads")
+    kv = _int(model.n_kv_heads, "n_kv_heads")
+    if heads % t:
+        raise ValueError(f"--tp={t} must divide the model's n_heads={heads}")
+    if kv % t and t % kv:
+        raise ValueError(f"--tp={t} must divide n_kv_heads={kv} or be a multiple of it")
+    layers = _int(model.n_layers, "n_layers")
+    if deg["pp"] > layers:
+        raise ValueError(f"--pp={deg['pp']} must be <= n_layers={layers}")
+    experts = _int(model.n_experts, "n_experts")
+    if experts and experts % deg["ep"]:
+        raise ValueError(f"--ep={deg['ep']} must divide n_experts={experts}")
+    if not experts and deg["ep"] != 1:
+        raise ValueError(f"--ep={deg['ep']} must be 1 for a dense model")
+    ctx = concrete(serving.input_len + serving.output_len)
+    limit = concrete(model.max_seq_len)
+    if ctx is not None and limit is not None and ctx > limit:
+        raise ValueError(
+            f"--input-len + --output-len = {ctx:g} exceeds the model's maximum "
+            f"context max_seq_len={limit:g}"
+        )
+    if gpus is not None and gpus != t * deg["pp"]:
+        raise ValueError(f"--gpus={gpus} must equal tp·pp={t * deg['pp']}")

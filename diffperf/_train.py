@@ -13,7 +13,6 @@ Step (m microbatches, p stages, v virtual stages; Narayanan et al. SC'21):
 with the bubble (p − 1)/v·t_mb of 1F1B / interleaved schedules.
 """
 
-
 from ._breakdown import Breakdown
 from ._dp import dp_exposed, optimizer_time, p2p_exposed
 from ._hardware import Cluster

@@ -239,10 +239,12 @@ def validate_file(path) -> dict:
                 raise ValueError(f"--data: training CSV lacks the column {col!r}")
         return validate_rows(rows)
     if {"metric", "value"} <= set(columns):
-        raise ValueError(
-            "--data: inference CSVs (metric/value columns) are not supported yet; "
-            "only the training format is"
-        )
+        from ._validate_infer import validate_infer_rows
+
+        for col in ("gpu", "model", "num_gpus", "unit"):
+            if col not in columns:
+                raise ValueError(f"--data: inference CSV lacks the column {col!r}")
+        return validate_infer_rows(rows)
     raise ValueError(
         "--data: unrecognized CSV; expected the training columns "
         "(measured_tokens_per_s_per_gpu, ...) or the inference ones (metric, value)"

@@ -1,4 +1,4 @@
-"""The `diffperf` command line: train, validate, list.
+"""The `diffperf` command line: train, infer, validate, list.
 
 Every command accepts `--json` (exactly one JSON object on stdout, SI units); exit 0 on
 success and 2 on bad input, with a one-line message on stderr naming the field.
@@ -13,7 +13,8 @@ import sys
 import jax.numpy as jnp
 
 from . import io
-from ._mapping import Parallelism, check_mapping
+from ._infer import serve
+from ._mapping import Parallelism, Serving, check_mapping, check_serving
 from ._relax import Exact
 from ._train import train_step
 from ._units import DTYPES
@@ -64,6 +65,25 @@ def _add_train(sub):
     )
     p.add_argument("--zero", type=int, choices=(0, 1, 2, 3), default=1)
     p.add_argument("--dtype", choices=DTYPES, default="bf16", help="GEMM math dtype")
+    p.add_argument("--json", action="store_true")
+    return p
+
+
+def _add_infer(sub):
+    p = sub.add_parser("infer", help="TTFT, TPOT, throughput and memory of serving")
+    p.add_argument("--hardware", required=True, help="name, alias or TOML path")
+    p.add_argument("--model", required=True, help="name, alias, TOML or config.json")
+    p.add_argument("--gpus", required=True, type=_positive_int("--gpus"))
+    for axis in ("tp", "pp", "ep"):
+        p.add_argument(f"--{axis}", type=_positive_int(f"--{axis}"), default=1)
+    p.add_argument("--batch", type=_positive_int("--batch"), default=1)
+    p.add_argument("--input-len", type=_positive_int("--input-len"), default=1024)
+    p.add_argument("--output-len", type=_positive_int("--output-len"), default=128)
+    p.add_argument("--dtype", choices=DTYPES, default="bf16", help="weights and math")
+    p.add_argument("--kv-dtype", choices=DTYPES, help="KV cache (default: --dtype)")
+    p.add_argument(
+        "--graphs", action="store_true", help="decode steps replayed as CUDA graphs"
+    )
     p.add_argument("--json", action="store_true")
     return p
 
@@ -155,6 +175,77 @@ def _train(args) -> dict:
     return out
 
 
+def infer_result(cluster, model, serving) -> dict:
+    """The `diffperf infer --json` object for a concrete serving job (Exact model)."""
+    r = serve(cluster, model, serving, relax=Exact())
+    return {
+        "ttft_s": float(r.ttft),
+        "tpot_s": float(r.tpot),
+        "e2e_latency_s": float(r.e2e_latency),
+        "output_tokens_per_s": float(r.output_tokens_per_s),
+        "output_tokens_per_s_per_gpu": float(r.output_tokens_per_s_per_gpu),
+        "max_batch": int(r.max_batch),
+        "memory_per_gpu_bytes": float(r.memory_per_gpu),
+        "memory_capacity_bytes": float(r.memory_capacity),
+        "feasible": bool(r.feasible),
+        "kv_cache_bytes_per_token_per_gpu": float(r.kv_bytes_per_token),
+        "breakdown": {
+            "prefill": {k: float(v) for k, v in r.prefill.terms().items()},
+            "decode_step": {k: float(v) for k, v in r.decode.terms().items()},
+        },
+    }
+
+
+def _infer(args) -> dict:
+    cluster = io.load_hardware(args.hardware)
+    model = io.load_workload(args.model)
+    kv = args.kv_dtype or args.dtype
+    math_dtype = args.dtype if args.dtype not in ("int4",) else "bf16"
+    prec = Precision(math=math_dtype, weights=args.dtype, kv_cache=kv)
+    model = _with_precision(model, prec)
+    if float(cluster.chip.peak_flops(math_dtype)) <= 0:
+        raise UsageError(
+            f"--dtype={args.dtype}: {cluster.name} has no {math_dtype} tensor "
+            f"throughput (flops_{math_dtype} = 0)"
+        )
+    serving = Serving(
+        tp=args.tp, pp=args.pp, ep=args.ep, batch=args.batch,
+        input_len=args.input_len, output_len=args.output_len, graphs=args.graphs,
+    )  # fmt: skip
+    check_serving(model, serving, gpus=args.gpus)
+    out = infer_result(cluster, model, serving)
+    out |= {
+        "hardware": cluster.name,
+        "model": model.name,
+        "mapping": {"gpus": args.gpus, "tp": args.tp, "pp": args.pp, "ep": args.ep,
+                    "batch": args.batch, "input_len": args.input_len,
+                    "output_len": args.output_len, "dtype": args.dtype,
+                    "kv_dtype": kv, "graphs": args.graphs},
+    }  # fmt: skip
+    return out
+
+
+def _print_infer(out: dict):
+    m = out["mapping"]
+    print(f"{out['model']} on {m['gpus']} × {out['hardware']}, batch {m['batch']}, "
+          f"{m['input_len']} in / {m['output_len']} out")  # fmt: skip
+    print(f"  TTFT             {1e3 * out['ttft_s']:.4g} ms")
+    print(f"  TPOT             {1e3 * out['tpot_s']:.4g} ms")
+    print(f"  end-to-end       {out['e2e_latency_s']:.4g} s")
+    print(f"  output tokens/s  {out['output_tokens_per_s']:.5g} "
+          f"({out['output_tokens_per_s_per_gpu']:.4g} per GPU)")  # fmt: skip
+    mem, cap = out["memory_per_gpu_bytes"], out["memory_capacity_bytes"]
+    fit = "fits" if out["feasible"] else "DOES NOT FIT"
+    print(f"  memory/GPU       {mem / 1e9:.1f} GB of {cap / 1e9:.0f} GB ({fit}); "
+          f"max batch {out['max_batch']}")  # fmt: skip
+    for phase, terms in out["breakdown"].items():
+        total = sum(terms.values())
+        print(f"  {phase} ({1e3 * total:.4g} ms):")
+        for name, sec in sorted(terms.items(), key=lambda kv: -kv[1]):
+            if sec > 0:
+                print(f"    {name:<16} {1e3 * sec:10.4g} ms  {sec / total:6.1%}")
+
+
 def _with_precision(model, precision):
     import equinox as eqx
 
@@ -200,6 +291,7 @@ def _main(argv) -> int:
     parser = _Parser(prog="diffperf", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_train(sub)
+    _add_infer(sub)
     _add_validate(sub)
     _add_list(sub)
     try:
@@ -208,6 +300,10 @@ def _main(argv) -> int:
             out = _train(args)
             if not args.json:
                 _print_train(out)
+        elif args.command == "infer":
+            out = _infer(args)
+            if not args.json:
+                _print_infer(out)
         elif args.command == "validate":
             from ._validate import print_report, validate_file
 

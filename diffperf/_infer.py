@@ -1,0 +1,262 @@
+"""The serving model: prefill, decode steps, KV cache and serving metrics.
+
+One replica of tp·pp chips serves a batch of B sequences with S_in prompt tokens and
+S_out generated tokens. Each phase is a forward pass of the representative layer
+(`_layer.py`) times L, on one chip:
+
+  prefill: T = B·S_in tokens through the GEMMs, causal attention over S_in keys
+  decode:  T = B tokens (one per sequence), attention over the whole context, so each
+           step reads the weights once and the KV cache of every sequence
+
+    t_phase = max(t_gpu, t_host) + t_serve
+    t_gpu   = L·(GEMM + attention + elementwise + kernels·κ + TP/EP collectives)
+              + logits + (p − 1)·p2p                                              [s]
+    t_host  = L·ops·δ (CPU launch time; 0 when the step is a captured graph)     [s]
+
+with κ the per-kernel GPU cost, δ the CPU time per launched op and t_serve the fixed
+per-step cost of the serving engine (scheduling, sampling, detokenization; a `Host`
+leaf). With small batches the fixed costs dominate decode: Llama-2-70B decodes at about
+the same time per token at TP4 and TP8 on DGX-A100 (Splitwise), which a pure roofline
+misses by ~2×.
+
+Serving metrics (static batch, steady state):
+  TTFT = t_prefill;  TPOT = t_decode at the mean context S_in + S_out/2;
+  e2e = TTFT + (S_out − 1)·TPOT;  output tokens/s = B·S_out / e2e (per replica).
+Memory per chip: weights/(t·p) + KV cache B·(S_in + S_out)·L/p·kv/t + prefill
+activations + reserved; the largest batch that fits is max_batch.
+"""
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array
+
+from ._collectives import p2p_time
+from ._dp import stage_params
+from ._hardware import Cluster
+from ._layer import LayerShape, layer_comm, layer_forward
+from ._mapping import Parallelism, Serving, check_serving
+from ._ops import gemm_time, memory_time
+from ._relax import AbstractRelax, Exact
+from ._workload import Transformer
+
+__all__ = ["PhaseBreakdown", "ServeResult", "prefill", "decode_step", "serve"]
+
+_EXACT = Exact()
+PHASE_TERMS = (
+    "matmul",
+    "attention",
+    "elementwise",
+    "kernel_overhead",
+    "tp_comm",
+    "ep_comm",
+    "pp_p2p",
+    "head",
+    "host_stall",
+    "step_overhead",
+)
+
+
+class PhaseBreakdown(eqx.Module):
+    """Seconds of one prefill or decode step of a replica by cause (sum: total)."""
+
+    matmul: Array
+    attention: Array
+    elementwise: Array
+    kernel_overhead: Array
+    tp_comm: Array
+    ep_comm: Array
+    pp_p2p: Array
+    head: Array
+    host_stall: Array
+    step_overhead: Array
+
+    def terms(self) -> dict[str, Array]:
+        """The terms by name [s]."""
+        return {name: getattr(self, name) for name in PHASE_TERMS}
+
+    @property
+    def total(self) -> Array:
+        """Seconds of the step."""
+        return sum(self.terms().values(), start=jnp.zeros(()))
+
+
+class ServeResult(eqx.Module):
+    """Serving metrics of one replica (all SI: s, tokens/s, B)."""
+
+    prefill: PhaseBreakdown
+    decode: PhaseBreakdown
+    ttft: Array
+    tpot: Array
+    e2e_latency: Array
+    output_tokens_per_s: Array  # per replica
+    chips: Array
+    memory_per_gpu: Array
+    memory_capacity: Array
+    max_batch: Array
+    kv_bytes_per_token: Array  # per chip, all its layers
+
+    @property
+    def feasible(self) -> Array:
+        """True when the batch's weights, KV cache and activations fit in HBM."""
+        return self.memory_per_gpu <= self.memory_capacity
+
+    @property
+    def output_tokens_per_s_per_gpu(self) -> Array:
+        """Output tokens/s per chip."""
+        return self.output_tokens_per_s / self.chips
+
+
+def _shape(model, serving, relax, *, q_len, seq, causal) -> LayerShape:
+    return LayerShape(
+        model,
+        relax,
+        tp=serving.tp,
+        cp=1.0,
+        ep=serving.ep,
+        etp=serving.etp,
+        batch=serving.batch,
+        q_len=q_len,
+        seq=seq,
+        causal=causal,
+        sequence_parallel=False,
+        flash=serving.flash_attention,
+        weight_bytes=model.precision.bytes("weights"),
+    )
+
+
+def _phase(cluster, model, serving, s: LayerShape, relax) -> PhaseBreakdown:
+    """One forward pass of the whole model for the tokens of `s` (module docstring)."""
+    chip, host = cluster.chip, cluster.host
+    lay = layer_forward(cluster, model, s, relax)
+    com = layer_comm(cluster, model, s, relax, sequence_parallel=False)
+    layers = model.n_layers
+    b = s.b_act
+    # Logits of the last token of each sequence, vocabulary-parallel, then sampling.
+    logits = gemm_time(
+        chip,
+        serving.batch,
+        model.d_model,
+        model.vocab_size / serving.tp,
+        peak=chip.peak_flops("bf16"),
+        nbytes=b,
+        weight_nbytes=model.precision.bytes("weights"),
+        relax=relax,
+    )
+    head = logits + memory_time(chip, serving.batch * model.vocab_size * 4.0)
+    hop = p2p_time(cluster, s.tokens * model.d_model * b, serving.tp, relax=relax)
+    gpu = dict(
+        matmul=layers * lay["gemm"],
+        attention=layers * lay["attn"],
+        elementwise=layers * lay["elem"],
+        kernel_overhead=layers * lay["kernels"] * chip.kernel_overhead,
+        tp_comm=layers * com["tp"] / 2.0,  # forward half of fwd + bwd
+        ep_comm=layers * com["ep"] / 2.0,
+        pp_p2p=(serving.pp - 1.0) * hop,
+        head=head,
+    )
+    t_gpu = sum(gpu.values())
+    ops = 0.0 if serving.graphs else layers * lay["host_ops"]
+    t_host = ops * host.dispatch_overhead
+    return PhaseBreakdown(
+        **gpu,
+        host_stall=relax.exceed(t_host, t_gpu),
+        step_overhead=host.serve_overhead,
+    )
+
+
+def prefill(
+    cluster: Cluster,
+    model: Transformer,
+    serving: Serving,
+    *,
+    relax: AbstractRelax = _EXACT,
+) -> PhaseBreakdown:
+    """Prefill of B prompts of S_in tokens on one replica [s] (module docstring)."""
+    s = _shape(
+        model, serving, relax, q_len=serving.input_len, seq=serving.input_len,
+        causal=True,
+    )  # fmt: skip
+    return _phase(cluster, model, serving, s, relax)
+
+
+def decode_step(
+    cluster: Cluster,
+    model: Transformer,
+    serving: Serving,
+    *,
+    context=None,
+    relax: AbstractRelax = _EXACT,
+) -> PhaseBreakdown:
+    """One decode step (one new token for each of B sequences) [s].
+
+    Args:
+        cluster: the hardware.
+        model: the workload (its precision sets weight, KV and math dtypes).
+        serving: the serving mapping and request shape.
+        context: tokens already in each sequence's KV cache; default the mean over
+            the generation, S_in + S_out/2.
+        relax: Exact() or Smooth(p).
+    """
+    if context is None:
+        context = serving.input_len + serving.output_len / 2.0
+    s = _shape(model, serving, relax, q_len=1.0, seq=context, causal=False)
+    return _phase(cluster, model, serving, s, relax)
+
+
+def kv_bytes_per_token(model: Transformer, serving: Serving) -> Array:
+    """KV-cache bytes per token on one chip, for all its layers [B].
+
+    Standard attention: 2·K·H·b_kv per layer (K/V heads sharded by t, replicated when
+    t > K); MLA: (kv_lora_rank + rope dim)·b_kv per layer, replicated over t.
+    """
+    b = model.precision.bytes("kv_cache")
+    layers = model.n_layers / serving.pp
+    if model.attention == "mla":
+        return layers * (model.kv_lora_rank + model.qk_rope_head_dim) * b
+    heads = jnp.maximum(model.n_kv_heads / serving.tp, 1.0)
+    return layers * 2.0 * heads * model.head_dim * b
+
+
+def serve(
+    cluster: Cluster,
+    model: Transformer,
+    serving: Serving,
+    *,
+    relax: AbstractRelax = _EXACT,
+) -> ServeResult:
+    """TTFT, TPOT, end-to-end latency, throughput, memory and max batch of a replica.
+
+    Raises:
+        ValueError: a concrete serving mapping that does not fit the model.
+    """
+    check_serving(model, serving)
+    pre = prefill(cluster, model, serving, relax=relax)
+    dec = decode_step(cluster, model, serving, relax=relax)
+    ttft, tpot = pre.total, dec.total
+    e2e = ttft + (serving.output_len - 1.0) * tpot
+    chip = cluster.chip
+    as_training = Parallelism(
+        tp=serving.tp, pp=serving.pp, ep=serving.ep, etp=serving.etp
+    )
+    dense, expert = stage_params(model, as_training)
+    weights = (dense + expert) * model.precision.bytes("weights")
+    kv_token = kv_bytes_per_token(model, serving)
+    context = serving.input_len + serving.output_len
+    # prefill activations alive at once: a few D-wide tensors of the prompt batch
+    act = 4.0 * serving.batch * serving.input_len * model.d_model * 2.0
+    free = chip.hbm_capacity - chip.reserved_memory - weights
+    per_seq = kv_token * context + act / serving.batch
+    memory = weights + serving.batch * kv_token * context + act + chip.reserved_memory
+    return ServeResult(
+        prefill=pre,
+        decode=dec,
+        ttft=ttft,
+        tpot=tpot,
+        e2e_latency=e2e,
+        output_tokens_per_s=serving.batch * serving.output_len / e2e,
+        chips=serving.chips,
+        memory_per_gpu=memory,
+        memory_capacity=chip.hbm_capacity,
+        max_batch=jnp.floor(jnp.maximum(free, 0.0) / per_seq),
+        kv_bytes_per_token=kv_token,
+    )

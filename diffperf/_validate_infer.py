@@ -1,0 +1,140 @@
+"""Validation of the serving model against measured inference runs.
+
+Rows use the long format of `data/inference_calibration.csv`: one metric per row
+(`metric`, `value`, `unit`). Each row is resolved to hardware, a workload, a `Serving`
+mapping and precisions, predicted with the Exact model, and compared on its metric:
+
+| metric | prediction |
+|---|---|
+| ttft, prefill_latency, prefill_latency_median | TTFT of the batch [ms] |
+| tpot_median, decode_latency_per_token | TPOT at the mean context [ms] |
+| e2e_latency, e2e_latency_median | TTFT + (S_out − 1)·TPOT [ms] |
+| output_throughput | B·S_out / e2e, per GPU if the unit says so, else per replica |
+| total_output_throughput, offline_tokens_per_s | the same at the largest batch that |
+| | fits, for all replicas of `num_gpus` |
+| offline_samples_per_s | that throughput / S_out |
+
+Not predicted (listed with the reason): per-operator latencies (the per-operator
+fidelity tier is issue #6's), MLPerf Server-scenario statistics (no arrival-rate
+model), and models without a spec. C++ runtimes (TensorRT-LLM, FasterTransformer) are
+taken to hide per-kernel CPU launch cost (`graphs=True`); Python engines (vLLM) not.
+The TensorRT-LLM performance tables whose unit leaves "per GPU vs total" open are read
+as per GPU, like the H100 rows of the same page. Benchmarks that ran past a model's
+trained context (GPT-J at 2048 + 2048 tokens) are costed at the context they ran.
+"""
+
+import re
+
+import equinox as eqx
+
+from . import io
+from ._infer import serve
+from ._mapping import Serving, check_serving
+from ._workload import Precision
+
+__all__ = ["predict_infer_row", "validate_infer_rows"]
+
+_LATENCY = {
+    "ttft": "ttft",
+    "prefill_latency": "ttft",
+    "prefill_latency_median": "ttft",
+    "tpot_median": "tpot",
+    "decode_latency_per_token": "tpot",
+    "e2e_latency": "e2e_latency",
+    "e2e_latency_median": "e2e_latency",
+}
+_MAX_LOAD = ("total_output_throughput", "offline_tokens_per_s", "offline_samples_per_s")
+
+
+def _num(row, key, default=None):
+    text = (row.get(key) or "").strip()
+    if not text:
+        return default
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"column {key}={text!r} must be a number") from None
+
+
+def _precision(text: str) -> Precision:
+    t = text.lower()
+    if "int4" in t or "w4" in t:
+        return Precision(math="bf16", weights="int4", kv_cache="bf16")
+    for key, dtype in (("fp8", "fp8"), ("int8", "int8"), ("fp4", "fp4")):
+        if key in t:
+            kv = dtype if "kv" in t else "bf16"
+            return Precision(math=dtype, weights=dtype, kv_cache=kv)
+    if re.search(r"fp16|bf16|fp32|^$", t):
+        return Precision()
+    raise ValueError(f"dtype {text!r} is not a known precision")
+
+
+def predict_infer_row(row: dict) -> dict:
+    """Prediction for one inference row (ValueError with the reason if unresolvable)."""
+    metric = row.get("metric", "").strip()
+    if "_op_latency:" in metric:
+        raise ValueError("per-operator latencies need the per-operator tier (issue #6)")
+    if metric.startswith("server_"):
+        raise ValueError("MLPerf Server statistics need an arrival-rate model")
+    if metric not in _LATENCY and metric not in _MAX_LOAD + ("output_throughput",):
+        raise ValueError(f"metric {metric!r} is not in the inference vocabulary")
+    cluster = io.load_hardware(row["gpu"])
+    model = io.load_workload(row["model"])
+    model = eqx.tree_at(lambda m: m.precision, model, _precision(row.get("dtype", "")))
+    gpus = int(_num(row, "num_gpus", 1))
+    tp = _num(row, "tp") or gpus / (_num(row, "pp") or 1)
+    framework = row.get("framework", "").lower()
+    serving = Serving(
+        tp=tp, pp=_num(row, "pp", 1.0), ep=_num(row, "ep", 1.0),
+        batch=_num(row, "batch", 1.0), input_len=_num(row, "input_len", 1.0),
+        output_len=_num(row, "output_len", 1.0),
+        graphs=any(k in framework for k in ("tensorrt", "fastertransformer")),
+    )  # fmt: skip
+    context = float(serving.input_len + serving.output_len)
+    if context > float(model.max_seq_len):  # the benchmark ran past the context
+        model = eqx.tree_at(
+            lambda m: m.max_seq_len, model, model.max_seq_len * 0 + context
+        )
+    check_serving(model, serving)
+    if metric in _MAX_LOAD or not row.get("batch", "").strip():
+        best = serve(cluster, model, serving).max_batch
+        serving = eqx.tree_at(lambda s: s.batch, serving, best.astype(float))
+    r = serve(cluster, model, serving)
+    measured = float(row["value"])
+    if metric in _LATENCY:
+        predicted = 1e3 * float(getattr(r, _LATENCY[metric]))
+    else:
+        per_gpu = "per gpu" in row.get("unit", "").lower() or "not stated" in row.get(
+            "unit", ""
+        )
+        total = float(r.output_tokens_per_s) * gpus / float(serving.chips)
+        predicted = total / gpus if per_gpu else total
+        if metric == "offline_samples_per_s":
+            predicted /= float(serving.output_len)
+    return dict(
+        metric=metric, measured=measured, predicted=predicted,
+        ape=abs(predicted - measured) / measured, feasible=bool(r.feasible),
+        memory_per_gpu_bytes=float(r.memory_per_gpu), hardware=cluster.name,
+        model=model.name,
+    )  # fmt: skip
+
+
+def validate_infer_rows(rows: list[dict]) -> dict:
+    """Per-row predictions and error summary of inference CSV rows."""
+    from ._validate import summarize
+
+    results = []
+    for i, row in enumerate(rows):
+        entry = dict(
+            row=i,
+            source=row.get("source", ""),
+            gpu=row.get("gpu", ""),
+            model_name=row.get("model", ""),
+            metric=row.get("metric", ""),
+        )
+        try:
+            entry |= predict_infer_row(row)
+        except ValueError as e:
+            entry["reason"] = str(e).splitlines()[0]
+        results.append(entry)
+    return summarize(results) | {"kind": "inference"}
