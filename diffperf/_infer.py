@@ -260,3 +260,75 @@ def serve(
         max_batch=jnp.floor(jnp.maximum(free, 0.0) / per_seq),
         kv_bytes_per_token=kv_token,
     )
+
+
+OPS = (
+    "Q_K_V", "Q_mul_K", "A_mul_V", "Wo_proj", "W1_proj", "W2_proj", "Softmax",
+    "LayerNorm_MHA", "LayerNorm_FFN", "GeLU", "AllReduce_MHA", "AllReduce_FFN",
+)  # fmt: skip
+"""Operator names of the per-operator tier (those of LLMCompass, Zhang et al. 2024)."""
+
+
+def layer_op_times(
+    cluster: Cluster,
+    model: Transformer,
+    serving: Serving,
+    *,
+    phase: str,
+    context=None,
+    relax: AbstractRelax = _EXACT,
+) -> dict[str, Array]:
+    """Per-operator seconds of one layer on one chip, each op a separate kernel.
+
+    The per-operator tier: the layer as unfused kernels (QKV, Q·Kᵀ, softmax, A·V,
+    output projection, two MLP GEMMs, layer norms, activation, two all-reduces), each
+    costed by its own roofline (`gemm_time` / `memory_time` / `collective_time`) plus
+    one `kernel_overhead`. Prefill runs B·S_in tokens with S_in keys; decode runs B
+    tokens against `context` cached keys (default S_in).
+
+    Args:
+        cluster: the hardware.
+        model: the workload (dense; MoE layers are costed by `prefill`/`decode_step`).
+        serving: TP degree, batch and lengths.
+        phase: "prefill" or "decode".
+        context: keys in the cache for decode [tokens].
+        relax: Exact() or Smooth(p).
+    """
+    if phase not in ("prefill", "decode"):
+        raise ValueError(f"phase={phase!r} must be prefill or decode")
+    from ._collectives import collective_time
+
+    chip = cluster.chip
+    t, b = serving.tp, model.precision.bytes("activations")
+    q = serving.input_len if phase == "prefill" else 1.0
+    keys = serving.input_len if context is None or phase == "prefill" else context
+    tokens = serving.batch * q
+    d, n, h, f = model.d_model, model.n_heads / t, model.head_dim, model.d_ff
+    kv = jnp.maximum(model.n_kv_heads / t, 1.0)
+    peak = chip.peak_flops("bf16")
+
+    def gemm(m, k, nn, count=1.0):
+        wb = model.precision.bytes("weights")
+        return gemm_time(chip, m, k, nn, count=count, peak=peak, nbytes=b,
+                         weight_nbytes=wb, relax=relax)  # fmt: skip
+
+    scores = serving.batch * n * q * keys  # elements of the score matrix
+    up = model.mlp_mats - 1.0
+    act = memory_time(chip, tokens * f / t * (up + 1.0) * b)
+    norm = memory_time(chip, 2.0 * tokens * d * b)
+    ar = collective_time(cluster, "all_reduce", tokens * d * b, t, 1.0, relax=relax)
+    times = {
+        "Q_K_V": gemm(tokens, d, (n + 2.0 * kv) * h),
+        "Q_mul_K": gemm(q, h, keys, count=serving.batch * n),
+        "A_mul_V": gemm(q, keys, h, count=serving.batch * n),
+        "Wo_proj": gemm(tokens, n * h, d),
+        "W1_proj": gemm(tokens, d, up * f / t),
+        "W2_proj": gemm(tokens, f / t, d),
+        "Softmax": memory_time(chip, 2.0 * scores * b),
+        "LayerNorm_MHA": norm,
+        "LayerNorm_FFN": norm,
+        "GeLU": act,
+        "AllReduce_MHA": ar,
+        "AllReduce_FFN": ar,
+    }
+    return {k: v + chip.kernel_overhead for k, v in times.items()}

@@ -14,10 +14,12 @@ mapping and precisions, predicted with the Exact model, and compared on its metr
 | | fits, for all replicas of `num_gpus` |
 | offline_samples_per_s | that throughput / S_out |
 
-Not predicted (listed with the reason): per-operator latencies (the per-operator
-fidelity tier is issue #6's), MLPerf Server-scenario statistics (no arrival-rate
-model), and models without a spec. C++ runtimes (TensorRT-LLM, FasterTransformer) are
-taken to hide per-kernel CPU launch cost (`graphs=True`); Python engines (vLLM) not.
+Per-operator latencies (`prefill_layer_op_latency:<op>`) use the per-operator tier
+(`layer_op_times`). Not predicted (listed with the reason): MLPerf Server-scenario
+statistics (no arrival-rate model), models without a spec, and rows that contradict
+the same source's other metrics (`_inconsistent`). C++ runtimes (TensorRT-LLM,
+FasterTransformer) are taken to hide per-kernel CPU launch cost (`graphs=True`); Python
+engines (vLLM) not.
 The TensorRT-LLM performance tables whose unit leaves "per GPU vs total" open are read
 as per GPU, like the H100 rows of the same page. Benchmarks that ran past a model's
 trained context (GPT-J at 2048 + 2048 tokens) are costed at the context they ran.
@@ -28,7 +30,7 @@ import re
 import equinox as eqx
 
 from . import io
-from ._infer import serve
+from ._infer import OPS, layer_op_times, serve
 from ._mapping import Serving, check_serving
 from ._workload import Precision
 
@@ -73,7 +75,7 @@ def predict_infer_row(row: dict) -> dict:
     """Prediction for one inference row (ValueError with the reason if unresolvable)."""
     metric = row.get("metric", "").strip()
     if "_op_latency:" in metric:
-        raise ValueError("per-operator latencies need the per-operator tier (issue #6)")
+        return _predict_op_row(row, metric)
     if metric.startswith("server_"):
         raise ValueError("MLPerf Server statistics need an arrival-rate model")
     if metric not in _LATENCY and metric not in _MAX_LOAD + ("output_throughput",):
@@ -119,11 +121,88 @@ def predict_infer_row(row: dict) -> dict:
     )  # fmt: skip
 
 
+def _predict_op_row(row: dict, metric: str) -> dict:
+    """A per-operator latency row: one layer's op on one chip (per-operator tier)."""
+    phase_text, op = metric.split("_layer_op_latency:")
+    if op not in OPS:
+        raise ValueError(f"operator {op!r} is not one of {', '.join(OPS)}")
+    cluster = io.load_hardware(row["gpu"])
+    name = re.split(r",\s*one transformer layer", row["model"])[0]
+    model = io.load_workload(name)
+    model = eqx.tree_at(lambda m: m.precision, model, _precision(row.get("dtype", "")))
+    serving = Serving(
+        tp=_num(row, "tp") or _num(row, "num_gpus", 1.0),
+        batch=_num(row, "batch", 1.0),
+        input_len=_num(row, "input_len", 1.0),
+        output_len=_num(row, "output_len", 1.0),
+    )
+    context = _context_from_notes(row) if phase_text == "decode" else None
+    seconds = float(
+        layer_op_times(cluster, model, serving, phase=phase_text, context=context)[op]
+    )
+    unit = row.get("unit", "s").strip()
+    scale = {"s": 1.0, "ms": 1e3, "us": 1e6}.get(unit, 1.0)
+    measured = float(row["value"])
+    predicted = seconds * scale
+    return dict(
+        metric=metric, measured=measured, predicted=predicted,
+        ape=abs(predicted - measured) / measured, feasible=True,
+        memory_per_gpu_bytes=0.0, hardware=cluster.name, model=model.name,
+    )  # fmt: skip
+
+
+def _context_from_notes(row: dict):
+    """Cached keys of a decode op row ("KV length ... = N" in the notes), else S_in."""
+    found = re.search(r"KV length(?:[^=,;]*=)?\s*(\d+)", row.get("notes", ""))
+    return float(found.group(1)) if found else _num(row, "input_len", 1.0)
+
+
+def _inconsistent(rows: list[dict]) -> dict[int, str]:
+    """Rows whose e2e latency contradicts the same source's TTFT and TPOT.
+
+    For a configuration (source, model, GPU, TP, batch, lengths) reporting all three,
+    e2e should be TTFT + (S_out − 1)·TPOT. Shorter by over 20%: generation ended before
+    S_out tokens (a stop token), so the e2e row measures something else. Longer by over
+    20%: the three medians do not describe one run, and none of them is used.
+    """
+    groups = {}
+    for i, row in enumerate(rows):
+        key = tuple(row.get(k, "") for k in ("source", "model", "gpu", "tp", "batch",
+                                             "input_len", "output_len"))  # fmt: skip
+        groups.setdefault(key, {})[row.get("metric", "")] = (i, row)
+    bad = {}
+    for key, metrics in groups.items():
+        found = [metrics.get(m) for m in _TRIPLE]
+        if any(f is None for f in found):
+            continue
+        (i_t, ttft), (i_d, tpot), (i_e, e2e) = found
+        out = float(key[-1] or 1)
+        ratio = float(e2e["value"]) / (
+            float(ttft["value"]) + (out - 1.0) * float(tpot["value"])
+        )
+        if ratio < 0.8:
+            bad[i_e] = (
+                f"e2e is {ratio:.2f}× the source's own TTFT + (S_out − 1)·TPOT: "
+                "generation stopped early"
+            )
+        elif ratio > 1.2:
+            for i in (i_t, i_d, i_e):
+                bad[i] = (
+                    f"the source's e2e is {ratio:.2f}× its own TTFT + "
+                    "(S_out − 1)·TPOT: the medians do not describe one run"
+                )
+    return bad
+
+
+_TRIPLE = ("prefill_latency_median", "tpot_median", "e2e_latency_median")
+
+
 def validate_infer_rows(rows: list[dict]) -> dict:
     """Per-row predictions and error summary of inference CSV rows."""
     from ._validate import summarize
 
     results = []
+    bad = _inconsistent(rows)
     for i, row in enumerate(rows):
         entry = dict(
             row=i,
@@ -133,6 +212,8 @@ def validate_infer_rows(rows: list[dict]) -> dict:
             metric=row.get("metric", ""),
         )
         try:
+            if i in bad:
+                raise ValueError(bad[i])
             entry |= predict_infer_row(row)
         except ValueError as e:
             entry["reason"] = str(e).splitlines()[0]

@@ -55,7 +55,10 @@ def _get(tree, path):
 def _prepared(rows):
     """(spec, cluster, model, serving, metric, measured, per_gpu, gpus) per row."""
     out = []
-    for row in rows:
+    bad = vi._inconsistent(rows)
+    for i, row in enumerate(rows):
+        if i in bad or "_op_latency:" in row.get("metric", ""):
+            continue  # contradicts its own source / per-operator rows: not fitted
         try:
             res = vi.predict_infer_row(row)
         except ValueError:
