@@ -27,6 +27,11 @@ from ._relax import AbstractRelax as AbstractRelax
 from ._relax import Exact as Exact
 from ._relax import Smooth as Smooth
 from ._sensitivity import elasticities as elasticities
+from ._serving import Disaggregation as Disaggregation
+from ._serving import continuous_batching as continuous_batching
+from ._serving import disaggregated as disaggregated
+from ._serving import hourly_cost as hourly_cost
+from ._serving import speculative_tpot as speculative_tpot
 from ._train import train_step as train_step
 from ._workload import Precision as Precision
 from ._workload import Transformer as Transformer

@@ -10,12 +10,14 @@ import math
 import os
 import sys
 
+import equinox as eqx
 import jax.numpy as jnp
 
 from . import io
 from ._infer import serve
 from ._mapping import Parallelism, Serving, check_mapping, check_serving
 from ._relax import Exact
+from ._serving import continuous_batching, disaggregated, hourly_cost
 from ._train import train_step
 from ._units import DTYPES
 from ._workload import Precision
@@ -84,8 +86,30 @@ def _add_infer(sub):
     p.add_argument(
         "--graphs", action="store_true", help="decode steps replayed as CUDA graphs"
     )
+    p.add_argument(
+        "--disaggregate",
+        metavar="PREFILL_GPUS:DECODE_GPUS",
+        help="separate prefill and decode pools (replicas of --tp·--pp chips each)",
+    )
+    p.add_argument("--ttft-slo", type=float, help="TTFT target [s] for goodput")
+    p.add_argument("--tpot-slo", type=float, help="TPOT target [s] for goodput")
     p.add_argument("--json", action="store_true")
     return p
+
+
+def _pools(text: str, replica: int) -> tuple[int, int]:
+    try:
+        p, d = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise UsageError(
+            f"--disaggregate={text!r} must be PREFILL_GPUS:DECODE_GPUS, e.g. 8:16"
+        ) from None
+    for name, n in (("PREFILL_GPUS", p), ("DECODE_GPUS", d)):
+        if n < replica or n % replica:
+            raise UsageError(
+                f"--disaggregate {name}={n} must be a multiple of tp·pp={replica}"
+            )
+    return p, d
 
 
 def _add_validate(sub):
@@ -175,10 +199,23 @@ def _train(args) -> dict:
     return out
 
 
-def infer_result(cluster, model, serving) -> dict:
-    """The `diffperf infer --json` object for a concrete serving job (Exact model)."""
+def infer_result(cluster, model, serving, *, gpus=None, ttft_slo=None,
+                 tpot_slo=None, pools=None) -> dict:  # fmt: skip
+    """The `diffperf infer --json` object for a concrete serving job (Exact model).
+
+    Static batch metrics, plus the continuous-batching steady state and its cost on
+    `gpus` chips, goodput under the SLOs, and with `pools` = (prefill, decode) chips
+    the disaggregated deployment and its colocated comparison.
+    """
     r = serve(cluster, model, serving, relax=Exact())
-    return {
+    gpus = gpus or float(serving.chips)
+    cb = continuous_batching(cluster, model, serving)
+    cb_rate = float(cb["output_tokens_per_s"]) * gpus / float(serving.chips)
+    usd_h = float(hourly_cost(cluster, gpus))
+    slo_t = float("inf") if ttft_slo is None else ttft_slo
+    slo_d = float("inf") if tpot_slo is None else tpot_slo
+    meets = float(cb["ttft"]) <= slo_t and float(cb["tpot"]) <= slo_d
+    out = {
         "ttft_s": float(r.ttft),
         "tpot_s": float(r.tpot),
         "e2e_latency_s": float(r.e2e_latency),
@@ -193,7 +230,36 @@ def infer_result(cluster, model, serving) -> dict:
             "prefill": {k: float(v) for k, v in r.prefill.terms().items()},
             "decode_step": {k: float(v) for k, v in r.decode.terms().items()},
         },
+        "continuous_batching": {
+            "ttft_s": float(cb["ttft"]),
+            "tpot_s": float(cb["tpot"]),
+            "output_tokens_per_s": cb_rate,
+            "goodput_tokens_per_s": cb_rate if meets else 0.0,
+            "usd_per_hour": usd_h,
+            "usd_per_million_output_tokens": usd_h / (3600 * cb_rate) * 1e6,
+        },
     }
+    if pools is not None:
+        p_chips, d_chips = pools
+        pre = eqx.tree_at(lambda s: s.batch, serving, serving.batch * 0 + 1.0)
+        d = disaggregated(
+            cluster, model, pre, serving, prefill_chips=p_chips, decode_chips=d_chips,
+            ttft_slo=slo_t, tpot_slo=slo_d,
+        )  # fmt: skip
+        out["disaggregated"] = {
+            "prefill_gpus": p_chips,
+            "decode_gpus": d_chips,
+            "ttft_s": float(d.ttft),
+            "tpot_s": float(d.tpot),
+            "kv_transfer_s": float(d.kv_transfer),
+            "kv_bytes_per_request": float(d.kv_bytes),
+            "kv_bandwidth_demand_bytes_per_s": float(d.kv_bandwidth_demand),
+            "requests_per_s": float(d.requests_per_s),
+            "output_tokens_per_s": float(d.output_tokens_per_s),
+            "goodput_requests_per_s": float(d.goodput),
+            "usd_per_million_output_tokens": float(d.usd_per_million_tokens),
+        }
+    return out
 
 
 def _infer(args) -> dict:
@@ -212,8 +278,24 @@ def _infer(args) -> dict:
         tp=args.tp, pp=args.pp, ep=args.ep, batch=args.batch,
         input_len=args.input_len, output_len=args.output_len, graphs=args.graphs,
     )  # fmt: skip
-    check_serving(model, serving, gpus=args.gpus)
-    out = infer_result(cluster, model, serving)
+    replica = args.tp * args.pp
+    pools = _pools(args.disaggregate, replica) if args.disaggregate else None
+    if pools is None:
+        check_serving(model, serving, gpus=args.gpus if args.gpus < replica else None)
+        if args.gpus % replica:
+            raise UsageError(
+                f"--gpus={args.gpus} must be a multiple of tp·pp={replica}"
+            )
+    else:
+        check_serving(model, serving)
+        if sum(pools) != args.gpus:
+            raise UsageError(
+                f"--gpus={args.gpus} must equal PREFILL_GPUS + DECODE_GPUS"
+            )
+    out = infer_result(
+        cluster, model, serving, gpus=args.gpus, ttft_slo=args.ttft_slo,
+        tpot_slo=args.tpot_slo, pools=pools,
+    )  # fmt: skip
     out |= {
         "hardware": cluster.name,
         "model": model.name,
@@ -232,12 +314,24 @@ def _print_infer(out: dict):
     print(f"  TTFT             {1e3 * out['ttft_s']:.4g} ms")
     print(f"  TPOT             {1e3 * out['tpot_s']:.4g} ms")
     print(f"  end-to-end       {out['e2e_latency_s']:.4g} s")
-    print(f"  output tokens/s  {out['output_tokens_per_s']:.5g} "
+    print(f"  output tokens/s  {out['output_tokens_per_s']:.5g} per replica "
           f"({out['output_tokens_per_s_per_gpu']:.4g} per GPU)")  # fmt: skip
     mem, cap = out["memory_per_gpu_bytes"], out["memory_capacity_bytes"]
     fit = "fits" if out["feasible"] else "DOES NOT FIT"
     print(f"  memory/GPU       {mem / 1e9:.1f} GB of {cap / 1e9:.0f} GB ({fit}); "
           f"max batch {out['max_batch']}")  # fmt: skip
+    cb = out["continuous_batching"]
+    print(f"  continuous batching: TTFT {1e3 * cb['ttft_s']:.4g} ms, TPOT "
+          f"{1e3 * cb['tpot_s']:.4g} ms, {cb['output_tokens_per_s']:.5g} tokens/s on "
+          f"{m['gpus']} GPUs, ${cb['usd_per_million_output_tokens']:.3g} per M tokens, "
+          f"goodput {cb['goodput_tokens_per_s']:.5g} tokens/s")  # fmt: skip
+    if "disaggregated" in out:
+        d = out["disaggregated"]
+        print(f"  disaggregated {d['prefill_gpus']}:{d['decode_gpus']}: TTFT "
+              f"{1e3 * d['ttft_s']:.4g} ms (KV transfer {1e3 * d['kv_transfer_s']:.3g} "
+              f"ms), TPOT {1e3 * d['tpot_s']:.4g} ms, {d['output_tokens_per_s']:.5g} "
+              f"tokens/s, goodput {d['goodput_requests_per_s']:.4g} req/s, "
+              f"${d['usd_per_million_output_tokens']:.3g} per M tokens")  # fmt: skip
     for phase, terms in out["breakdown"].items():
         total = sum(terms.values())
         print(f"  {phase} ({1e3 * total:.4g} ms):")
@@ -247,8 +341,6 @@ def _print_infer(out: dict):
 
 
 def _with_precision(model, precision):
-    import equinox as eqx
-
     return eqx.tree_at(lambda m: m.precision, model, precision)
 
 

@@ -1,0 +1,197 @@
+"""Serving objectives: continuous batching, speculative decoding, cost, disaggregation.
+
+Built on `serve`, `prefill` and `decode_step` (layer 4); everything here is a function
+of their per-step times, so it stays differentiable and vmappable.
+
+Continuous batching (steady state, chunked prefill; Agrawal et al. 2024, Sarathi):
+every engine step decodes one token for each of B sequences and prefills the prompts of
+the requests that replace the B/S_out sequences finishing per step, i.e. B·S_in/S_out
+prompt tokens. One step is a forward pass over T = B·(1 + S_in/S_out) tokens whose
+attention reads the mean context S_in + S_out/2:
+    TPOT = t_mix,  throughput = B / t_mix [tokens/s],  TTFT ≈ (S_out / B)·t_mix.
+
+Speculative decoding (Leviathan et al. 2023): a draft model proposes k tokens, the
+target verifies them in one pass of k + 1 tokens per sequence; with acceptance rate a
+the expected tokens per round are (1 − a^(k+1)) / (1 − a), so
+    TPOT = (k·t_draft + t_verify) / ((1 − a^(k+1)) / (1 − a)).
+
+Cost: $/h of a replica = chips·(price + host.price/n_node)/lifetime + chips·(power +
+host.power/n_node)·PUE·$/kWh; $ per million output tokens = $/h / (3600·tok/s)·1e6.
+Defaults (lifetime 4 years, PUE 1.3, 0.10 $/kWh) are assumptions; pass your own.
+
+Disaggregated prefill/decode (Patel et al. 2024, Splitwise; Zhong et al. 2024,
+DistServe): P chips of prefill replicas and D chips of decode replicas. A request's KV
+cache, S_in·kv bytes for all layers, moves from its prefill replica to a decode replica
+over the scale-up tier when both share a domain, else over the prefill replica's NICs:
+    TTFT = t_prefill + t_kv,  TPOT = t_decode(B_d)
+    requests/s = min(prefill replicas / t_prefill, decode replicas·B_d / (S_out·TPOT)).
+Goodput under SLOs is that rate when TTFT ≤ TTFT_SLO and TPOT ≤ TPOT_SLO, else 0.
+"""
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array
+
+from ._hardware import Cluster
+from ._infer import PhaseBreakdown, _phase, _shape, decode_step, kv_bytes_per_token
+from ._infer import prefill as prefill_step
+from ._mapping import Serving
+from ._relax import AbstractRelax, Exact
+from ._workload import Transformer
+
+__all__ = [
+    "continuous_batching",
+    "speculative_tpot",
+    "hourly_cost",
+    "disaggregated",
+    "Disaggregation",
+]
+
+_EXACT = Exact()
+HOURS_PER_LIFETIME = 4 * 365 * 24.0
+PUE = 1.3
+USD_PER_KWH = 0.10
+
+
+def continuous_batching(
+    cluster: Cluster,
+    model: Transformer,
+    serving: Serving,
+    *,
+    relax: AbstractRelax = _EXACT,
+) -> dict[str, Array]:
+    """Steady-state continuous batching with chunked prefill (module docstring).
+
+    Returns:
+        dict with `step` (PhaseBreakdown of one mixed step), `tpot` [s], `ttft` [s] and
+        `output_tokens_per_s` of the replica.
+    """
+    b, s_in, s_out = serving.batch, serving.input_len, serving.output_len
+    mixed_batch = b * (1.0 + s_in / s_out)
+    context = s_in + s_out / 2.0
+    mixed = eqx.tree_at(lambda s: s.batch, serving, mixed_batch)
+    s = _shape(model, mixed, relax, q_len=1.0, seq=context, causal=False)
+    step: PhaseBreakdown = _phase(cluster, model, mixed, s, relax)
+    t = step.total
+    return dict(step=step, tpot=t, ttft=s_out / b * t, output_tokens_per_s=b / t)
+
+
+def speculative_tpot(
+    cluster: Cluster,
+    model: Transformer,
+    draft: Transformer,
+    serving: Serving,
+    *,
+    k=4.0,
+    acceptance=0.7,
+    relax: AbstractRelax = _EXACT,
+) -> Array:
+    """Time per output token with speculative decoding [s] (module docstring).
+
+    Args:
+        cluster: hardware running both models (same replica).
+        model: the target model.
+        draft: the draft model.
+        serving: the replica and request shape.
+        k: draft tokens per round.
+        acceptance: probability a draft token is accepted, in [0, 1).
+        relax: Exact() or Smooth(p).
+    """
+    context = serving.input_len + serving.output_len / 2.0
+    t_draft = decode_step(cluster, draft, serving, context=context, relax=relax).total
+    verify = _shape(model, serving, relax, q_len=k + 1.0, seq=context, causal=False)
+    t_verify = _phase(cluster, model, serving, verify, relax).total
+    expected = (1.0 - acceptance ** (k + 1.0)) / (1.0 - acceptance)
+    return (k * t_draft + t_verify) / expected
+
+
+def hourly_cost(
+    cluster: Cluster,
+    chips,
+    *,
+    lifetime_hours=HOURS_PER_LIFETIME,
+    pue=PUE,
+    usd_per_kwh=USD_PER_KWH,
+) -> Array:
+    """USD per hour of `chips` chips with their share of hosts (module docstring)."""
+    c, h = cluster.chip, cluster.host
+    capex = chips * (c.price + h.price / h.chips_per_node) / lifetime_hours
+    power_kw = chips * (c.power + h.power / h.chips_per_node) / 1e3
+    return capex + power_kw * pue * usd_per_kwh
+
+
+class Disaggregation(eqx.Module):
+    """Metrics of a disaggregated prefill/decode deployment (all SI)."""
+
+    ttft: Array
+    tpot: Array
+    kv_transfer: Array  # s per request
+    kv_bytes: Array  # B per request
+    kv_bandwidth_demand: Array  # B/s the prefill pool sends at full rate
+    requests_per_s: Array
+    goodput: Array  # requests/s within the SLOs
+    output_tokens_per_s: Array
+    usd_per_million_tokens: Array
+
+
+def disaggregated(
+    cluster: Cluster,
+    model: Transformer,
+    prefill: Serving,
+    decode: Serving,
+    *,
+    prefill_chips,
+    decode_chips,
+    ttft_slo=jnp.inf,
+    tpot_slo=jnp.inf,
+    decode_cluster: Cluster | None = None,
+    relax: AbstractRelax = _EXACT,
+) -> Disaggregation:
+    """Prefill and decode in separate pools (module docstring).
+
+    Args:
+        cluster: hardware of the prefill pool (and of the decode pool by default).
+        model: the workload.
+        prefill: prefill replica mapping and prompt batch (`input_len` per request).
+        decode: decode replica mapping and batch (`output_len` per request).
+        prefill_chips: chips in the prefill pool.
+        decode_chips: chips in the decode pool.
+        ttft_slo: TTFT target [s].
+        tpot_slo: TPOT target [s].
+        decode_cluster: hardware of the decode pool, if different.
+        relax: Exact() or Smooth(p).
+    """
+    dec_hw = cluster if decode_cluster is None else decode_cluster
+    t_pre = prefill_step(cluster, model, prefill, relax=relax).total
+    tpot = decode_step(dec_hw, model, decode, relax=relax).total
+    per_layer_all = kv_bytes_per_token(model, Serving(tp=1.0, pp=1.0))
+    kv_bytes = prefill.input_len * per_layer_all * prefill.batch
+    pool = prefill_chips + decode_chips
+    same_domain = relax.step(cluster.scale_up.size - pool + 0.5)
+    w_up = cluster.scale_up.bandwidth * cluster.scale_up.efficiency * prefill.tp
+    w_out = cluster.scale_out_bandwidth() * cluster.scale_out.efficiency * prefill.tp
+    t_kv = same_domain * (kv_bytes / w_up + cluster.scale_up.latency) + (
+        1.0 - same_domain
+    ) * (kv_bytes / w_out + cluster.scale_out.latency)
+    ttft = t_pre + t_kv
+    prefill_rate = prefill_chips / prefill.chips * prefill.batch / t_pre
+    decode_rate = (
+        decode_chips / decode.chips * decode.batch / (decode.output_len * tpot)
+    )
+    rate = relax.min(prefill_rate, decode_rate)
+    ok = relax.step(ttft_slo - ttft, scale=ttft) * relax.step(
+        tpot_slo - tpot, scale=tpot
+    )
+    tokens = rate * decode.output_len
+    usd_h = hourly_cost(cluster, prefill_chips) + hourly_cost(dec_hw, decode_chips)
+    return Disaggregation(
+        ttft=ttft,
+        tpot=tpot,
+        kv_transfer=t_kv,
+        kv_bytes=kv_bytes / prefill.batch,
+        kv_bandwidth_demand=kv_bytes / prefill.batch * rate,
+        requests_per_s=rate,
+        goodput=rate * ok,
+        output_tokens_per_s=tokens,
+        usd_per_million_tokens=usd_h / (3600.0 * tokens) * 1e6,
+    )
