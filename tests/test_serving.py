@@ -1,0 +1,102 @@
+"""Serving objectives: continuous batching, speculative decoding, cost, P/D split."""
+
+import jax
+import numpy as np
+import pytest
+
+import diffperf as dp
+from diffperf.cli import main
+
+DGX = dp.load_hardware("dgx_h100")
+NVL72 = dp.load_hardware("gb200_nvl72")
+LLAMA70 = dp.load_workload("llama2_70b")
+LLAMA7 = dp.load_workload("llama2_7b")
+S = dp.Serving(tp=8, batch=32, input_len=2048, output_len=256)
+
+
+def test_continuous_batching_costs_more_per_step_than_pure_decode():
+    cb = dp.continuous_batching(DGX, LLAMA70, S)
+    dec = dp.decode_step(DGX, LLAMA70, S).total
+    assert float(cb["tpot"]) > float(dec)
+    np.testing.assert_allclose(float(cb["output_tokens_per_s"]), 32 / float(cb["tpot"]))
+
+
+def test_speculative_decoding_formula_limits():
+    """acceptance → 0: one token per round costs k drafts + a verify; more acceptance
+    never hurts."""
+    base = dp.Serving(tp=8, batch=1, input_len=1024, output_len=128)
+    t0 = float(dp.speculative_tpot(DGX, LLAMA70, LLAMA7, base, k=4.0, acceptance=0.0))
+    t9 = float(dp.speculative_tpot(DGX, LLAMA70, LLAMA7, base, k=4.0, acceptance=0.9))
+    draft = float(dp.decode_step(DGX, LLAMA7, base, context=1024 + 64).total)
+    assert t0 > 4 * draft and t9 < t0
+    expected = (1 - 0.9**5) / (1 - 0.9)
+    assert t0 / t9 == pytest.approx(expected, rel=1e-9)
+
+
+def test_hourly_cost_is_linear_in_chips():
+    np.testing.assert_allclose(
+        float(dp.hourly_cost(DGX, 16)), 2 * float(dp.hourly_cost(DGX, 8))
+    )
+
+
+def test_disaggregated_kv_transfer_uses_nvlink_inside_a_domain():
+    pre = dp.Serving(tp=8, batch=1, input_len=2048, output_len=256)
+    nvl = dp.disaggregated(NVL72, LLAMA70, pre, S, prefill_chips=16, decode_chips=16)
+    dgx = dp.disaggregated(DGX, LLAMA70, pre, S, prefill_chips=16, decode_chips=16)
+    assert float(nvl.kv_bytes) == float(dgx.kv_bytes)
+    # 2048 tokens × 80 layers × 2 (K, V) × 8 KV heads × 128 × 2 B
+    np.testing.assert_allclose(float(dgx.kv_bytes), 2048 * 80 * 2 * 8 * 128 * 2.0)
+    assert float(nvl.kv_transfer) < float(dgx.kv_transfer)
+
+
+def test_goodput_is_zero_when_an_slo_is_missed_and_rate_otherwise():
+    pre = dp.Serving(tp=8, batch=1, input_len=2048, output_len=256)
+    ok = dp.disaggregated(DGX, LLAMA70, pre, S, prefill_chips=8, decode_chips=8)
+    miss = dp.disaggregated(DGX, LLAMA70, pre, S, prefill_chips=8, decode_chips=8,
+                            tpot_slo=1e-4)  # fmt: skip
+    assert float(ok.goodput) == float(ok.requests_per_s) > 0
+    assert float(miss.goodput) == 0.0
+
+
+def test_disaggregation_gradients_are_finite():
+    pre = dp.Serving(tp=8, batch=1, input_len=2048, output_len=256)
+
+    def f(c):
+        d = dp.disaggregated(
+            c, LLAMA70, pre, S, prefill_chips=16.0, decode_chips=16.0,
+            relax=dp.Smooth(),
+        )  # fmt: skip
+        return d.output_tokens_per_s
+
+    g = jax.grad(f)(DGX)
+    leaves = jax.tree_util.tree_leaves(g)
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in leaves)
+    assert float(g.chip.hbm_bandwidth) > 0  # decode-bound pool: more bandwidth helps
+
+
+@pytest.mark.parametrize(
+    "argv,pattern",
+    [
+        (["--disaggregate", "8-8"], "must be PREFILL_GPUS:DECODE_GPUS"),
+        (["--disaggregate", "4:12"], "PREFILL_GPUS=4 must be a multiple of tp·pp=8"),
+        (["--disaggregate", "8:16"], "--gpus=16 must equal PREFILL_GPUS + DECODE_GPUS"),
+    ],
+)
+def test_disaggregate_flag_errors(capsys, argv, pattern):
+    rc = main(["infer", "--hardware", "dgx_h100", "--model", "llama2_70b", "--gpus",
+               "16", "--tp", "8", *argv])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and pattern in err
+
+
+def test_disaggregate_json(capsys):
+    import json
+
+    rc = main(["infer", "--hardware", "gb200_nvl72", "--model", "llama3_70b", "--gpus",
+               "32", "--tp", "8", "--batch", "64", "--disaggregate", "16:16",
+               "--ttft-slo", "2", "--tpot-slo", "0.05", "--json"])  # fmt: skip
+    data = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    d = data["disaggregated"]
+    assert d["prefill_gpus"] == 16 and d["kv_bytes_per_request"] > 0
+    assert data["continuous_batching"]["usd_per_million_output_tokens"] > 0
