@@ -22,7 +22,10 @@ __all__ = ["Chip", "NetworkTier", "Host", "Cluster", "Topology"]
 Topology = Literal["switch", "ring", "full_mesh", "torus"]
 _F = dict(converter=as_float)
 
-MATH_DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8", "fp4")
+MATH_DTYPES = (
+    "fp32", "tf32", "bf16", "fp16", "fp8", "int8", "fp4", "mxfp8", "mxfp4", "nvfp4",
+)  # fmt: skip
+_PEAK_FIELD = {"fp16": "bf16", "mxfp8": "fp8", "mxfp4": "fp4", "nvfp4": "fp4"}
 
 
 class Chip(eqx.Module):
@@ -90,10 +93,10 @@ class Chip(eqx.Module):
         )
 
     def peak_flops(self, dtype: str) -> Array:
-        """Dense tensor peak [FLOP/s] of a math dtype (static; fp16 uses bf16)."""
+        """Dense tensor peak [FLOP/s] of a math dtype (fp16 → bf16, MX/NV → fp8/fp4)."""
         if dtype not in MATH_DTYPES:
             raise ValueError(f"dtype={dtype!r} must be one of {', '.join(MATH_DTYPES)}")
-        name = {"fp16": "bf16", "fp32": "fp32"}.get(dtype, dtype)
+        name = _PEAK_FIELD.get(dtype, dtype)
         return getattr(self, f"flops_{name}")
 
 

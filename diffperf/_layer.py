@@ -16,7 +16,7 @@ from ._workload import Transformer
 
 __all__ = ["LayerShape", "layer_forward", "layer_comm", "head_time"]
 
-LOW_PRECISION = ("fp8", "int8", "fp4")
+LOW_PRECISION = ("fp8", "int8", "fp4", "mxfp8", "mxfp4", "nvfp4")
 
 
 class LayerShape:
@@ -72,7 +72,7 @@ class LayerShape:
         self.b_act = m.precision.bytes("activations")
         self.b_kv = m.precision.bytes("kv_cache")
         self.low = m.precision.math in LOW_PRECISION
-        self.b_gemm = 1.0 if self.low else self.b_act
+        self.b_gemm = m.precision.bytes("math") if self.low else self.b_act
         self.b_weight = self.b_gemm if weight_bytes is None else weight_bytes
         self.flash = flash
 
@@ -162,7 +162,12 @@ def _kernels_per_layer(s: LayerShape) -> tuple[float, float]:
 def layer_forward(
     cluster: Cluster, model: Transformer, s: LayerShape, relax: AbstractRelax
 ):
-    """Forward seconds of the representative layer by class, per microbatch."""
+    """Forward seconds of the representative layer by class, per microbatch.
+
+    Weight-only quantization (weights narrower than the GEMM operands, e.g. int4
+    weights with bf16 math) adds the dequantization of every weight element, 2 vector
+    FLOP each on the FP32 units, to the elementwise time.
+    """
     chip = cluster.chip
     peak = chip.peak_flops(model.precision.math)
     if s.low:  # sub-16-bit GEMMs reach a smaller share of their (higher) peak
@@ -191,6 +196,9 @@ def layer_forward(
         fused=s.flash,
     )
     elem = memory_time(chip, _elementwise_bytes(model, s))
+    if s.b_weight < s.b_gemm:  # weight-only quantization: dequantize K×N per GEMM
+        dequant = jnp.sum(kk * nn * count * weight) * 2.0 / chip.flops_fp32
+        elem = elem + dequant
     kernels, host_ops = _kernels_per_layer(s)
     flops = 2.0 * jnp.sum(mm * kk * nn * count * weight)
     return dict(

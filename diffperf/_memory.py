@@ -27,6 +27,7 @@ from jaxtyping import Array
 
 from ._dp import _groups, stage_params
 from ._hardware import Chip
+from ._layer import LOW_PRECISION
 from ._mapping import Parallelism
 from ._relax import AbstractRelax
 from ._workload import Transformer
@@ -48,7 +49,7 @@ def _activation_bytes_per_token(
     """
     m, t = model, mapping.tp
     b = model.precision.bytes("activations")
-    low = model.precision.math in ("fp8", "int8", "fp4")
+    low = model.precision.math in LOW_PRECISION
     b_in = 1.0 if low else b  # saved GEMM inputs
     d, n, k, h = m.d_model, m.n_heads, m.n_kv_heads, m.head_dim
     sp = t if mapping.sequence_parallel else 1.0

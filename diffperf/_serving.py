@@ -145,6 +145,7 @@ def disaggregated(
     ttft_slo=jnp.inf,
     tpot_slo=jnp.inf,
     decode_cluster: Cluster | None = None,
+    kv_tier: str = "auto",
     relax: AbstractRelax = _EXACT,
 ) -> Disaggregation:
     """Prefill and decode in separate pools (module docstring).
@@ -159,20 +160,33 @@ def disaggregated(
         ttft_slo: TTFT target [s].
         tpot_slo: TPOT target [s].
         decode_cluster: hardware of the decode pool, if different.
+        kv_tier: how the KV cache moves: "auto" (scale-up when both pools fit in one
+            domain, else the NICs), "scale_up", "scale_out", or "pcie" (through host
+            memory: device-to-host then host-to-device PCIe copies, 2·bytes/W_pcie).
         relax: Exact() or Smooth(p).
     """
+    if kv_tier not in ("auto", "scale_up", "scale_out", "pcie"):
+        raise ValueError(
+            f"kv_tier={kv_tier!r} must be auto, scale_up, scale_out or pcie"
+        )
     dec_hw = cluster if decode_cluster is None else decode_cluster
     t_pre = prefill_step(cluster, model, prefill, relax=relax).total
     tpot = decode_step(dec_hw, model, decode, relax=relax).total
     per_layer_all = kv_bytes_per_token(model, Serving(tp=1.0, pp=1.0))
     kv_bytes = prefill.input_len * per_layer_all * prefill.batch
     pool = prefill_chips + decode_chips
-    same_domain = relax.step(cluster.scale_up.size - pool + 0.5)
     w_up = cluster.scale_up.bandwidth * cluster.scale_up.efficiency * prefill.tp
     w_out = cluster.scale_out_bandwidth() * cluster.scale_out.efficiency * prefill.tp
-    t_kv = same_domain * (kv_bytes / w_up + cluster.scale_up.latency) + (
-        1.0 - same_domain
-    ) * (kv_bytes / w_out + cluster.scale_out.latency)
+    t_up = kv_bytes / w_up + cluster.scale_up.latency
+    t_out = kv_bytes / w_out + cluster.scale_out.latency
+    if kv_tier == "pcie":
+        h = cluster.host
+        t_kv = 2.0 * (kv_bytes / (h.pcie_bandwidth * prefill.tp) + h.pcie_latency)
+    else:
+        inside = {"scale_up": 1.0, "scale_out": 0.0}.get(kv_tier)
+        if inside is None:
+            inside = relax.step(cluster.scale_up.size - pool + 0.5)
+        t_kv = inside * t_up + (1.0 - inside) * t_out
     ttft = t_pre + t_kv
     prefill_rate = prefill_chips / prefill.chips * prefill.batch / t_pre
     decode_rate = (

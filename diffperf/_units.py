@@ -23,8 +23,12 @@ BYTES = {
     "int8": 1.0,
     "fp4": 0.5,
     "int4": 0.5,
+    "mxfp8": 1.0 + 1.0 / 32.0,
+    "mxfp4": 0.5 + 1.0 / 32.0,
+    "nvfp4": 0.5 + 1.0 / 16.0,
 }
-"""Bytes per element of each storage dtype (MX/NV block scales folded in as ~3%:
-ignored)."""
+"""Bytes per element of each storage dtype. Microscaling formats carry their block
+scales: MXFP8/MXFP4 one 8-bit scale per 32 elements (OCP MX spec v1.0), NVFP4 one FP8
+scale per 16 elements (NVIDIA Blackwell)."""
 
 DTYPES = tuple(BYTES)

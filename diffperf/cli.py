@@ -91,6 +91,10 @@ def _add_infer(sub):
         metavar="PREFILL_GPUS:DECODE_GPUS",
         help="separate prefill and decode pools (replicas of --tp·--pp chips each)",
     )
+    p.add_argument(
+        "--kv-tier", choices=("auto", "scale_up", "scale_out", "pcie"), default="auto",
+        help="how a disaggregated deployment moves the KV cache",
+    )  # fmt: skip
     p.add_argument("--ttft-slo", type=float, help="TTFT target [s] for goodput")
     p.add_argument("--tpot-slo", type=float, help="TPOT target [s] for goodput")
     p.add_argument("--json", action="store_true")
@@ -200,7 +204,7 @@ def _train(args) -> dict:
 
 
 def infer_result(cluster, model, serving, *, gpus=None, ttft_slo=None,
-                 tpot_slo=None, pools=None) -> dict:  # fmt: skip
+                 tpot_slo=None, pools=None, kv_tier="auto") -> dict:  # fmt: skip
     """The `diffperf infer --json` object for a concrete serving job (Exact model).
 
     Static batch metrics, plus the continuous-batching steady state and its cost on
@@ -244,7 +248,7 @@ def infer_result(cluster, model, serving, *, gpus=None, ttft_slo=None,
         pre = eqx.tree_at(lambda s: s.batch, serving, serving.batch * 0 + 1.0)
         d = disaggregated(
             cluster, model, pre, serving, prefill_chips=p_chips, decode_chips=d_chips,
-            ttft_slo=slo_t, tpot_slo=slo_d,
+            ttft_slo=slo_t, tpot_slo=slo_d, kv_tier=kv_tier,
         )  # fmt: skip
         out["disaggregated"] = {
             "prefill_gpus": p_chips,
@@ -294,7 +298,7 @@ def _infer(args) -> dict:
             )
     out = infer_result(
         cluster, model, serving, gpus=args.gpus, ttft_slo=args.ttft_slo,
-        tpot_slo=args.tpot_slo, pools=pools,
+        tpot_slo=args.tpot_slo, pools=pools, kv_tier=args.kv_tier,
     )  # fmt: skip
     out |= {
         "hardware": cluster.name,
