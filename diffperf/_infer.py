@@ -23,7 +23,8 @@ Serving metrics (static batch, steady state):
   TTFT = t_prefill;  TPOT = t_decode at the mean context S_in + S_out/2;
   e2e = TTFT + (S_out − 1)·TPOT;  output tokens/s = B·S_out / e2e (per replica).
 Memory per chip: weights/(t·p) + KV cache B·(S_in + S_out)·L/p·kv/t + prefill
-activations + reserved; the largest batch that fits is max_batch.
+activations of one prompt (4·S_in·D·2 B; engines prefill prompts one chunk at a time)
++ reserved. max_batch is the largest batch whose KV caches fit beside the rest.
 """
 
 import equinox as eqx
@@ -124,8 +125,14 @@ def _shape(model, serving, relax, *, q_len, seq, causal) -> LayerShape:
     )
 
 
-def _phase(cluster, model, serving, s: LayerShape, relax) -> PhaseBreakdown:
-    """One forward pass of the whole model for the tokens of `s` (module docstring)."""
+def _phase(
+    cluster, model, serving, s: LayerShape, relax, attention=None
+) -> PhaseBreakdown:
+    """One forward pass of the whole model for the tokens of `s` (module docstring).
+
+    `attention`, if given, replaces the attention seconds of all layers (for steps that
+    mix decode and prefill tokens, whose attention differs per token class).
+    """
     chip, host = cluster.chip, cluster.host
     lay = layer_forward(cluster, model, s, relax)
     com = layer_comm(cluster, model, s, relax, sequence_parallel=False)
@@ -146,7 +153,7 @@ def _phase(cluster, model, serving, s: LayerShape, relax) -> PhaseBreakdown:
     hop = p2p_time(cluster, s.tokens * model.d_model * b, serving.tp, relax=relax)
     gpu = dict(
         matmul=layers * lay["gemm"],
-        attention=layers * lay["attn"],
+        attention=layers * lay["attn"] if attention is None else attention,
         elementwise=layers * lay["elem"],
         kernel_overhead=layers * lay["kernels"] * chip.kernel_overhead,
         tp_comm=layers * com["tp"] / 2.0,  # forward half of fwd + bwd
@@ -217,6 +224,13 @@ def kv_bytes_per_token(model: Transformer, serving: Serving) -> Array:
     return layers * 2.0 * heads * model.head_dim * b
 
 
+def weight_bytes(model: Transformer, serving: Serving) -> Array:
+    """Weights held by one chip of a replica [B] (the largest pipeline stage)."""
+    mapping = Parallelism(tp=serving.tp, pp=serving.pp, ep=serving.ep, etp=serving.etp)
+    dense, expert = stage_params(model, mapping)
+    return (dense + expert) * model.precision.bytes("weights")
+
+
 def serve(
     cluster: Cluster,
     model: Transformer,
@@ -235,18 +249,14 @@ def serve(
     ttft, tpot = pre.total, dec.total
     e2e = ttft + (serving.output_len - 1.0) * tpot
     chip = cluster.chip
-    as_training = Parallelism(
-        tp=serving.tp, pp=serving.pp, ep=serving.ep, etp=serving.etp
-    )
-    dense, expert = stage_params(model, as_training)
-    weights = (dense + expert) * model.precision.bytes("weights")
+    weights = weight_bytes(model, serving)
     kv_token = kv_bytes_per_token(model, serving)
     context = serving.input_len + serving.output_len
-    # prefill activations alive at once: a few D-wide tensors of the prompt batch
-    act = 4.0 * serving.batch * serving.input_len * model.d_model * 2.0
-    free = chip.hbm_capacity - chip.reserved_memory - weights
-    per_seq = kv_token * context + act / serving.batch
-    memory = weights + serving.batch * kv_token * context + act + chip.reserved_memory
+    # prefill activations alive at once: a few D-wide tensors of the prompts in flight
+    act_one = 4.0 * serving.input_len * model.d_model * 2.0
+    free = chip.hbm_capacity - chip.reserved_memory - weights - act_one
+    per_seq = kv_token * context
+    memory = weights + serving.batch * per_seq + act_one + chip.reserved_memory
     return ServeResult(
         prefill=pre,
         decode=dec,

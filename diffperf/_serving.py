@@ -6,9 +6,10 @@ of their per-step times, so it stays differentiable and vmappable.
 Continuous batching (steady state, chunked prefill; Agrawal et al. 2024, Sarathi):
 every engine step decodes one token for each of B sequences and prefills the prompts of
 the requests that replace the B/S_out sequences finishing per step, i.e. B·S_in/S_out
-prompt tokens. One step is a forward pass over T = B·(1 + S_in/S_out) tokens whose
-attention reads the mean context S_in + S_out/2:
-    TPOT = t_mix,  throughput = B / t_mix [tokens/s],  TTFT ≈ (S_out / B)·t_mix.
+prompt tokens. One step's GEMMs see T = B·(1 + S_in/S_out) tokens; its attention is the
+B decodes over the mean context S_in + S_out/2 plus the B/S_out prompts' causal prefill:
+    TPOT = t_mix,  throughput = B / t_mix [tokens/s],  TTFT ≈ max(S_out / B, 1)·t_mix
+(no queueing: a prompt waits for the chunks of its own prefill only).
 
 Speculative decoding (Leviathan et al. 2023): a draft model proposes k tokens, the
 target verifies them in one pass of k + 1 tokens per sequence; with acceptance rate a
@@ -25,7 +26,9 @@ cache, S_in·kv bytes for all layers, moves from its prefill replica to a decode
 over the scale-up tier when both share a domain, else over the prefill replica's NICs:
     TTFT = t_prefill + t_kv,  TPOT = t_decode(B_d)
     requests/s = min(prefill replicas / t_prefill, decode replicas·B_d / (S_out·TPOT)).
-Goodput under SLOs is that rate when TTFT ≤ TTFT_SLO and TPOT ≤ TPOT_SLO, else 0.
+Goodput under SLOs is that rate when TTFT ≤ TTFT_SLO and TPOT ≤ TPOT_SLO, else 0. The
+decode pool's memory (weights + B_d full-length KV caches) is reported with
+`decode_feasible`; the prompt length is the prefill mapping's `input_len`.
 """
 
 import equinox as eqx
@@ -33,8 +36,16 @@ import jax.numpy as jnp
 from jaxtyping import Array
 
 from ._hardware import Cluster
-from ._infer import PhaseBreakdown, _phase, _shape, decode_step, kv_bytes_per_token
+from ._infer import (
+    PhaseBreakdown,
+    _phase,
+    _shape,
+    decode_step,
+    kv_bytes_per_token,
+    weight_bytes,
+)
 from ._infer import prefill as prefill_step
+from ._layer import layer_forward
 from ._mapping import Serving
 from ._relax import AbstractRelax, Exact
 from ._workload import Transformer
@@ -67,13 +78,22 @@ def continuous_batching(
         `output_tokens_per_s` of the replica.
     """
     b, s_in, s_out = serving.batch, serving.input_len, serving.output_len
-    mixed_batch = b * (1.0 + s_in / s_out)
     context = s_in + s_out / 2.0
-    mixed = eqx.tree_at(lambda s: s.batch, serving, mixed_batch)
+    # GEMMs and collectives see all tokens of the step: B decodes + B·S_in/S_out
+    # prompt tokens; attention is costed per token class.
+    mixed = eqx.tree_at(lambda s: s.batch, serving, b * (1.0 + s_in / s_out))
     s = _shape(model, mixed, relax, q_len=1.0, seq=context, causal=False)
-    step: PhaseBreakdown = _phase(cluster, model, mixed, s, relax)
+    dec = _shape(model, serving, relax, q_len=1.0, seq=context, causal=False)
+    prompts = eqx.tree_at(lambda s: s.batch, serving, b / s_out)  # prompts per step
+    pre = _shape(model, prompts, relax, q_len=s_in, seq=s_in, causal=True)
+    attention = model.n_layers * (
+        layer_forward(cluster, model, dec, relax)["attn"]
+        + layer_forward(cluster, model, pre, relax)["attn"]
+    )
+    step: PhaseBreakdown = _phase(cluster, model, mixed, s, relax, attention=attention)
     t = step.total
-    return dict(step=step, tpot=t, ttft=s_out / b * t, output_tokens_per_s=b / t)
+    chunks = relax.max(s_out / b, 1.0)  # steps to prefill one prompt, at least one
+    return dict(step=step, tpot=t, ttft=chunks * t, output_tokens_per_s=b / t)
 
 
 def speculative_tpot(
@@ -131,7 +151,9 @@ class Disaggregation(eqx.Module):
     requests_per_s: Array
     goodput: Array  # requests/s within the SLOs
     output_tokens_per_s: Array
-    usd_per_million_tokens: Array
+    usd_per_million_tokens: Array  # at requests_per_s (SLOs aside)
+    decode_memory_per_gpu: Array  # B: weights + B_d full-length KV caches + reserved
+    decode_feasible: Array
 
 
 def disaggregated(
@@ -198,6 +220,12 @@ def disaggregated(
     )
     tokens = rate * decode.output_len
     usd_h = hourly_cost(cluster, prefill_chips) + hourly_cost(dec_hw, decode_chips)
+    context = prefill.input_len + decode.output_len
+    dec_mem = (
+        weight_bytes(model, decode)
+        + decode.batch * kv_bytes_per_token(model, decode) * context
+        + dec_hw.chip.reserved_memory
+    )
     return Disaggregation(
         ttft=ttft,
         tpot=tpot,
@@ -208,4 +236,6 @@ def disaggregated(
         goodput=rate * ok,
         output_tokens_per_s=tokens,
         usd_per_million_tokens=usd_h / (3600.0 * tokens) * 1e6,
+        decode_memory_per_gpu=dec_mem,
+        decode_feasible=dec_mem <= dec_hw.chip.hbm_capacity,
     )

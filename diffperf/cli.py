@@ -262,6 +262,8 @@ def infer_result(cluster, model, serving, *, gpus=None, ttft_slo=None,
             "output_tokens_per_s": float(d.output_tokens_per_s),
             "goodput_requests_per_s": float(d.goodput),
             "usd_per_million_output_tokens": float(d.usd_per_million_tokens),
+            "decode_memory_per_gpu_bytes": float(d.decode_memory_per_gpu),
+            "decode_feasible": bool(d.decode_feasible),
         }
     return out
 

@@ -138,3 +138,11 @@ def test_microscaling_formats_use_their_peak_and_bytes():
     assert float(b200.chip.peak_flops("nvfp4")) == float(b200.chip.flops_fp4)
     assert float(b200.chip.peak_flops("mxfp8")) == float(b200.chip.flops_fp8)
     assert dp.Precision(weights="nvfp4").bytes("weights") == pytest.approx(0.5625)
+
+
+def test_mixed_step_attention_is_decode_plus_prompt_prefill():
+    cb = dp.continuous_batching(DGX, LLAMA70, S)
+    dec = dp.decode_step(DGX, LLAMA70, S)
+    ratio = float(cb["step"].attention / dec.attention)
+    assert 1.0 < ratio < 1.0 + 2048 / 256  # not every token over the full context
+    assert float(cb["ttft"]) >= float(cb["tpot"])  # at least one step

@@ -61,6 +61,7 @@ def colocated_points(cluster, model, cfg, case) -> list[dict]:
                 continue
             serving = dp.Serving(batch=b, **shape)
             r = dp.continuous_batching(cluster, model, serving)
+            terms = {k: float(v) for k, v in r["step"].terms().items()}
             # for comparison: attention of a pure decode step at the same batch
             decode_attn = float(dp.decode_step(cluster, model, serving).attention)
             ttft, tpot = float(r["ttft"]), float(r["tpot"])
@@ -79,7 +80,7 @@ def colocated_points(cluster, model, cfg, case) -> list[dict]:
                     tokens_per_s_per_gpu=tok_s / tp,
                     requests_per_s_per_gpu=tok_s / tp / req["output_len"],
                     usd_per_million_tokens=usd_h / (3600.0 * tok_s) * 1e6,
-                    step_breakdown_s={k: float(v) for k, v in r["step"].terms().items()},
+                    step_breakdown_s=terms,
                     decode_step_attention_s=decode_attn,
                     meets_ttft=ok_ttft,
                     meets_tpot=ok_tpot,
