@@ -17,7 +17,12 @@ from . import io
 from ._infer import serve
 from ._mapping import Parallelism, Serving, check_mapping, check_serving
 from ._relax import Exact
-from ._serving import continuous_batching, disaggregated, hourly_cost
+from ._serving import (
+    continuous_batching,
+    disaggregated,
+    hourly_cost,
+    speculative_tpot,
+)
 from ._train import train_step
 from ._units import DTYPES
 from ._workload import Precision
@@ -95,6 +100,11 @@ def _add_infer(sub):
         "--kv-tier", choices=("auto", "scale_up", "scale_out", "pcie"), default="auto",
         help="how a disaggregated deployment moves the KV cache",
     )  # fmt: skip
+    p.add_argument("--draft-model", help="speculative decoding: the draft model")
+    p.add_argument("--draft-tokens", type=_positive_int("--draft-tokens"), default=4)
+    p.add_argument(
+        "--acceptance", type=float, default=0.7, help="draft token acceptance rate"
+    )
     p.add_argument("--ttft-slo", type=float, help="TTFT target [s] for goodput")
     p.add_argument("--tpot-slo", type=float, help="TPOT target [s] for goodput")
     p.add_argument("--json", action="store_true")
@@ -302,6 +312,21 @@ def _infer(args) -> dict:
         cluster, model, serving, gpus=args.gpus, ttft_slo=args.ttft_slo,
         tpot_slo=args.tpot_slo, pools=pools, kv_tier=args.kv_tier,
     )  # fmt: skip
+    if args.draft_model:
+        if not 0.0 <= args.acceptance < 1.0:
+            raise UsageError(f"--acceptance={args.acceptance} must be in [0, 1)")
+        draft = _with_precision(io.load_workload(args.draft_model), prec)
+        tpot = speculative_tpot(
+            cluster, model, draft, serving, k=float(args.draft_tokens),
+            acceptance=args.acceptance,
+        )  # fmt: skip
+        out["speculative"] = {
+            "draft_model": draft.name,
+            "draft_tokens": args.draft_tokens,
+            "acceptance": args.acceptance,
+            "tpot_s": float(tpot),
+            "speedup": float(out["tpot_s"] / tpot),
+        }
     out |= {
         "hardware": cluster.name,
         "model": model.name,
@@ -338,6 +363,11 @@ def _print_infer(out: dict):
               f"ms), TPOT {1e3 * d['tpot_s']:.4g} ms, {d['output_tokens_per_s']:.5g} "
               f"tokens/s, goodput {d['goodput_requests_per_s']:.4g} req/s, "
               f"${d['usd_per_million_output_tokens']:.3g} per M tokens")  # fmt: skip
+    if "speculative" in out:
+        sp = out["speculative"]
+        print(f"  speculative ({sp['draft_model']}, k={sp['draft_tokens']}, "
+              f"acceptance {sp['acceptance']}): TPOT {1e3 * sp['tpot_s']:.4g} ms "
+              f"({sp['speedup']:.2f}x)")  # fmt: skip
     for phase, terms in out["breakdown"].items():
         total = sum(terms.values())
         print(f"  {phase} ({1e3 * total:.4g} ms):")

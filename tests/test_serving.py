@@ -146,3 +146,13 @@ def test_mixed_step_attention_is_decode_plus_prompt_prefill():
     ratio = float(cb["step"].attention / dec.attention)
     assert 1.0 < ratio < 1.0 + 2048 / 256  # not every token over the full context
     assert float(cb["ttft"]) >= float(cb["tpot"])  # at least one step
+
+
+def test_cli_speculative(capsys):
+    import json
+
+    rc = main(["infer", "--hardware", "dgx_h100", "--model", "llama2_70b", "--gpus",
+               "8", "--tp", "8", "--draft-model", "llama2_7b", "--acceptance", "0.8",
+               "--json"])  # fmt: skip
+    sp = json.loads(capsys.readouterr().out)["speculative"]
+    assert rc == 0 and sp["speedup"] > 1.0 and sp["draft_model"] == "llama2_7b"
