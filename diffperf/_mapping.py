@@ -114,6 +114,8 @@ def check_mapping(model: Transformer, mapping: Parallelism, gpus: int | None = N
     kv = _int(model.n_kv_heads, "n_kv_heads")
     layers = _int(model.n_layers, "n_layers")
     experts = _int(model.n_experts, "n_experts")
+    if None in (heads, kv, layers, experts):  # traced workload (grad / vmap)
+        return
     t = deg["tp"]
     if heads % t:
         raise ValueError(f"--tp={t} must divide the model's n_heads={heads}")
@@ -195,14 +197,16 @@ def check_serving(model: Transformer, serving: Serving, gpus: int | None = None)
     t = deg["tp"]
     heads = _int(model.n_heads, "n_heads")
     kv = _int(model.n_kv_heads, "n_kv_heads")
+    layers = _int(model.n_layers, "n_layers")
+    experts = _int(model.n_experts, "n_experts")
+    if None in (heads, kv, layers, experts):  # traced workload (grad / vmap)
+        return
     if heads % t:
         raise ValueError(f"--tp={t} must divide the model's n_heads={heads}")
     if kv % t and t % kv:
         raise ValueError(f"--tp={t} must divide n_kv_heads={kv} or be a multiple of it")
-    layers = _int(model.n_layers, "n_layers")
     if deg["pp"] > layers:
         raise ValueError(f"--pp={deg['pp']} must be <= n_layers={layers}")
-    experts = _int(model.n_experts, "n_experts")
     if experts and experts % deg["ep"]:
         raise ValueError(f"--ep={deg['ep']} must divide n_experts={experts}")
     if not experts and deg["ep"] != 1:

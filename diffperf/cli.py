@@ -1,4 +1,4 @@
-"""The `diffperf` command line: train, infer, validate, list.
+"""The `diffperf` command line: train, infer, validate, sensitivity, list.
 
 Every command accepts `--json` (exactly one JSON object on stdout, SI units); exit 0 on
 success and 2 on bad input, with a one-line message on stderr naming the field.
@@ -54,6 +54,13 @@ def _positive_int(name):
 
 def _add_train(sub):
     p = sub.add_parser("train", help="time, memory and MFU of one training step")
+    train_arguments(p)
+    p.add_argument("--json", action="store_true")
+    return p
+
+
+def train_arguments(p):
+    """The job flags of `diffperf train` (shared with `sensitivity train`)."""
     p.add_argument("--hardware", required=True, help="name, alias or TOML path")
     p.add_argument("--model", required=True, help="name, alias, TOML or config.json")
     p.add_argument("--gpus", required=True, type=_positive_int("--gpus"))
@@ -72,12 +79,10 @@ def _add_train(sub):
     )
     p.add_argument("--zero", type=int, choices=(0, 1, 2, 3), default=1)
     p.add_argument("--dtype", choices=DTYPES, default="bf16", help="GEMM math dtype")
-    p.add_argument("--json", action="store_true")
-    return p
 
 
-def _add_infer(sub):
-    p = sub.add_parser("infer", help="TTFT, TPOT, throughput and memory of serving")
+def infer_arguments(p):
+    """The job flags of `diffperf infer` (shared with `sensitivity infer`)."""
     p.add_argument("--hardware", required=True, help="name, alias or TOML path")
     p.add_argument("--model", required=True, help="name, alias, TOML or config.json")
     p.add_argument("--gpus", required=True, type=_positive_int("--gpus"))
@@ -91,6 +96,11 @@ def _add_infer(sub):
     p.add_argument(
         "--graphs", action="store_true", help="decode steps replayed as CUDA graphs"
     )
+
+
+def _add_infer(sub):
+    p = sub.add_parser("infer", help="TTFT, TPOT, throughput and memory of serving")
+    infer_arguments(p)
     p.add_argument(
         "--disaggregate",
         metavar="PREFILL_GPUS:DECODE_GPUS",
@@ -161,6 +171,33 @@ def train_result(cluster, model, mapping, *, dtype_peak: str | None = None) -> d
 
 
 def _train(args) -> dict:
+    cluster, model, mapping = train_job(args)
+    out = train_result(cluster, model, mapping)
+    out |= {
+        "hardware": cluster.name,
+        "model": model.name,
+        "mapping": {
+            "gpus": args.gpus,
+            "tp": args.tp,
+            "pp": args.pp,
+            "dp": int(mapping.dp),
+            "cp": args.cp,
+            "ep": args.ep,
+            "vpp": args.vpp,
+            "microbatch": args.microbatch,
+            "global_batch": float(mapping.batch()),
+            "seq_len": float(mapping.tokens(model)),
+            "recompute": args.recompute,
+            "sequence_parallel": mapping.sequence_parallel,
+            "zero": args.zero,
+            "dtype": args.dtype,
+        },
+    }
+    return out
+
+
+def train_job(args):
+    """(cluster, model, mapping) of `train_arguments` flags, checked (UsageError)."""
     cluster = io.load_hardware(args.hardware)
     model = io.load_workload(args.model)
     model = _with_precision(model, Precision.training(args.dtype))
@@ -189,28 +226,7 @@ def _train(args) -> dict:
         zero=args.zero,
     )
     check_mapping(model, mapping, gpus=args.gpus)
-    out = train_result(cluster, model, mapping)
-    out |= {
-        "hardware": cluster.name,
-        "model": model.name,
-        "mapping": {
-            "gpus": args.gpus,
-            "tp": args.tp,
-            "pp": args.pp,
-            "dp": dp,
-            "cp": args.cp,
-            "ep": args.ep,
-            "vpp": args.vpp,
-            "microbatch": args.microbatch,
-            "global_batch": float(mapping.batch()),
-            "seq_len": float(mapping.tokens(model)),
-            "recompute": args.recompute,
-            "sequence_parallel": sp,
-            "zero": args.zero,
-            "dtype": args.dtype,
-        },
-    }
-    return out
+    return cluster, model, mapping
 
 
 def infer_result(cluster, model, serving, *, gpus=None, ttft_slo=None,
@@ -278,7 +294,8 @@ def infer_result(cluster, model, serving, *, gpus=None, ttft_slo=None,
     return out
 
 
-def _infer(args) -> dict:
+def infer_job(args):
+    """(cluster, model, serving, precision) of `infer_arguments` flags (UsageError)."""
     cluster = io.load_hardware(args.hardware)
     model = io.load_workload(args.model)
     kv = args.kv_dtype or args.dtype
@@ -294,6 +311,11 @@ def _infer(args) -> dict:
         tp=args.tp, pp=args.pp, ep=args.ep, batch=args.batch,
         input_len=args.input_len, output_len=args.output_len, graphs=args.graphs,
     )  # fmt: skip
+    return cluster, model, serving, prec
+
+
+def _infer(args) -> dict:
+    cluster, model, serving, prec = infer_job(args)
     replica = args.tp * args.pp
     pools = _pools(args.disaggregate, replica) if args.disaggregate else None
     if pools is None:
@@ -333,7 +355,7 @@ def _infer(args) -> dict:
         "mapping": {"gpus": args.gpus, "tp": args.tp, "pp": args.pp, "ep": args.ep,
                     "batch": args.batch, "input_len": args.input_len,
                     "output_len": args.output_len, "dtype": args.dtype,
-                    "kv_dtype": kv, "graphs": args.graphs},
+                    "kv_dtype": prec.kv_cache, "graphs": args.graphs},
     }  # fmt: skip
     return out
 
@@ -422,6 +444,9 @@ def _main(argv) -> int:
     _add_infer(sub)
     _add_validate(sub)
     _add_list(sub)
+    from ._cli_study import add_sensitivity
+
+    add_sensitivity(sub)
     try:
         args = parser.parse_args(argv)
         if args.command == "train":
@@ -432,6 +457,12 @@ def _main(argv) -> int:
             out = _infer(args)
             if not args.json:
                 _print_infer(out)
+        elif args.command == "sensitivity":
+            from ._cli_study import print_sensitivity, run_sensitivity
+
+            out = run_sensitivity(args)
+            if not args.json:
+                print_sensitivity(out)
         elif args.command == "validate":
             from ._validate import print_report, validate_file
 

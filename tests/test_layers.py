@@ -26,6 +26,8 @@ LAYER = {
     "_validate_infer": 7,
     "io": 7,
     "cli": 7,
+    "_cli_study": 7,
+    "plots": 7,
     "__init__": 8,
 }
 FORBIDDEN_LOW = {"optax", "tomllib", "pathlib", "csv", "json", "open"}
