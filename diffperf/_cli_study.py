@@ -147,3 +147,139 @@ def print_sensitivity(out: dict):
         )
     if "tornado" in out:
         print(f"tornado chart: {out['tornado']}")
+
+
+_SPEC_KEYS = {"hardware", "model", "dtype", "samples", "chunk", "seed", "mapping",
+              "grid", "random", "out"}  # fmt: skip
+
+
+def add_sweep(sub):
+    """The `sweep` subcommand."""
+    p = sub.add_parser("sweep", help="batch evaluation of a grid / random sweep")
+    p.add_argument("--spec", required=True, help="sweep TOML (see README)")
+    p.add_argument("--out", help="CSV of every configuration (default: next to spec)")
+    p.add_argument("--json", action="store_true")
+
+
+def run_sweep(args) -> dict:
+    """Evaluate the sweep of a TOML spec; write the CSV and its Pareto front."""
+    import tomllib
+    from pathlib import Path
+
+    import numpy as np
+
+    from . import io
+    from ._mapping import Parallelism
+    from ._sweep import OUTPUTS, evaluate, pareto_mask, sweep_configs
+    from ._workload import Precision
+
+    spec_path = Path(args.spec)
+    try:
+        spec = tomllib.loads(spec_path.read_text())
+    except OSError as e:
+        raise _cli.UsageError(
+            f"--spec={args.spec!r}: cannot read: {e.strerror}"
+        ) from None
+    except tomllib.TOMLDecodeError as e:
+        raise _cli.UsageError(f"--spec={args.spec!r}: malformed TOML: {e}") from None
+    unknown = set(spec) - _SPEC_KEYS
+    if unknown:
+        raise _cli.UsageError(
+            f"sweep spec: unknown key(s) {', '.join(sorted(unknown))}; "
+            f"allowed: {', '.join(sorted(_SPEC_KEYS))}"
+        )
+    for key in ("hardware", "model"):
+        if key not in spec:
+            raise _cli.UsageError(f"sweep spec: missing key {key!r}")
+    cluster = io.load_hardware(spec["hardware"])
+    model = io.load_workload(spec["model"])
+    model = _cli._with_precision(model, Precision.training(spec.get("dtype", "bf16")))
+    try:
+        mapping = Parallelism(**spec.get("mapping", {}))
+    except TypeError as e:
+        raise _cli.UsageError(f"sweep spec [mapping]: {e}") from None
+    names, values, invalid = sweep_configs(
+        model, mapping, spec.get("grid", {}), spec.get("random", {}),
+        samples=int(spec.get("samples", 10000)), seed=int(spec.get("seed", 0)),
+    )  # fmt: skip
+    progress, bar = _progress(len(values), quiet=args.json)
+    try:
+        outputs, timing = evaluate(
+            cluster, model, mapping, names, values,
+            chunk=int(spec.get("chunk", 65536)), progress=progress,
+        )  # fmt: skip
+    finally:
+        if bar is not None:
+            bar.stop()
+    out_path = Path(args.out or spec.get("out") or spec_path.with_suffix(".csv"))
+    header = names + list(OUTPUTS)
+    rows = np.concatenate([values, outputs], axis=1)
+    _write_csv(out_path, header, rows)
+    feasible = outputs[:, 3] > 0.5
+    time_s, usd_m = outputs[:, 0], outputs[:, 5]
+    front = np.zeros(len(rows), bool)
+    if feasible.any():
+        idx = np.flatnonzero(feasible)
+        front[idx[pareto_mask(time_s[idx], usd_m[idx])]] = True
+    pareto_path = out_path.with_name(out_path.stem + ".pareto.csv")
+    _write_csv(pareto_path, header, rows[front])
+    best = None
+    if feasible.any():
+        i = int(np.flatnonzero(feasible)[np.argmin(time_s[feasible])])
+        best = {h: float(v) for h, v in zip(header, rows[i], strict=True)}
+    return dict(
+        n_configs=int(len(values)),
+        n_invalid_mappings=int(invalid),
+        n_feasible=int(feasible.sum()),
+        configs_per_s=timing["configs_per_s"],
+        seconds=timing["seconds"],
+        compile_s=timing["compile_s"],
+        devices=[str(d) for d in _local_devices()],
+        best=best,
+        pareto_size=int(front.sum()),
+        out=str(out_path),
+        pareto=str(pareto_path),
+    )
+
+
+def _local_devices():
+    import jax
+
+    return jax.local_devices()
+
+
+def _write_csv(path, header, rows):
+    import csv
+
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows.tolist())
+
+
+def _progress(total: int, *, quiet: bool):
+    """A rich progress bar on stderr (none with --json)."""
+    if quiet:
+        return None, None
+    from rich.console import Console
+    from rich.progress import Progress
+
+    bar = Progress(console=Console(stderr=True), transient=True)
+    task = bar.add_task("evaluating", total=total)
+    bar.start()
+    return (lambda n: bar.advance(task, n)), bar
+
+
+def print_sweep(out: dict):
+    """Human-readable sweep summary."""
+    print(
+        f"{out['n_configs']} configurations ({out['n_invalid_mappings']} invalid "
+        f"mappings dropped), {out['n_feasible']} fit in memory; "
+        f"{out['configs_per_s']:.3g} configs/s after {out['compile_s']:.2f} s "
+        f"compile on {', '.join(out['devices'])}"
+    )
+    if out["best"]:
+        best = ", ".join(f"{k}={v:.4g}" for k, v in out["best"].items())
+        print(f"fastest feasible: {best}")
+    print(f"wrote {out['out']} and its Pareto front (time vs $/M tokens, "
+          f"{out['pareto_size']} points) {out['pareto']}")  # fmt: skip

@@ -1,4 +1,4 @@
-"""The `diffperf` command line: train, infer, validate, sensitivity, list.
+"""The `diffperf` command line: train, infer, validate, sensitivity, sweep, list.
 
 Every command accepts `--json` (exactly one JSON object on stdout, SI units); exit 0 on
 success and 2 on bad input, with a one-line message on stderr naming the field.
@@ -444,9 +444,10 @@ def _main(argv) -> int:
     _add_infer(sub)
     _add_validate(sub)
     _add_list(sub)
-    from ._cli_study import add_sensitivity
+    from ._cli_study import add_sensitivity, add_sweep
 
     add_sensitivity(sub)
+    add_sweep(sub)
     try:
         args = parser.parse_args(argv)
         if args.command == "train":
@@ -463,6 +464,12 @@ def _main(argv) -> int:
             out = run_sensitivity(args)
             if not args.json:
                 print_sensitivity(out)
+        elif args.command == "sweep":
+            from ._cli_study import print_sweep, run_sweep
+
+            out = run_sweep(args)
+            if not args.json:
+                print_sweep(out)
         elif args.command == "validate":
             from ._validate import print_report, validate_file
 

@@ -22,6 +22,7 @@ LAYER = {
     "_infer": 4,
     "_serving": 5,
     "_sensitivity": 6,
+    "_sweep": 6,
     "_validate": 7,
     "_validate_infer": 7,
     "io": 7,

@@ -1,0 +1,203 @@
+"""Batch evaluation of training configurations: grids and random ranges, vmapped.
+
+A sweep varies float leaves of the hardware ("hardware.chip.hbm_bandwidth") and of the
+mapping ("mapping.tp"). Configurations are evaluated with `jax.jit(jax.vmap(...))` in
+fixed-size chunks (bounded memory, one compilation), each chunk sharded over all local
+devices along its batch axis (`jax.sharding.NamedSharding`). On several hosts, call
+`jax.distributed.initialize()` first and give each host its own `seed` / slice of the
+grid: every host then evaluates its configurations on its own devices.
+
+Outputs per configuration: step time [s], tokens/s per GPU, memory per GPU [B],
+feasibility, $/h of the chips and $ per million tokens (`hourly_cost`).
+"""
+
+import itertools
+import time
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from ._hardware import Cluster
+from ._mapping import Parallelism, check_mapping
+from ._relax import Exact
+from ._serving import hourly_cost
+from ._train import train_step
+from ._workload import Transformer
+
+__all__ = ["sweep_configs", "evaluate", "pareto_mask", "OUTPUTS"]
+
+OUTPUTS = (
+    "step_time_s",
+    "tokens_per_s_per_gpu",
+    "memory_per_gpu_bytes",
+    "feasible",
+    "usd_per_hour",
+    "usd_per_million_tokens",
+)
+
+
+def _get(tree, parts):
+    for p in parts:
+        tree = getattr(tree, p)
+    return tree
+
+
+def sweep_configs(
+    model: Transformer,
+    mapping: Parallelism,
+    grid: dict[str, list],
+    random: dict[str, list],
+    *,
+    samples: int,
+    seed: int = 0,
+) -> tuple[list[str], np.ndarray, int]:
+    """The configurations of a sweep: (names, values [n, k], invalid mappings dropped).
+
+    Grid entries take every combination; with `random` ranges, `samples` configurations
+    draw each random leaf log-uniformly in [low, high] and each grid entry uniformly
+    from its list. Mapping combinations that do not fit the model are dropped.
+
+    Raises:
+        ValueError: an unknown path, a random range on a mapping degree, or a bad range.
+    """
+    for path in list(grid) + list(random):
+        head, _, rest = path.partition(".")
+        if head not in ("hardware", "mapping") or not rest:
+            raise ValueError(
+                f"sweep key {path!r} must start with hardware. or mapping."
+            )
+    for path, rng in random.items():
+        if path.startswith("mapping."):
+            raise ValueError(
+                f"[random] {path!r}: mapping degrees are integers; use [grid]"
+            )
+        if len(rng) != 2 or not 0 < rng[0] <= rng[1]:
+            raise ValueError(
+                f"[random] {path!r} = {rng!r} must be [low, high], 0 < low ≤ high"
+            )
+    names = list(grid) + list(random)
+    combos = list(itertools.product(*grid.values())) if grid else [()]
+    valid = [c for c in combos if _mapping_ok(model, mapping, list(grid), c)]
+    invalid = len(combos) - len(valid)
+    if not valid:
+        raise ValueError("no grid combination gives a mapping that fits the model")
+    if not random:
+        return names, np.asarray(valid, dtype=float).reshape(len(valid), -1), invalid
+    rng = np.random.default_rng(seed)
+    picks = np.asarray(valid, dtype=float).reshape(len(valid), -1)[
+        rng.integers(0, len(valid), samples)
+    ]
+    lo = np.log([r[0] for r in random.values()])
+    hi = np.log([r[1] for r in random.values()])
+    draws = np.exp(lo + (hi - lo) * rng.random((samples, len(random))))
+    return names, np.concatenate([picks, draws], axis=1), invalid
+
+
+def _mapping_ok(model, mapping, names, combo) -> bool:
+    m = mapping
+    for name, value in zip(names, combo, strict=True):
+        if name.startswith("mapping."):
+            field = name.split(".", 1)[1]
+            if not hasattr(m, field):
+                raise ValueError(
+                    f"unknown mapping field {field!r} in sweep key {name!r}"
+                )
+            m = eqx.tree_at(
+                lambda t, f=field: getattr(t, f), m, jnp.asarray(float(value))
+            )
+    try:
+        check_mapping(model, m)
+    except ValueError:
+        return False
+    return True
+
+
+def _one(cluster: Cluster, model: Transformer, mapping: Parallelism, names: list[str]):
+    """The function of one configuration vector → the OUTPUTS."""
+    hw = [
+        (i, n.split(".")[1:]) for i, n in enumerate(names) if n.startswith("hardware.")
+    ]
+    mp = [
+        (i, n.split(".")[1:]) for i, n in enumerate(names) if n.startswith("mapping.")
+    ]
+    for _, parts in hw:
+        _get(cluster, parts)  # raises AttributeError for a bad path (checked by caller)
+
+    def f(x):
+        c, m = cluster, mapping
+        for i, parts in hw:
+            c = eqx.tree_at(lambda t, p=parts: _get(t, p), c, x[i])
+        for i, parts in mp:
+            m = eqx.tree_at(lambda t, p=parts: _get(t, p), m, x[i])
+        b = train_step(c, model, m, relax=Exact())
+        usd_h = hourly_cost(c, m.chips)
+        tokens_per_s = b.tokens / b.total
+        usd_m = usd_h / (3600.0 * tokens_per_s) * 1e6
+        feasible = b.feasible.astype(b.total.dtype)
+        return jnp.stack(
+            [b.total, b.tokens_per_s_per_gpu, b.memory_per_gpu, feasible, usd_h, usd_m]
+        )
+
+    return f
+
+
+def evaluate(
+    cluster: Cluster,
+    model: Transformer,
+    mapping: Parallelism,
+    names: list[str],
+    values: np.ndarray,
+    *,
+    chunk: int = 65536,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Evaluate configurations in chunks, sharded over local devices.
+
+    Returns:
+        (outputs [n, len(OUTPUTS)], timing dict with compile_s, seconds, configs_per_s).
+    """
+    for n in names:
+        if n.startswith("hardware."):
+            try:
+                _get(cluster, n.split(".")[1:])
+            except AttributeError:
+                raise ValueError(f"unknown hardware leaf in sweep key {n!r}") from None
+    devices = jax.local_devices()
+    chunk = max(len(devices), chunk - chunk % len(devices))
+    mesh = Mesh(np.asarray(devices), ("d",))
+    sharding = NamedSharding(mesh, PartitionSpec("d"))
+    fn = jax.jit(jax.vmap(_one(cluster, model, mapping, names)))
+    dtype = jnp.result_type(float)
+    n = len(values)
+    t0 = time.perf_counter()
+    warm = jax.device_put(jnp.zeros((chunk, len(names)), dtype), sharding)
+    jax.block_until_ready(fn(warm + jnp.asarray(values[:1], dtype)))
+    compile_s = time.perf_counter() - t0
+    out = []
+    t0 = time.perf_counter()
+    for start in range(0, n, chunk):
+        part = values[start : start + chunk]
+        padded = np.concatenate([part, np.repeat(part[-1:], chunk - len(part), 0)])
+        x = jax.device_put(jnp.asarray(padded, dtype), sharding)
+        out.append(np.asarray(fn(x))[: len(part)])
+        if progress is not None:
+            progress(len(part))
+    seconds = time.perf_counter() - t0
+    timing = dict(compile_s=compile_s, seconds=seconds, configs_per_s=n / seconds)
+    return np.concatenate(out), timing
+
+
+def pareto_mask(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Points not dominated when minimizing both a and b (ties kept)."""
+    order = np.lexsort((b, a))
+    keep = np.zeros(len(a), bool)
+    best_b = np.inf
+    for i in order:
+        if b[i] < best_b:
+            keep[i] = True
+            best_b = b[i]
+    return keep
