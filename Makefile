@@ -24,6 +24,7 @@ validate: $(BIN)/diffperf
 	$(BIN)/diffperf validate --data data/training_calibration.csv
 
 bench: $(BIN)/diffperf
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/python benchmarks/run.py
 
 clean:

@@ -9,6 +9,10 @@ Measures, on the default JAX device:
     leaves (HBM bandwidth × peak FLOP/s × NIC bandwidth × NVLink domain size), chunked,
     and of one that also varies the mapping (tp, pp, dp, microbatch)
   - grad: one reverse-mode pass over all hardware leaves (the sensitivity analysis)
+  - configs_per_s_batch_N: one vmapped call of N configurations (1e6: ten of 1e5)
+  - grad_over_eval: cost of a gradient over the cost of an evaluation
+  - speedup_vs_llm_analysis: our vmapped configs/s over llm-analysis's (PyPI), if
+    installed, on the same kind of training configurations
 """
 
 import argparse
@@ -31,6 +35,28 @@ def _timeit(fn, *, repeat=5):
         jax.block_until_ready(fn())
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def _llm_analysis_ratio(our_configs_per_s: float, n: int = 200) -> dict:
+    """Time llm-analysis's `train` on n training configurations (Llama-2-7B, A100)."""
+    try:
+        import logging
+
+        from llm_analysis.analysis import train
+    except ImportError:
+        return {"llm_analysis": "not installed (pip install llm-analysis)"}
+    logging.disable(logging.CRITICAL)
+    rng = np.random.default_rng(0)
+    t0 = time.perf_counter()
+    for tp in rng.choice([1, 2, 4, 8], n):
+        train(model_name="NousResearch_Llama-2-7b-hf", gpu_name="a100-sxm-80gb",
+              dtype_name="w16a16e16", total_num_gpus=64, tp_size=int(tp), pp_size=1,
+              global_batch_size=512, batch_size_per_gpu=1, seq_len=4096,
+              flops_efficiency=0.5, hbm_memory_efficiency=0.9, log_level="ERROR",
+              total_num_tokens=512 * 4096)  # fmt: skip
+    theirs = n / (time.perf_counter() - t0)
+    return {"llm_analysis_configs_per_s": theirs,
+            "speedup_vs_llm_analysis": our_configs_per_s / theirs}  # fmt: skip
 
 
 def main(argv=None):
@@ -131,6 +157,34 @@ def main(argv=None):
     jax.block_until_ready(results)
     dt = time.perf_counter() - t0
     out["vmap_mapping_configs_per_s"] = len(results) * chunk / dt
+
+    # (a) configurations/s at one vmapped call of each batch size (1e6: chunks of 1e5)
+    for size in (1, 1_000, 100_000, 1_000_000):
+        per_call = min(size, 100_000)
+        x = jnp.asarray(xs2[:per_call])
+        jax.block_until_ready(sweep2(x))  # compile this shape
+        t0 = time.perf_counter()
+        res = [sweep2(x) for _ in range(max(1, size // per_call))]
+        jax.block_until_ready(res)
+        out[f"configs_per_s_batch_{size}"] = size / (time.perf_counter() - t0)
+
+    # (b) gradient cost / evaluation cost, one configuration and a vmapped batch
+    grad_one = jax.jit(jax.grad(lambda x: two(x)))
+    x1 = jnp.asarray(xs2[0])
+    one_jit = jax.jit(two)
+    jax.block_until_ready((grad_one(x1), one_jit(x1)))
+    t_eval = _timeit(lambda: one_jit(x1), repeat=50)
+    t_grad = _timeit(lambda: grad_one(x1), repeat=50)
+    batch_grad = jax.jit(jax.vmap(jax.grad(two)))
+    xb = jnp.asarray(xs2[:10_000])
+    jax.block_until_ready(batch_grad(xb))
+    t_beval = _timeit(lambda: sweep2(xb), repeat=5)
+    t_bgrad = _timeit(lambda: batch_grad(xb), repeat=5)
+    out["grad_over_eval_single"] = t_grad / t_eval
+    out["grad_over_eval_batch_1e4"] = t_bgrad / t_beval
+
+    # (d) the peer a user would pick today: llm-analysis (if installed), same configs
+    out |= _llm_analysis_ratio(out["vmap_mapping_configs_per_s"])
 
     smooth = eqx.filter_jit(
         eqx.filter_grad(
