@@ -112,7 +112,9 @@ def train_step(
     host_mb = ls * lay["host_ops"] * passes * cluster.host.dispatch_overhead
     # dropless MoE syncs device→host once per MoE layer and pass (token counts)
     syncs = ls * s.moe * (passes - 1.0) * cluster.host.sync_overhead
-    dp, dp_hidden = dp_exposed(cluster, model, mapping, s, t_layers, ls, relax=relax)
+    # DP collectives overlap with the backward as it really runs: host-bound or not.
+    t_busy = relax.max(t_layers, host_mb)
+    dp, dp_hidden = dp_exposed(cluster, model, mapping, s, t_busy, ls, relax=relax)
     terms = {k: m * val for k, val in stage.items()} | dict(
         head=m * head,
         pp_bubble=(p - 1.0) / v * t_layers,

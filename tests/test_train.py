@@ -297,3 +297,15 @@ def test_smooth_is_close_to_exact_and_converges(job):
         assert err <= 2 * (2 ** (1 / p) - 1), (p, smooth, exact)
         errs.append(err)
     assert errs[-1] <= errs[0] + 1e-9
+
+
+def test_faster_gpu_is_not_slower_when_host_bound():
+    """Regression (found by hypothesis): a host-bound MoE step with data-parallel
+    gradients must not get slower with more FLOP/s; the DP overlap window is the
+    backward as it really runs."""
+    m = dp.load_workload("qwen3_30b_a3b")
+    mp = dp.Parallelism(cp=2, microbatch=1, global_batch=1, seq_len=2048, zero=0,
+                        sequence_parallel=False)  # fmt: skip
+    t1 = float(dp.train_step(DGX_A100, m, mp).total)
+    t2 = float(dp.train_step(scale_leaf(DGX_A100, "chip.flops_bf16", 2.0), m, mp).total)
+    assert t2 <= t1 * (1 + 1e-12)
