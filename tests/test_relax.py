@@ -5,18 +5,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from jax.test_util import check_grads
 
 import diffperf as dp
 
 P = (4.0, 16.0, 64.0)
-pos = st.floats(min_value=0.0, max_value=1e6, allow_nan=False)
+# Zero or normal floats: XLA on CPU flushes subnormal results to zero, and costs are
+# never below 1e-30 (s, B, FLOP).
+pos = st.one_of(st.just(0.0), st.floats(min_value=1e-30, max_value=1e6))
 real = st.floats(min_value=-1e3, max_value=1e3, allow_nan=False)
 
 
-@settings(max_examples=25, deadline=None)
 @given(a=pos, b=pos, p=st.sampled_from(P))
 def test_max_min_bounds(a, b, p):
     s, e = dp.Smooth(p), dp.Exact()
@@ -25,7 +26,6 @@ def test_max_min_bounds(a, b, p):
     assert 2 ** (-1 / p) * lo * (1 - 1e-12) <= float(s.min(a, b)) <= lo * (1 + 1e-12)
 
 
-@settings(max_examples=25, deadline=None)
 @given(x=real, scale=st.floats(1e-3, 1e3), p=st.sampled_from(P))
 def test_relu_bound(x, scale, p):
     s, e = dp.Smooth(p), dp.Exact()
@@ -33,7 +33,6 @@ def test_relu_bound(x, scale, p):
     assert -1e-9 <= diff <= scale * np.log(2) / p * (1 + 1e-9)
 
 
-@settings(max_examples=25, deadline=None)
 @given(x=st.floats(0.0, 1e4), p=st.sampled_from(P))
 def test_ceil_bound(x, p):
     s, e = dp.Smooth(p), dp.Exact()
@@ -43,7 +42,6 @@ def test_ceil_bound(x, p):
         assert diff <= 0.5 + 1e-9
 
 
-@settings(max_examples=25, deadline=None)
 @given(x=real, scale=st.floats(1e-3, 1e3), p=st.sampled_from(P), k=st.floats(1, 10))
 def test_step_bound(x, scale, p, k):
     s, e = dp.Smooth(p), dp.Exact()

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import diffperf as dp
@@ -249,7 +249,6 @@ def jobs(draw):
     return model, mapping
 
 
-@settings(max_examples=25, deadline=None)
 @given(
     job=jobs(),
     leaf=st.sampled_from(FAST + SLOW),
@@ -268,7 +267,6 @@ def test_better_hardware_is_never_slower(job, leaf, cluster):
     assert t_better <= t_worse * (1 + 1e-12), (leaf, t_better, t_worse)
 
 
-@settings(max_examples=25, deadline=None)
 @given(job=jobs())
 def test_more_gpus_at_fixed_batch_never_more_flops_per_gpu(job):
     model, mapping = job
@@ -284,19 +282,17 @@ def test_more_gpus_at_fixed_batch_never_more_flops_per_gpu(job):
     assert per2 <= per1 * (1 + 1e-12)
 
 
-@settings(max_examples=25, deadline=None)
 @given(job=jobs())
 def test_smooth_is_close_to_exact_and_converges(job):
-    """Empirical bound: |Smooth(p)/Exact − 1| ≤ 2·(2^(1/p) − 1), shrinking with p."""
+    """Empirical bound: |Smooth(p)/Exact − 1| ≤ 2·(2^(1/p) − 1), which shrinks with p
+    (the error itself need not fall monotonically: over- and under-estimates of
+    different terms can cancel at a given p)."""
     model, mapping = job
     exact = float(dp.train_step(H100, model, mapping).total)
-    errs = []
     for p in (16.0, 64.0, 256.0):
         smooth = float(dp.train_step(H100, model, mapping, relax=dp.Smooth(p)).total)
         err = abs(smooth / exact - 1)
         assert err <= 2 * (2 ** (1 / p) - 1), (p, smooth, exact)
-        errs.append(err)
-    assert errs[-1] <= errs[0] + 1e-9
 
 
 def test_faster_gpu_is_not_slower_when_host_bound():
