@@ -112,8 +112,9 @@ def train_step(
     host_mb = ls * lay["host_ops"] * passes * cluster.host.dispatch_overhead
     # dropless MoE syncs device→host once per MoE layer and pass (token counts)
     syncs = ls * s.moe * (passes - 1.0) * cluster.host.sync_overhead
-    # DP collectives overlap with the backward as it really runs: host-bound or not.
-    t_busy = relax.max(t_layers, host_mb)
+    # DP collectives overlap with the layers as they really run: GPU time plus the
+    # time the GPU waits for a host-bound CPU.
+    t_busy = t_layers + relax.exceed(host_mb, t_mb)
     dp, dp_hidden = dp_exposed(cluster, model, mapping, s, t_busy, ls, relax=relax)
     terms = {k: m * val for k, val in stage.items()} | dict(
         head=m * head,
