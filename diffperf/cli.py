@@ -437,6 +437,21 @@ def main(argv=None) -> int:
         return 0
 
 
+def _commands() -> dict:
+    """Command → (run(args) -> dict, print(dict) or None)."""
+    from ._cli_study import print_sensitivity, print_sweep, run_sensitivity, run_sweep
+    from ._validate import print_report, validate_file
+
+    return {
+        "train": (_train, _print_train),
+        "infer": (_infer, _print_infer),
+        "sensitivity": (run_sensitivity, print_sensitivity),
+        "sweep": (run_sweep, print_sweep),
+        "validate": (lambda args: validate_file(args.data), print_report),
+        "list": (_list, None),
+    }
+
+
 def _main(argv) -> int:
     parser = _Parser(prog="diffperf", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -450,34 +465,10 @@ def _main(argv) -> int:
     add_sweep(sub)
     try:
         args = parser.parse_args(argv)
-        if args.command == "train":
-            out = _train(args)
-            if not args.json:
-                _print_train(out)
-        elif args.command == "infer":
-            out = _infer(args)
-            if not args.json:
-                _print_infer(out)
-        elif args.command == "sensitivity":
-            from ._cli_study import print_sensitivity, run_sensitivity
-
-            out = run_sensitivity(args)
-            if not args.json:
-                print_sensitivity(out)
-        elif args.command == "sweep":
-            from ._cli_study import print_sweep, run_sweep
-
-            out = run_sweep(args)
-            if not args.json:
-                print_sweep(out)
-        elif args.command == "validate":
-            from ._validate import print_report, validate_file
-
-            out = validate_file(args.data)
-            if not args.json:
-                print_report(out)
-        else:
-            out = _list(args)
+        run, show = _commands()[args.command]
+        out = run(args)
+        if not args.json and show is not None:
+            show(out)
     except (ValueError, FileNotFoundError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"error: {msg}", file=sys.stderr)
