@@ -97,6 +97,26 @@ def _int(x, what: str) -> int | None:
     return round(v)
 
 
+def _model_sizes(model: Transformer, t: int) -> dict | None:
+    """Whole-number sizes of a concrete model after checking `tp` against its heads.
+
+    Returns None for a traced workload (grad / vmap). Raises ValueError when t does not
+    divide the query heads, or neither divides the other for the KV heads.
+    """
+    sizes = {
+        k: _int(getattr(model, k), k)
+        for k in ("n_heads", "n_kv_heads", "n_layers", "n_experts")
+    }
+    if None in sizes.values():
+        return None
+    heads, kv = sizes["n_heads"], sizes["n_kv_heads"]
+    if heads % t:
+        raise ValueError(f"--tp={t} must divide the model's n_heads={heads}")
+    if kv % t and t % kv:
+        raise ValueError(f"--tp={t} must divide n_kv_heads={kv} or be a multiple of it")
+    return sizes
+
+
 def check_mapping(model: Transformer, mapping: Parallelism, gpus: int | None = None):
     """Raises ValueError if an integer mapping does not fit the model (concrete values).
 
@@ -110,17 +130,11 @@ def check_mapping(model: Transformer, mapping: Parallelism, gpus: int | None = N
     deg = {n: _int(getattr(mapping, n), f"Parallelism({n})") for n in names}
     if any(v is None for v in deg.values()):
         return
-    heads = _int(model.n_heads, "n_heads")
-    kv = _int(model.n_kv_heads, "n_kv_heads")
-    layers = _int(model.n_layers, "n_layers")
-    experts = _int(model.n_experts, "n_experts")
-    if None in (heads, kv, layers, experts):  # traced workload (grad / vmap)
-        return
     t = deg["tp"]
-    if heads % t:
-        raise ValueError(f"--tp={t} must divide the model's n_heads={heads}")
-    if kv % t and t % kv:
-        raise ValueError(f"--tp={t} must divide n_kv_heads={kv} or be a multiple of it")
+    sizes = _model_sizes(model, t)
+    if sizes is None:
+        return
+    layers, experts = sizes["n_layers"], sizes["n_experts"]
     if deg["pp"] * deg["vpp"] > layers:
         raise ValueError(
             f"--pp·--vpp={deg['pp'] * deg['vpp']} must be <= n_layers={layers}"
@@ -195,16 +209,10 @@ def check_serving(model: Transformer, serving: Serving, gpus: int | None = None)
     if any(v is None for v in deg.values()):
         return
     t = deg["tp"]
-    heads = _int(model.n_heads, "n_heads")
-    kv = _int(model.n_kv_heads, "n_kv_heads")
-    layers = _int(model.n_layers, "n_layers")
-    experts = _int(model.n_experts, "n_experts")
-    if None in (heads, kv, layers, experts):  # traced workload (grad / vmap)
+    sizes = _model_sizes(model, t)
+    if sizes is None:
         return
-    if heads % t:
-        raise ValueError(f"--tp={t} must divide the model's n_heads={heads}")
-    if kv % t and t % kv:
-        raise ValueError(f"--tp={t} must divide n_kv_heads={kv} or be a multiple of it")
+    layers, experts = sizes["n_layers"], sizes["n_experts"]
     if deg["pp"] > layers:
         raise ValueError(f"--pp={deg['pp']} must be <= n_layers={layers}")
     if experts and experts % deg["ep"]:
