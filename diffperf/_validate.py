@@ -39,10 +39,13 @@ _DTYPES = [
 _SUFFIXES = r"\s*(\((tokendrop|dropless|w/ mtp)\)|sft)\s*$"
 
 
-def _num(row, key):
+def _num(row, key, default=None):
+    """A numeric CSV cell; `default` when blank; ValueError naming the column."""
     v = (row.get(key) or "").strip()
+    if not v:
+        return default
     try:
-        return float(v) if v else None
+        return float(v)
     except ValueError:
         raise ValueError(f"column {key}={v!r} must be a number") from None
 

@@ -32,6 +32,7 @@ import equinox as eqx
 from . import io
 from ._infer import OPS, layer_op_times, serve
 from ._mapping import Serving, check_serving
+from ._validate import _num, summarize
 from ._workload import Precision
 
 __all__ = ["predict_infer_row", "validate_infer_rows"]
@@ -46,16 +47,6 @@ _LATENCY = {
     "e2e_latency_median": "e2e_latency",
 }
 _MAX_LOAD = ("total_output_throughput", "offline_tokens_per_s", "offline_samples_per_s")
-
-
-def _num(row, key, default=None):
-    text = (row.get(key) or "").strip()
-    if not text:
-        return default
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"column {key}={text!r} must be a number") from None
 
 
 def _precision(text: str) -> Precision:
@@ -80,6 +71,33 @@ def predict_infer_row(row: dict) -> dict:
         raise ValueError("MLPerf Server statistics need an arrival-rate model")
     if metric not in _LATENCY and metric not in _MAX_LOAD + ("output_throughput",):
         raise ValueError(f"metric {metric!r} is not in the inference vocabulary")
+    cluster, model, serving = resolve_infer_row(row)
+    r = serve(cluster, model, serving)
+    measured = float(row["value"])
+    if metric in _LATENCY:
+        predicted = 1e3 * float(getattr(r, _LATENCY[metric]))
+    else:
+        gpus = int(_num(row, "num_gpus", 1))
+        unit = row.get("unit", "")
+        per_gpu = "per gpu" in unit.lower() or "not stated" in unit
+        total = float(r.output_tokens_per_s) * gpus / float(serving.chips)
+        predicted = total / gpus if per_gpu else total
+        if metric == "offline_samples_per_s":
+            predicted /= float(serving.output_len)
+    return dict(
+        metric=metric, measured=measured, predicted=predicted,
+        ape=abs(predicted - measured) / measured, feasible=bool(r.feasible),
+        memory_per_gpu_bytes=float(r.memory_per_gpu), hardware=cluster.name,
+        model=model.name,
+    )  # fmt: skip
+
+
+def resolve_infer_row(row: dict):
+    """(cluster, model, serving) of an inference row, checked; ValueError if not.
+
+    Rows without a batch, and max-load metrics, run at the largest batch that fits.
+    Shared by the validation and the serving calibration (experiments/).
+    """
     cluster = io.load_hardware(row["gpu"])
     model = io.load_workload(row["model"])
     model = eqx.tree_at(lambda m: m.precision, model, _precision(row.get("dtype", "")))
@@ -98,27 +116,10 @@ def predict_infer_row(row: dict) -> dict:
             lambda m: m.max_seq_len, model, model.max_seq_len * 0 + context
         )
     check_serving(model, serving)
-    if metric in _MAX_LOAD or not row.get("batch", "").strip():
+    if row.get("metric", "").strip() in _MAX_LOAD or not row.get("batch", "").strip():
         best = serve(cluster, model, serving).max_batch
         serving = eqx.tree_at(lambda s: s.batch, serving, best.astype(float))
-    r = serve(cluster, model, serving)
-    measured = float(row["value"])
-    if metric in _LATENCY:
-        predicted = 1e3 * float(getattr(r, _LATENCY[metric]))
-    else:
-        per_gpu = "per gpu" in row.get("unit", "").lower() or "not stated" in row.get(
-            "unit", ""
-        )
-        total = float(r.output_tokens_per_s) * gpus / float(serving.chips)
-        predicted = total / gpus if per_gpu else total
-        if metric == "offline_samples_per_s":
-            predicted /= float(serving.output_len)
-    return dict(
-        metric=metric, measured=measured, predicted=predicted,
-        ape=abs(predicted - measured) / measured, feasible=bool(r.feasible),
-        memory_per_gpu_bytes=float(r.memory_per_gpu), hardware=cluster.name,
-        model=model.name,
-    )  # fmt: skip
+    return cluster, model, serving
 
 
 def _predict_op_row(row: dict, metric: str) -> dict:
@@ -199,8 +200,6 @@ _TRIPLE = ("prefill_latency_median", "tpot_median", "e2e_latency_median")
 
 def validate_infer_rows(rows: list[dict]) -> dict:
     """Per-row predictions and error summary of inference CSV rows."""
-    from ._validate import summarize
-
     results = []
     bad = _inconsistent(rows)
     for i, row in enumerate(rows):
