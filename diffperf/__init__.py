@@ -27,6 +27,9 @@ from ._relax import AbstractRelax as AbstractRelax
 from ._relax import Exact as Exact
 from ._relax import Smooth as Smooth
 from ._sensitivity import elasticities as elasticities
+from ._sensitivity import get_leaf as get_leaf
+from ._sensitivity import scale_leaf as scale_leaf
+from ._sensitivity import set_leaf as set_leaf
 from ._serving import Disaggregation as Disaggregation
 from ._serving import continuous_batching as continuous_batching
 from ._serving import disaggregated as disaggregated

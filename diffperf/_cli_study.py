@@ -5,7 +5,7 @@ import equinox as eqx
 from . import cli as _cli
 from ._infer import serve
 from ._relax import Exact, Smooth
-from ._sensitivity import binding_resource, elasticities, uncertainty
+from ._sensitivity import binding_resource, elasticities, scale_leaf, uncertainty
 from ._train import train_step
 
 __all__ = ["add_sensitivity", "run_sensitivity"]
@@ -101,8 +101,8 @@ def run_sensitivity(args) -> dict:
         # jitted: relaxed (non-integer) workload sizes are evaluated, not rejected
         exact = eqx.filter_jit(lambda t: metric(t, Exact()))
         for path, _ in ranked[: args.top]:
-            lo = float(exact(_scaled(tree, path, 1 - args.range)))
-            hi = float(exact(_scaled(tree, path, 1 + args.range)))
+            lo = float(exact(scale_leaf(tree, path, 1 - args.range)))
+            hi = float(exact(scale_leaf(tree, path, 1 + args.range)))
             rows.append((path, lo, hi))
         from .plots import tornado
 
@@ -116,18 +116,6 @@ def run_sensitivity(args) -> dict:
         )
         out["tornado"] = str(written)
     return out
-
-
-def _scaled(tree, path, factor):
-    parts = path.split(".")
-
-    def get(t):
-        t = t[parts[0]]
-        for p in parts[1:]:
-            t = getattr(t, p)
-        return t
-
-    return eqx.tree_at(get, tree, get(tree) * factor)
 
 
 def print_sensitivity(out: dict):

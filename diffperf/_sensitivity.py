@@ -19,6 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
+    "get_leaf",
+    "set_leaf",
+    "scale_leaf",
     "elasticities",
     "leaf_paths",
     "binding_resource",
@@ -34,6 +37,27 @@ RESOURCES = (
     "host.dispatch_overhead", "chip.kernel_overhead",
 )  # fmt: skip
 """Hardware leaves that are physical resources (for "which resource binds")."""
+
+
+def get_leaf(tree, path: str):
+    """The leaf at a dotted path: attributes of modules, keys of dicts.
+
+    Example: get_leaf(cluster, "chip.hbm_bandwidth"); get_leaf({"hardware": c},
+    "hardware.chip.hbm_bandwidth").
+    """
+    for part in path.split("."):
+        tree = tree[part] if isinstance(tree, dict) else getattr(tree, part)
+    return tree
+
+
+def set_leaf(tree, path: str, value):
+    """A copy of `tree` with the leaf at `path` replaced (`eqx.tree_at`)."""
+    return eqx.tree_at(lambda t: get_leaf(t, path), tree, value)
+
+
+def scale_leaf(tree, path: str, factor):
+    """A copy of `tree` with the leaf at `path` multiplied by `factor`."""
+    return set_leaf(tree, path, get_leaf(tree, path) * factor)
 
 
 def leaf_paths(tree) -> list[str]:

@@ -15,7 +15,6 @@ import itertools
 import time
 from collections.abc import Callable
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,6 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ._hardware import Cluster
 from ._mapping import Parallelism, check_mapping
 from ._relax import Exact
+from ._sensitivity import get_leaf, set_leaf
 from ._serving import hourly_cost
 from ._train import train_step
 from ._workload import Transformer
@@ -38,12 +38,6 @@ OUTPUTS = (
     "usd_per_hour",
     "usd_per_million_tokens",
 )
-
-
-def _get(tree, parts):
-    for p in parts:
-        tree = getattr(tree, p)
-    return tree
 
 
 def sweep_configs(
@@ -106,9 +100,7 @@ def _mapping_ok(model, mapping, names, combo) -> bool:
                 raise ValueError(
                     f"unknown mapping field {field!r} in sweep key {name!r}"
                 )
-            m = eqx.tree_at(
-                lambda t, f=field: getattr(t, f), m, jnp.asarray(float(value))
-            )
+            m = set_leaf(m, field, jnp.asarray(float(value)))
     try:
         check_mapping(model, m)
     except ValueError:
@@ -118,21 +110,13 @@ def _mapping_ok(model, mapping, names, combo) -> bool:
 
 def _one(cluster: Cluster, model: Transformer, mapping: Parallelism, names: list[str]):
     """The function of one configuration vector → the OUTPUTS."""
-    hw = [
-        (i, n.split(".")[1:]) for i, n in enumerate(names) if n.startswith("hardware.")
-    ]
-    mp = [
-        (i, n.split(".")[1:]) for i, n in enumerate(names) if n.startswith("mapping.")
-    ]
-    for _, parts in hw:
-        _get(cluster, parts)  # raises AttributeError for a bad path (checked by caller)
+    split = [(i, *n.split(".", 1)) for i, n in enumerate(names)]
 
     def f(x):
-        c, m = cluster, mapping
-        for i, parts in hw:
-            c = eqx.tree_at(lambda t, p=parts: _get(t, p), c, x[i])
-        for i, parts in mp:
-            m = eqx.tree_at(lambda t, p=parts: _get(t, p), m, x[i])
+        trees = {"hardware": cluster, "mapping": mapping}
+        for i, head, path in split:  # hardware.<leaf> / mapping.<leaf>
+            trees[head] = set_leaf(trees[head], path, x[i])
+        c, m = trees["hardware"], trees["mapping"]
         b = train_step(c, model, m, relax=Exact())
         usd_h = hourly_cost(c, m.chips)
         tokens_per_s = b.tokens / b.total
@@ -163,7 +147,7 @@ def evaluate(
     for n in names:
         if n.startswith("hardware."):
             try:
-                _get(cluster, n.split(".")[1:])
+                get_leaf(cluster, n.split(".", 1)[1])
             except AttributeError:
                 raise ValueError(f"unknown hardware leaf in sweep key {n!r}") from None
     devices = jax.local_devices()

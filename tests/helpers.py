@@ -5,6 +5,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffperf._sensitivity import get_leaf as get_leaf  # noqa: F401
+from diffperf._sensitivity import scale_leaf as scale_leaf  # noqa: F401
+
 
 def tree_allclose(x, y, *, rtol=1e-5, atol=0.0) -> bool:
     """True when two pytrees have the same structure and all leaves are close."""
@@ -16,25 +19,6 @@ def tree_allclose(x, y, *, rtol=1e-5, atol=0.0) -> bool:
         np.allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol)
         for a, b in zip(xs, ys, strict=True)
     )
-
-
-def get_leaf(tree, path: str):
-    """The leaf at dotted `path` (e.g. "chip.hbm_bandwidth")."""
-    for p in path.split("."):
-        tree = getattr(tree, p)
-    return tree
-
-
-def scale_leaf(tree, path: str, factor):
-    """A copy of `tree` with the float leaf at dotted `path` multiplied by `factor`."""
-    parts = path.split(".")
-
-    def get(t):
-        for p in parts:
-            t = getattr(t, p)
-        return t
-
-    return eqx.tree_at(get, tree, get(tree) * factor)
 
 
 def float_leaf_paths(tree) -> list[str]:

@@ -46,14 +46,8 @@ LEAVES = {
 }
 
 
-def _get(tree, path):
-    for p in path.split("."):
-        tree = getattr(tree, p)
-    return tree
-
-
 def _prepared(rows):
-    """(spec, cluster, model, serving, metric, measured, per_gpu, gpus) per row."""
+    """(spec, cluster, model, serving, metric, measured/predicted) per fitted row."""
     out = []
     bad = vi._inconsistent(rows)
     for i, row in enumerate(rows):
@@ -63,22 +57,7 @@ def _prepared(rows):
             res = vi.predict_infer_row(row)
         except ValueError:
             continue
-        cluster = io.load_hardware(row["gpu"])
-        model = io.load_workload(row["model"])
-        model = eqx.tree_at(lambda m: m.precision, model, vi._precision(row["dtype"]))
-        gpus = int(vi._num(row, "num_gpus", 1))
-        framework = row.get("framework", "").lower()
-        serving = dp.Serving(
-            tp=vi._num(row, "tp") or gpus, pp=vi._num(row, "pp", 1.0),
-            batch=vi._num(row, "batch", 1.0), input_len=vi._num(row, "input_len", 1.0),
-            output_len=vi._num(row, "output_len", 1.0),
-            graphs=any(k in framework for k in ("tensorrt", "fastertransformer")),
-        )  # fmt: skip
-        ctx = float(serving.input_len + serving.output_len)
-        if ctx > float(model.max_seq_len):
-            model = eqx.tree_at(
-                lambda m: m.max_seq_len, model, model.max_seq_len * 0 + ctx
-            )
+        cluster, model, serving = vi.resolve_infer_row(row)  # as validate does
         scale = res["measured"] / res["predicted"]  # measured in the model's own units
         out.append((cluster.name, cluster, model, serving, res["metric"], scale))
     return out
@@ -95,7 +74,7 @@ def _loss_grad(u, cluster, model, serving, target, metric, relax):
     def loss(u):
         c = cluster
         for path, v in u.items():
-            c = eqx.tree_at(lambda t, p=path: _get(t, p), c, jnp.exp(v))
+            c = dp.set_leaf(c, path, jnp.exp(v))
         r = dp.serve(c, model, serving, relax=relax)
         return (jnp.log(_metric(r, metric)) - jnp.log(target)) ** 2
 
@@ -110,7 +89,7 @@ def fit_spec(items, *, steps):
     lo = {p: math.log(b[0]) for p, b in leaves.items()}
     hi = {p: math.log(b[1]) for p, b in leaves.items()}
     cluster0 = items[0][1]
-    u = {p: jnp.clip(jnp.log(_get(cluster0, p)), lo[p], hi[p]) for p in leaves}
+    u = {p: jnp.clip(jnp.log(dp.get_leaf(cluster0, p)), lo[p], hi[p]) for p in leaves}
     if "host.dispatch_overhead" in u:  # start where it binds (module docstring)
         u["host.dispatch_overhead"] = jnp.maximum(
             u["host.dispatch_overhead"], math.log(3e-5)

@@ -54,16 +54,6 @@ LEAVES = {  # path: (lower, upper) bound
 MIN_ROWS_FOR_ALL = 20  # fewer rows: fit matmul_efficiency only
 
 
-def _get(tree, path):
-    for p in path.split("."):
-        tree = getattr(tree, p)
-    return tree
-
-
-def _set(tree, path, value):
-    return eqx.tree_at(lambda t: _get(t, path), tree, value)
-
-
 def _root(stem: str) -> str:
     """The chip file a hardware spec extends (itself if none)."""
     base = io.meta("hardware", stem).get("extends")
@@ -96,7 +86,7 @@ def prepared_rows(rows):
 
 def _row_loss(values, cluster, model, mapping, t_meas, relax):
     for path, v in values.items():
-        cluster = _set(cluster, path, v)
+        cluster = dp.set_leaf(cluster, path, v)
     t = dp.train_step(cluster, model, mapping, relax=relax).total
     return (jnp.log(t) - jnp.log(t_meas)) ** 2
 
@@ -137,7 +127,7 @@ def fit_device(items, paths, *, steps=150, lr=0.05):
     relax = dp.Smooth(32.0)
     lo = {p: math.log(LEAVES[p][0]) for p in paths}
     hi = {p: math.log(LEAVES[p][1]) for p in paths}
-    u = {p: jnp.log(_get(items[0][1], p)) for p in paths}
+    u = {p: jnp.log(dp.get_leaf(items[0][1], p)) for p in paths}
     u = {p: jnp.clip(v, lo[p], hi[p]) for p, v in u.items()}
     opt = optax.adam(lr)
     state = opt.init(u)

@@ -52,17 +52,9 @@ def main():
         ranked = sorted(specs.items(), key=lambda kv: -abs(kv[1]))[:10]
         rows = []
         for path, _ in ranked:
-            parts = path.split(".")
-
-            def scaled(k, parts=parts):
-                def get(t):
-                    for p in parts:
-                        t = getattr(t, p)
-                    return t
-
-                return eqx.tree_at(get, cluster, get(cluster) * k)
-
-            rows.append((path, float(exact(scaled(0.8))), float(exact(scaled(1.2)))))
+            lo = float(exact(dp.scale_leaf(cluster, path, 0.8)))
+            hi = float(exact(dp.scale_leaf(cluster, path, 1.2)))
+            rows.append((path, lo, hi))
         tornado(rows, nominal, path=HERE / f"tornado_{job}.png",
                 title=f"Llama-3-70B {job} on DGX-H100: each spec ±20%",
                 xlabel=f"{job} time [s]")  # fmt: skip
