@@ -12,8 +12,17 @@ b.total  # seconds per optimizer step
 from ._breakdown import TERMS as TERMS
 from ._breakdown import Breakdown as Breakdown
 from ._collectives import collective_time as collective_time
+from ._cost import capex_per_chip as capex_per_chip
+from ._cost import chip_cost as chip_cost
+from ._cost import chip_price as chip_price
+from ._cost import chip_tdp as chip_tdp
+from ._cost import die_area as die_area
+from ._cost import hourly_cost as hourly_cost
+from ._cost import joules_per_token as joules_per_token
+from ._cost import step_power as step_power
 from ._hardware import Chip as Chip
 from ._hardware import Cluster as Cluster
+from ._hardware import Cost as Cost
 from ._hardware import Host as Host
 from ._hardware import NetworkTier as NetworkTier
 from ._infer import decode_step as decode_step
@@ -33,7 +42,6 @@ from ._sensitivity import set_leaf as set_leaf
 from ._serving import Disaggregation as Disaggregation
 from ._serving import continuous_batching as continuous_batching
 from ._serving import disaggregated as disaggregated
-from ._serving import hourly_cost as hourly_cost
 from ._serving import speculative_tpot as speculative_tpot
 from ._train import train_step as train_step
 from ._workload import Precision as Precision

@@ -17,7 +17,9 @@ from jaxtyping import Array
 from ._checks import check_fields
 from ._relax import as_float
 
-__all__ = ["Chip", "NetworkTier", "Host", "Cluster", "Topology"]
+__all__ = ["Chip", "NetworkTier", "Host", "Cost", "Cluster", "Topology"]
+
+HOURS_PER_LIFETIME = 4 * 365 * 24.0  # 4 years [h]
 
 Topology = Literal["switch", "ring", "full_mesh", "torus"]
 _F = dict(converter=as_float)
@@ -169,6 +171,81 @@ class Host(eqx.Module):
         )
 
 
+class Cost(eqx.Module):
+    """Leaves of the area, cost and power model (SI, USD); formulas in `_cost`."""
+
+    # Silicon. Densities from TSMC N5/N4 public figures and the H100 die (anchor).
+    logic_density: Array = eqx.field(**_F, default=1.65e18)  # bf16 FLOP/s per m²
+    sram_density: Array = eqx.field(
+        **_F, default=2e12
+    )  # B/m² (2 MB/mm², macro+periph.)
+    hbm_phy_area: Array = eqx.field(**_F, default=1.5e-17)  # m² per B/s (~10 mm²/stack)
+    link_phy_area: Array = eqx.field(**_F, default=2.8e-17)  # m² per B/s of SerDes
+    misc_area_fraction: Array = eqx.field(**_F, default=0.12)  # uncore share of die
+    dies: Array = eqx.field(**_F, default=1.0)  # compute dies per package
+    wafer_cost: Array = eqx.field(**_F, default=17000.0)  # USD, 300 mm N5 (CSET 2020)
+    wafer_diameter: Array = eqx.field(**_F, default=0.3)  # m
+    defect_density: Array = eqx.field(**_F, default=1000.0)  # per m² (0.1 /cm², N5)
+    defect_clustering: Array = eqx.field(**_F, default=3.0)  # α of negative binomial
+    packaging_cost: Array = eqx.field(**_F, default=750.0)  # USD, CoWoS-class + test
+    # HBM (HBM3: 819 GB/s and 16–24 GB per stack; TrendForce ~$15/GB in 2024).
+    hbm_cost_per_byte: Array = eqx.field(**_F, default=1.5e-8)  # USD/B
+    hbm_stack_bandwidth: Array = eqx.field(**_F, default=819e9)  # B/s per stack
+    hbm_stack_capacity: Array = eqx.field(**_F, default=24e9)  # B per stack
+    hbm_stack_cost: Array = eqx.field(**_F, default=150.0)  # USD per stack (base, TSV)
+    markup: Array = eqx.field(**_F, default=6.0)  # price / manufacturing cost
+    # Network (400G NIC with transceiver; switch port with optics, 2024 list prices).
+    nic_price: Array = eqx.field(**_F, default=2500.0)  # USD per NIC
+    switch_port_price: Array = eqx.field(**_F, default=1500.0)  # USD per port
+    switch_ports_per_nic: Array = eqx.field(**_F, default=3.0)  # 2-level fat tree
+    scale_up_cost: Array = eqx.field(**_F, default=6.7e-9)  # USD per B/s per chip
+    # Power (HBM3 ~3.9 pJ/bit, O'Connor et al. 2017; 112G SerDes ~2.5 pJ/bit).
+    idle_power: Array = eqx.field(**_F, default=100.0)  # W per chip
+    flop_energy: Array = eqx.field(**_F, default=0.48e-12)  # J per bf16 FLOP
+    hbm_energy: Array = eqx.field(**_F, default=3.1e-11)  # J/B
+    link_energy: Array = eqx.field(**_F, default=2e-11)  # J/B
+    # Operations.
+    lifetime: Array = eqx.field(**_F, default=HOURS_PER_LIFETIME)  # h of amortization
+    pue: Array = eqx.field(**_F, default=1.3)  # facility power / IT power
+    usd_per_kwh: Array = eqx.field(**_F, default=0.10)  # USD/kWh
+
+    def __check_init__(self):
+        check_fields(
+            self,
+            positive=(
+                "logic_density",
+                "sram_density",
+                "dies",
+                "wafer_cost",
+                "wafer_diameter",
+                "defect_clustering",
+                "hbm_stack_bandwidth",
+                "hbm_stack_capacity",
+                "lifetime",
+                "pue",
+            ),
+            nonneg=(
+                "hbm_phy_area",
+                "link_phy_area",
+                "defect_density",
+                "packaging_cost",
+                "hbm_cost_per_byte",
+                "hbm_stack_cost",
+                "markup",
+                "nic_price",
+                "switch_port_price",
+                "switch_ports_per_nic",
+                "scale_up_cost",
+                "idle_power",
+                "flop_energy",
+                "hbm_energy",
+                "link_energy",
+                "usd_per_kwh",
+            ),
+            fraction=("misc_area_fraction",),
+        )
+
+
 class Cluster(eqx.Module):
     """A chip, its scale-up and scale-out networks, and its host. Pure data."""
 
@@ -177,6 +254,7 @@ class Cluster(eqx.Module):
     scale_out: NetworkTier
     host: Host
     name: str = eqx.field(static=True, default="custom")
+    cost: Cost = eqx.field(default_factory=Cost)
 
     def scale_out_bandwidth(self) -> Array:
         """A chip's scale-out bandwidth [B/s per direction]: W_nic · nics / chips."""

@@ -16,9 +16,9 @@ target verifies them in one pass of k + 1 tokens per sequence; with acceptance r
 the expected tokens per round are (1 − a^(k+1)) / (1 − a), so
     TPOT = (k·t_draft + t_verify) / ((1 − a^(k+1)) / (1 − a)).
 
-Cost: $/h of a replica = chips·(price + host.price/n_node)/lifetime + chips·(power +
-host.power/n_node)·PUE·$/kWh; $ per million output tokens = $/h / (3600·tok/s)·1e6.
-Defaults (lifetime 4 years, PUE 1.3, 0.10 $/kWh) are assumptions; pass your own.
+Cost: $/h of a replica is `_cost.hourly_cost` (chips, hosts, NICs and fabric amortized
+over `cluster.cost.lifetime`, plus power at PUE and $/kWh; leaves of `Cluster.cost`);
+$ per million output tokens = $/h / (3600·tok/s)·1e6.
 
 Disaggregated prefill/decode (Patel et al. 2024, Splitwise; Zhong et al. 2024,
 DistServe): P chips of prefill replicas and D chips of decode replicas. A request's KV
@@ -35,6 +35,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array
 
+from ._cost import hourly_cost
 from ._hardware import Cluster
 from ._infer import (
     PhaseBreakdown,
@@ -59,9 +60,6 @@ __all__ = [
 ]
 
 _EXACT = Exact()
-HOURS_PER_LIFETIME = 4 * 365 * 24.0
-PUE = 1.3
-USD_PER_KWH = 0.10
 
 
 def continuous_batching(
@@ -123,21 +121,6 @@ def speculative_tpot(
     t_verify = _phase(cluster, model, serving, verify, relax).total
     expected = (1.0 - acceptance ** (k + 1.0)) / (1.0 - acceptance)
     return (k * t_draft + t_verify) / expected
-
-
-def hourly_cost(
-    cluster: Cluster,
-    chips,
-    *,
-    lifetime_hours=HOURS_PER_LIFETIME,
-    pue=PUE,
-    usd_per_kwh=USD_PER_KWH,
-) -> Array:
-    """USD per hour of `chips` chips with their share of hosts (module docstring)."""
-    c, h = cluster.chip, cluster.host
-    capex = chips * (c.price + h.price / h.chips_per_node) / lifetime_hours
-    power_kw = chips * (c.power + h.power / h.chips_per_node) / 1e3
-    return capex + power_kw * pue * usd_per_kwh
 
 
 class Disaggregation(eqx.Module):

@@ -20,11 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from ._cost import hourly_cost
 from ._hardware import Cluster
 from ._mapping import Parallelism, check_mapping
 from ._relax import Exact
 from ._sensitivity import get_leaf, set_leaf
-from ._serving import hourly_cost
 from ._train import train_step
 from ._workload import Transformer
 

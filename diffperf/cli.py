@@ -14,13 +14,13 @@ import equinox as eqx
 import jax.numpy as jnp
 
 from . import io
+from ._cost import hourly_cost
 from ._infer import serve
 from ._mapping import Parallelism, Serving, check_mapping, check_serving
 from ._relax import Exact
 from ._serving import (
     continuous_batching,
     disaggregated,
-    hourly_cost,
     speculative_tpot,
 )
 from ._train import train_step

@@ -13,7 +13,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._hardware import Chip, Cluster, Host, NetworkTier
+from ._cost import anchor
+from ._hardware import Chip, Cluster, Cost, Host, NetworkTier
 from ._workload import Transformer
 
 __all__ = [
@@ -161,13 +162,16 @@ def load_hardware(name: str | Path) -> Cluster:
     data = _merged("hardware", path)
     _check_meta(data.get("meta", {}), path)
     where = path.name
-    return Cluster(
+    cost = data.get("cost", {})
+    cluster = Cluster(
         chip=_build(Chip, data.get("chip"), f"{where} [chip]"),
         scale_up=_build(NetworkTier, data.get("scale_up"), f"{where} [scale_up]"),
         scale_out=_build(NetworkTier, data.get("scale_out"), f"{where} [scale_out]"),
         host=_build(Host, data.get("host"), f"{where} [host]"),
         name=path.stem,
+        cost=_build(Cost, cost, f"{where} [cost]"),
     )
+    return anchor(cluster, given=frozenset(cost))
 
 
 def load_workload(name: str | Path) -> Transformer:

@@ -20,6 +20,7 @@ LAYER = {
     "_train": 4,
     "_layer": 4,
     "_infer": 4,
+    "_cost": 4,
     "_serving": 5,
     "_sensitivity": 6,
     "_sweep": 6,
