@@ -22,6 +22,7 @@ tiers run concurrently (max).
 
 from typing import Literal
 
+import jax.numpy as jnp
 from jaxtyping import Array
 
 from ._hardware import Cluster
@@ -116,9 +117,12 @@ def dispatch_time(cluster: Cluster, token_bytes, k, n, stride, *, relax: Abstrac
     token_bytes, n, k = as_float(token_bytes), as_float(n), as_float(k)
     up, out = cluster.scale_up, cluster.scale_out
     n_in = ranks_in_domain(cluster, n, stride, relax=relax)
-    n_out = n / n_in
+    n_out = jnp.maximum(n / n_in, 1.0)  # the smooth clip may overshoot n by rounding
     intra = token_bytes * k * (n - 1.0) / n
-    inter = token_bytes * (n_out - 1.0) * (1.0 - (1.0 - 1.0 / n_out) ** k)
+    miss = 1.0 - 1.0 / n_out  # P(a pick is not a given remote domain), 0 at n_out = 1
+    safe = jnp.where(miss > 0, miss, 1.0)  # double where: 0**k has a NaN gradient
+    none = jnp.where(miss > 0, safe**k, jnp.where(k > 0, 0.0, 1.0))
+    inter = token_bytes * (n_out - 1.0) * (1.0 - none)
     t_up = intra / (up.bandwidth * up.efficiency) + (n_in - 1.0) * up.latency
     t_out = inter / (cluster.scale_out_bandwidth() * out.efficiency)
     t_out = t_out + (n_out - 1.0) * out.latency

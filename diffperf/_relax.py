@@ -43,8 +43,10 @@ def _pnorm(a: Array, b: Array, p: Array, *, largest: bool) -> Array:
     ok = m > 0
     safe_m = jnp.where(ok, m, 1.0)
     # Ratios lie in [0, 1] for max and [1, inf) for min; both are replaced at m = 0.
-    ra = jnp.where(ok, a / safe_m, 1.0)
-    rb = jnp.where(ok, b / safe_m, 1.0)
+    # A slightly negative input (rounding in a difference) is clamped to 0 first:
+    # a negative base to a non-integer power would be NaN.
+    ra = jnp.where(ok, jnp.maximum(a, 0.0) / safe_m, 1.0)
+    rb = jnp.where(ok, jnp.maximum(b, 0.0) / safe_m, 1.0)
     q = p if largest else -p
     s = (ra**q + rb**q) ** (1.0 / q)
     return jnp.where(ok, m * s, 0.0)

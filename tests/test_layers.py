@@ -24,6 +24,7 @@ LAYER = {
     "_serving": 5,
     "_sensitivity": 6,
     "_sweep": 6,
+    "_optimize": 6,
     "_validate": 7,
     "_validate_infer": 7,
     "io": 7,

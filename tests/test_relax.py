@@ -86,3 +86,21 @@ def test_sharpness_is_a_leaf_and_vmappable():
     ps = jnp.array([2.0, 8.0, 32.0])
     out = jax.vmap(lambda p: dp.Smooth(p).max(1.0, 1.0))(ps)
     np.testing.assert_allclose(out, 2.0 ** (1.0 / ps), rtol=1e-12)
+
+
+@pytest.mark.parametrize("sharpness", [7.3, 8.5, 19.027])
+def test_non_integer_sharpness_is_finite_on_a_full_step(sharpness):
+    # A rounding-level negative input (e.g. a zero-size all-to-all) to a non-integer
+    # power used to give NaN; annealing makes the sharpness non-integer.
+    import diffperf as dp
+
+    c = dp.load_hardware("dgx_h100")
+    for model in ("llama3_8b", "mixtral_8x7b"):
+        m = dp.load_workload(model)
+        mp = dp.Parallelism(tp=2, pp=2, dp=2, microbatch=1, global_batch=8)
+        b = dp.train_step(c, m, mp, relax=dp.Smooth(sharpness))
+        assert np.isfinite(float(b.total))
+        g = jax.grad(
+            lambda cl: dp.train_step(cl, m, mp, relax=dp.Smooth(sharpness)).total
+        )(c)
+        assert all(np.isfinite(x) for x in jax.tree_util.tree_leaves(g))

@@ -1,0 +1,488 @@
+"""Gradient-driven co-design of hardware leaves and the parallel mapping.
+
+Design variables are hardware leaves x_i ∈ [lo_i, hi_i], optimized in the unit box
+z_i = (log x_i − log lo_i) / (log hi_i − log lo_i) with Adam and projected back onto
+[0, 1] after every step (so bounds hold at every iterate). The loss of a design is
+
+    J(x) = softmin_τ over mappings m [ s·log f_m(x) + w·relu(mem_m(x)/cap − 1) ]
+           + μ · Σ_j relu(log B_j(x) / limit_j + δ)²
+
+with f_m the objective under `Smooth(p)` (s = +1 to minimize, −1 to maximize), the
+soft-min −τ⁻¹·logsumexp(−τ·J_m) over the enumerated valid mappings (a relaxation of the
+integer mapping choice), and a quadratic penalty on each budget B_j (die area, chip
+power, $/h, capex) with a small margin δ. The sharpness p of the smooth model, the
+soft-min temperature τ and the penalty weight μ are annealed geometrically, so the
+early landscape is smooth and the late one matches `Exact`. Several starts (the given
+design plus random points) run together under `vmap`; the whole loop is one `lax.scan`.
+
+The last iterates of every start are then re-scored with the `Exact` model over every
+mapping; the best one that satisfies all budgets and fits in memory is the answer (so
+the reported design is never infeasible when any iterate was feasible). Every model
+call (smooth with gradient or exact) counts as one evaluation per mapping, and the
+random-search baseline gets exactly as many evaluations.
+"""
+
+import itertools
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ._cost import capex_per_chip, chip_tdp, die_area, hourly_cost, joules_per_token
+from ._hardware import Cluster
+from ._mapping import Parallelism, check_mapping
+from ._relax import Exact, Smooth
+from ._sensitivity import binding_resource, elasticities, get_leaf, set_leaf
+from ._train import train_step
+from ._workload import Transformer
+
+__all__ = [
+    "OBJECTIVES",
+    "BUDGETS",
+    "minimize_box",
+    "enumerate_mappings",
+    "optimize",
+    "random_search",
+    "grid_search",
+]
+
+
+def _tokens_per_s(c, b):
+    return b.tokens / b.total
+
+
+def _usd_per_mtok(c, b):
+    return hourly_cost(c, b.chips) / (3600.0 * _tokens_per_s(c, b)) * 1e6
+
+
+OBJECTIVES: dict[str, tuple[str, Callable]] = {
+    "step_time": ("min", lambda c, b: b.total),
+    "tokens_per_s": ("max", _tokens_per_s),
+    "tokens_per_usd": ("max", lambda c, b: 1e6 / _usd_per_mtok(c, b)),
+    "usd_per_million_tokens": ("min", _usd_per_mtok),
+    "joules_per_token": ("min", joules_per_token),
+}
+"""Training objectives: name → (goal, f(cluster, breakdown)) in SI units."""
+
+BUDGETS: dict[str, Callable] = {
+    "area_mm2": lambda c, chips: die_area(c) * 1e6,
+    "power_w": lambda c, chips: chip_tdp(c),
+    "usd_per_hour": hourly_cost,
+    "capex_usd": lambda c, chips: chips * capex_per_chip(c),
+}
+"""Budgets: name → B(cluster, chips); die area [mm²] and TDP [W] are per chip, $/h and
+capex [USD] are for the whole job."""
+
+
+class BoxResult(NamedTuple):
+    """Output of `minimize_box`: trajectories in z (unit box) and losses."""
+
+    z: jax.Array  # [steps, starts, d] iterates after each projected step
+    loss: jax.Array  # [steps, starts] smooth loss at each iterate
+
+
+def minimize_box(
+    loss: Callable,
+    z0: jax.Array,
+    *,
+    steps: int = 150,
+    lr: float = 0.05,
+    schedule: dict[str, tuple[float, float]] | None = None,
+) -> BoxResult:
+    """Projected Adam on the unit box from several starts at once.
+
+    Args:
+        loss: loss(z [d], **knobs) → scalar; the knobs (e.g. sharpness, temperature,
+            penalty) are annealed geometrically from the first to the second value of
+            `schedule` over the steps.
+        z0: starting points [starts, d] in [0, 1]^d.
+        steps: Adam steps.
+        lr: Adam step size in unit-box coordinates.
+        schedule: knob name → (start, end).
+    """
+    schedule = schedule or {}
+    frac = jnp.linspace(0.0, 1.0, steps)
+    knobs = {
+        k: jnp.exp(jnp.log(a) + frac * (jnp.log(b) - jnp.log(a)))
+        for k, (a, b) in schedule.items()
+    }
+    opt = optax.adam(lr)
+    grad = jax.vmap(jax.value_and_grad(loss), in_axes=(0, None))
+
+    def step(carry, knob):
+        z, state = carry
+        value, g = grad(z, knob)
+        g = jnp.where(jnp.isfinite(g), g, 0.0)
+        upd, state = opt.update(g, state, z)
+        z = jnp.clip(optax.apply_updates(z, upd), 0.0, 1.0)
+        return (z, state), (z, value)
+
+    z0 = jnp.clip(jnp.asarray(z0, float), 0.0, 1.0)
+    _, (zs, values) = jax.lax.scan(step, (z0, opt.init(z0)), knobs, length=steps)
+    return BoxResult(zs, values)
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def enumerate_mappings(
+    model: Transformer,
+    base: Parallelism,
+    gpus: int,
+    *,
+    max_tp: int = 64,
+    microbatches: tuple[int, ...] = (1, 2, 4, 8),
+) -> list[Parallelism]:
+    """Every valid (tp, pp, dp, microbatch) on `gpus` chips, other fields from `base`.
+
+    tp runs over powers of two up to `max_tp`, pp over the divisors of gpus/(tp·cp),
+    dp = gpus/(tp·pp·cp); vpp is kept when it divides the layers per stage (else 1);
+    each candidate must pass `check_mapping` (heads, layers, experts, batch).
+    """
+    cp = int(base.cp)
+    out = []
+    for tp in (2**i for i in range(int(np.log2(max_tp)) + 1)):
+        if gpus % (tp * cp):
+            continue
+        for pp in _divisors(gpus // (tp * cp)):
+            dp = gpus // (tp * cp * pp)
+            for mb, vpp in itertools.product(microbatches, {1, int(base.vpp)}):
+                if vpp > 1 and pp == 1:
+                    continue
+                m = eqx.tree_at(
+                    lambda t: (t.tp, t.pp, t.dp, t.microbatch, t.vpp),
+                    base,
+                    tuple(jnp.asarray(float(v)) for v in (tp, pp, dp, mb, vpp)),
+                )
+                try:
+                    check_mapping(model, m, gpus)
+                except ValueError:
+                    continue
+                out.append(m)
+    if not out:
+        raise ValueError(f"no valid mapping of the model on --gpus={gpus}")
+    return out
+
+
+def _stack(mappings: list[Parallelism]) -> Parallelism:
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *mappings)
+
+
+class _Problem(eqx.Module):
+    """A co-design problem: the functions of a design vector x [d] (all jit-able)."""
+
+    cluster: Cluster
+    model: Transformer
+    mappings: Parallelism  # batched over M mappings
+    paths: tuple[str, ...] = eqx.field(static=True)
+    objective: str = eqx.field(static=True)
+    budget_names: tuple[str, ...] = eqx.field(static=True)
+    limits: jax.Array
+    lo: jax.Array
+    hi: jax.Array
+    chips: float = eqx.field(static=True)
+
+    @property
+    def sign(self) -> float:
+        return 1.0 if OBJECTIVES[self.objective][0] == "min" else -1.0
+
+    def x(self, z):
+        return jnp.exp(jnp.log(self.lo) + z * (jnp.log(self.hi) - jnp.log(self.lo)))
+
+    def z(self, x):
+        return (jnp.log(x) - jnp.log(self.lo)) / (jnp.log(self.hi) - jnp.log(self.lo))
+
+    def hardware(self, x) -> Cluster:
+        c = self.cluster
+        for i, path in enumerate(self.paths):
+            c = set_leaf(c, path, x[i])
+        return c
+
+    def budgets(self, x):
+        """Log ratios log(B_j / limit_j) [J] (≤ 0 within budget)."""
+        c = self.hardware(x)
+        vals = [BUDGETS[n](c, self.chips) for n in self.budget_names]
+        return jnp.log(jnp.stack(vals) / self.limits) if vals else jnp.zeros(0)
+
+    def per_mapping(self, x, relax):
+        """(objective value [M], memory excess ratio [M]) over the mappings."""
+        c = self.hardware(x)
+        fn = OBJECTIVES[self.objective][1]
+
+        def one(m):
+            b = train_step(c, self.model, m, relax=relax)
+            return fn(c, b), b.memory_per_gpu / b.memory_capacity - 1.0
+
+        return jax.vmap(one)(self.mappings)
+
+    def loss(self, z, knob):
+        x = self.x(z)
+        relax = Smooth(knob["sharpness"])
+        value, excess = self.per_mapping(x, relax)
+        per_m = self.sign * jnp.log(value) + 10.0 * relax.relu(excess, 0.01)
+        tau = knob["temperature"]
+        soft = -jax.nn.logsumexp(-tau * per_m) / tau
+        g = relax.relu(self.budgets(x) + 0.002, 0.001)
+        return soft + knob["penalty"] * jnp.sum(g**2)
+
+    def exact(self, x):
+        """(best value over mappings that fit, its index, within budgets), Exact."""
+        value, excess = self.per_mapping(x, Exact())
+        score = jnp.where(excess <= 0, self.sign * jnp.log(value), jnp.inf)
+        i = jnp.argmin(score)
+        ok = jnp.all(self.budgets(x) <= 0) & jnp.isfinite(score[i])
+        return value[i], i, ok
+
+
+def _problem(cluster, model, mapping, vary, objective, budgets, search_mapping):
+    if objective not in OBJECTIVES:
+        raise ValueError(
+            f"objective={objective!r} must be one of {', '.join(OBJECTIVES)}"
+        )
+    if not vary:
+        raise ValueError("--vary: give at least one PATH:LOW:HIGH design variable")
+    for path, (lo, hi) in vary.items():
+        try:
+            get_leaf(cluster, path)
+        except AttributeError:
+            raise ValueError(
+                f"--vary {path!r}: unknown hardware leaf (see `diffperf sensitivity`)"
+            ) from None
+        if not 0 < lo < hi:
+            raise ValueError(f"--vary {path}: bounds must satisfy 0 < low < high")
+    for name, limit in budgets.items():
+        if name not in BUDGETS:
+            raise ValueError(f"budget {name!r} must be one of {', '.join(BUDGETS)}")
+        if not limit > 0:
+            raise ValueError(f"budget {name}={limit!r} must be > 0")
+    gpus = int(round(float(mapping.chips)))
+    check_mapping(model, mapping, gpus)
+    maps = enumerate_mappings(model, mapping, gpus) if search_mapping else [mapping]
+    lo = jnp.asarray([v[0] for v in vary.values()], float)
+    hi = jnp.asarray([v[1] for v in vary.values()], float)
+    prob = _Problem(
+        cluster=cluster,
+        model=model,
+        mappings=_stack(maps),
+        paths=tuple(vary),
+        objective=objective,
+        budget_names=tuple(budgets),
+        limits=jnp.asarray(list(budgets.values()), float),
+        lo=lo,
+        hi=hi,
+        chips=float(gpus),
+    )
+    return prob, maps
+
+
+def _rescore(prob: _Problem, xs):
+    """Exact (value, mapping index, ok) of designs xs [n, d], vmapped and jitted."""
+    return eqx.filter_jit(jax.vmap(prob.exact))(xs)
+
+
+def _pick(prob: _Problem, xs, values, idx, ok):
+    """The best design among candidates that satisfy every budget (or None)."""
+    values, idx, ok = map(np.asarray, (values, idx, ok))
+    if not ok.any():
+        return None
+    score = np.where(ok, prob.sign * np.log(values), np.inf)
+    j = int(np.argmin(score))
+    return np.asarray(xs[j]), float(values[j]), int(idx[j])
+
+
+def random_search(prob: _Problem, evaluations: int, *, seed: int = 0):
+    """Best Exact design among `evaluations` random (hardware, mapping) pairs.
+
+    Hardware leaves are drawn log-uniformly in their bounds, mappings uniformly.
+    Returns (x, value, mapping index) or None when no draw was within budget.
+    """
+    m = len(jax.tree_util.tree_leaves(prob.mappings)[0])
+    rng = np.random.default_rng(seed)
+    z = rng.random((evaluations, len(prob.paths)))
+    pick = rng.integers(0, m, evaluations)
+    xs = np.asarray(prob.x(jnp.asarray(z)))
+
+    def one(x, i):
+        sub = eqx.tree_at(
+            lambda p: p.mappings,
+            prob,
+            jax.tree.map(lambda a: a[i][None], prob.mappings),
+        )
+        return sub.exact(x)
+
+    values, _, ok = eqx.filter_jit(jax.vmap(one))(jnp.asarray(xs), jnp.asarray(pick))
+    return _pick(prob, xs, values, jnp.asarray(pick), ok)
+
+
+def grid_search(prob: _Problem, points: int):
+    """Best Exact design on a log-spaced grid of `points` per leaf × every mapping."""
+    axes = [np.linspace(0.0, 1.0, points)] * len(prob.paths)
+    z = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, len(prob.paths))
+    xs = np.asarray(prob.x(jnp.asarray(z)))
+    out = [
+        _rescore(prob, jnp.asarray(xs[i : i + 4096])) for i in range(0, len(xs), 4096)
+    ]
+    values, idx, ok = (
+        np.concatenate([np.asarray(o[k]) for o in out]) for k in range(3)
+    )
+    return _pick(prob, xs, values, idx, ok), len(xs)
+
+
+def optimize(
+    cluster: Cluster,
+    model: Transformer,
+    mapping: Parallelism,
+    *,
+    vary: dict[str, tuple[float, float]],
+    objective: str = "step_time",
+    budgets: dict[str, float] | None = None,
+    search_mapping: bool = False,
+    steps: int = 150,
+    starts: int = 4,
+    lr: float = 0.05,
+    tail: int = 10,
+    seed: int = 0,
+    grid_points: int = 0,
+) -> dict:
+    """Co-design hardware leaves (and the mapping) for an objective under budgets.
+
+    Args:
+        cluster: the starting hardware.
+        model: the workload.
+        mapping: the starting mapping; the job uses mapping.chips GPUs.
+        vary: hardware leaf path (e.g. "chip.hbm_bandwidth") → (low, high) bounds.
+        objective: a key of OBJECTIVES.
+        budgets: a key of BUDGETS → limit.
+        search_mapping: also choose (tp, pp, dp, microbatch) among valid mappings.
+        steps: projected-Adam steps.
+        starts: parallel starts (the given design and random points).
+        lr: Adam step size in unit-box coordinates.
+        tail: iterates per start re-scored with Exact at the end.
+        seed: random starts and the random-search baseline.
+        grid_points: if > 0, also run an exhaustive grid of this many points per
+            leaf (reported under "exhaustive").
+
+    Returns:
+        A JSON-able dict: objective, goal, initial, best, evaluations, baseline,
+        trajectory, seconds (and exhaustive when asked).
+
+    Raises:
+        ValueError: unknown objective, budget or leaf path, bad bounds, bad mapping.
+    """
+    budgets = dict(budgets or {})
+    prob, maps = _problem(
+        cluster, model, mapping, vary, objective, budgets, search_mapping
+    )
+    goal = OBJECTIVES[objective][0]
+    t0 = time.perf_counter()
+    d, m = len(vary), len(maps)
+    x_init = jnp.asarray([float(get_leaf(cluster, p)) for p in vary])
+    rng = np.random.default_rng(seed)
+    z0 = np.concatenate(
+        [np.clip(np.asarray(prob.z(x_init)), 0, 1)[None], rng.random((starts - 1, d))]
+    )
+    schedule = dict(
+        sharpness=(8.0, 256.0), temperature=(4.0, 400.0), penalty=(1.0, 1e4)
+    )
+    run = eqx.filter_jit(
+        lambda p, z: minimize_box(p.loss, z, steps=steps, lr=lr, schedule=schedule)
+    )
+    res = run(prob, jnp.asarray(z0))
+    tail = min(tail, steps)
+    cand_z = res.z[-tail:].reshape(-1, d)
+    cand_x = prob.x(cand_z)
+    values, idx, ok = _rescore(prob, cand_x)
+    best = _pick(prob, np.asarray(cand_x), values, idx, ok)
+    evaluations = steps * starts * m + len(cand_x) * m
+    seconds = time.perf_counter() - t0
+
+    init_value, init_i, init_ok = _rescore(prob, x_init[None])
+    out = dict(
+        objective=objective,
+        goal=goal,
+        initial=_design(
+            prob,
+            maps,
+            np.asarray(x_init),
+            float(init_value[0]),
+            int(init_i[0]),
+            bool(init_ok[0]),
+        ),  # fmt: skip
+        evaluations=int(evaluations),
+        seconds=seconds,
+        trajectory=[float(v) for v in np.asarray(res.loss).min(axis=1)],
+    )
+    if best is None:
+        out["best"] = None
+    else:
+        x, value, i = best
+        out["best"] = _design(prob, maps, x, value, i, True)
+        out["best"].update(_binding(prob, maps[i], x))
+    base = random_search(prob, evaluations, seed=seed + 1)
+    out["baseline"] = dict(
+        method="random",
+        evaluations=int(evaluations),
+        value=None if base is None else base[1],
+        design=None if base is None else _design(prob, maps, *base, True),
+    )
+    if grid_points:
+        t1 = time.perf_counter()
+        g, n = grid_search(prob, grid_points)
+        out["exhaustive"] = dict(
+            method="grid",
+            points_per_leaf=grid_points,
+            evaluations=n * m,
+            value=None if g is None else g[1],
+            design=None if g is None else _design(prob, maps, *g, True),
+            seconds=time.perf_counter() - t1,
+        )
+    return out
+
+
+_MAP_FIELDS = ("tp", "pp", "dp", "cp", "ep", "vpp", "microbatch")
+
+
+def _design(prob: _Problem, maps, x, value, i, ok) -> dict:
+    c = prob.hardware(jnp.asarray(x))
+    budgets = {
+        n: float(BUDGETS[n](c, prob.chips)) for n in ("area_mm2", "power_w",
+                                                      "usd_per_hour", "capex_usd")
+    }  # fmt: skip
+    return dict(
+        hardware={p: float(v) for p, v in zip(prob.paths, x, strict=True)},
+        mapping={f: int(round(float(getattr(maps[i], f)))) for f in _MAP_FIELDS},
+        value=value,
+        within_budget=bool(ok),
+        budgets=budgets,
+    )
+
+
+def _binding(prob: _Problem, mapping: Parallelism, x) -> dict:
+    """Budgets within 1% of their limit, bounds hit, and the binding resource.
+
+    The binding resource is the one whose elasticity of the objective is largest at
+    the design.
+    """
+    logs = np.asarray(prob.budgets(jnp.asarray(x)))
+    binding = [n for n, g in zip(prob.budget_names, logs, strict=True) if g > -0.01]
+    z = np.asarray(prob.z(jnp.asarray(x)))
+    at_bound = {
+        p: ("low" if zi < 1e-3 else "high")
+        for p, zi in zip(prob.paths, z, strict=True)
+        if zi < 1e-3 or zi > 1 - 1e-3
+    }
+    c = prob.hardware(jnp.asarray(x))
+    fn = OBJECTIVES[prob.objective][1]
+
+    def metric(cl):
+        return fn(cl, train_step(cl, prob.model, mapping, relax=Smooth(256.0)))
+
+    res, el = binding_resource(elasticities(metric, c))
+    return dict(binding_budgets=binding, bounds_hit=at_bound,
+                binding_resource=res, binding_elasticity=el)  # fmt: skip
