@@ -64,7 +64,8 @@ def test_hourly_cost_formula_and_overrides():
     k, h = H100.cost, H100.host
     capex = float(_cost.capex_per_chip(H100))
     watts = float(dp.chip_tdp(H100) + h.power / h.chips_per_node)
-    expect = 16 * (capex / float(k.lifetime) + watts / 1e3 * float(k.pue * k.usd_per_kwh))
+    energy = watts / 1e3 * float(k.pue * k.usd_per_kwh)
+    expect = 16 * (capex / float(k.lifetime) + energy)
     assert float(dp.hourly_cost(H100, 16)) == pytest.approx(expect)
     cheap = float(dp.hourly_cost(H100, 16, usd_per_kwh=0.0))
     assert cheap == pytest.approx(16 * capex / float(k.lifetime))

@@ -101,6 +101,8 @@ def test_non_integer_sharpness_is_finite_on_a_full_step(sharpness):
         b = dp.train_step(c, m, mp, relax=dp.Smooth(sharpness))
         assert np.isfinite(float(b.total))
         g = jax.grad(
-            lambda cl: dp.train_step(cl, m, mp, relax=dp.Smooth(sharpness)).total
+            lambda cl, m=m, mp=mp: (
+                dp.train_step(cl, m, mp, relax=dp.Smooth(sharpness)).total
+            )
         )(c)
         assert all(np.isfinite(x) for x in jax.tree_util.tree_leaves(g))
