@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from ._collectives import collective_time, dispatch_time, p2p_time
 from ._hardware import Cluster
-from ._ops import attention_time, gemm_time, memory_time
+from ._ops import attention_time, attention_work, gemm_time, gemm_work, memory_time
 from ._relax import AbstractRelax, as_float
 from ._workload import Transformer
 
@@ -179,8 +179,7 @@ def layer_forward(
         weight_nbytes=s.b_weight, relax=relax,
     )  # fmt: skip
     gemm = jnp.sum(g * weight)
-    attn, attn_flops = attention_time(
-        chip,
+    shape = dict(
         batch=s.batch,
         q_tokens=s.tokens,
         kv_tokens=s.kv_tokens,
@@ -192,15 +191,20 @@ def layer_forward(
         peak=peak16,
         nbytes=s.b_act,
         kv_nbytes=s.b_kv,
-        relax=relax,
         fused=s.flash,
     )
+    attn, attn_flops = attention_time(chip, relax=relax, **shape)
     elem = memory_time(chip, _elementwise_bytes(model, s))
     if s.b_weight < s.b_gemm:  # weight-only quantization: dequantize K×N per GEMM
         dequant = jnp.sum(kk * nn * count * weight) * 2.0 / chip.flops_fp32
         elem = elem + dequant
     kernels, host_ops = _kernels_per_layer(s)
     flops = 2.0 * jnp.sum(mm * kk * nn * count * weight)
+    g_flops, g_bytes, _ = gemm_work(
+        chip, mm, kk, nn, count=count, nbytes=s.b_gemm, weight_nbytes=s.b_weight,
+        relax=relax,
+    )  # fmt: skip
+    _, attn_bytes, _ = attention_work(chip, relax=relax, **shape)
     return dict(
         gemm=gemm,
         attn=attn,
@@ -209,6 +213,12 @@ def layer_forward(
         host_ops=host_ops,
         flops=flops,
         attn_flops=attn_flops,
+        # per-op view for the roofline (`diffperf roofline`): one row per GEMM of
+        # `_gemm_shapes`, `share` the fraction of layers that contain it
+        gemm_ops=dict(
+            time=g, flops=g_flops, bytes=g_bytes, share=weight, dims=(mm, kk, nn)
+        ),
+        attn_bytes=attn_bytes,
     )
 
 

@@ -24,7 +24,7 @@ from jaxtyping import Array
 from ._hardware import Chip
 from ._relax import AbstractRelax, as_float
 
-__all__ = ["gemm_time", "memory_time", "attention_time"]
+__all__ = ["gemm_time", "gemm_work", "memory_time", "attention_time", "attention_work"]
 
 
 def _efficiency(chip: Chip, x) -> Array:
@@ -64,21 +64,53 @@ def gemm_time(
             weights are read at their own width); default `nbytes`.
         relax: Exact() or Smooth(p).
     """
+    flops, traffic, x = gemm_work(
+        chip, m, k, n, count=count, nbytes=nbytes, weight_nbytes=weight_nbytes,
+        relax=relax,
+    )  # fmt: skip
+    t_compute = flops / (peak * _efficiency(chip, x))
+    return relax.max(t_compute, memory_time(chip, traffic))
+
+
+def gemm_work(
+    chip: Chip,
+    m,
+    k,
+    n,
+    *,
+    count=1.0,
+    nbytes: float,
+    weight_nbytes: float | None = None,
+    relax: AbstractRelax,
+) -> tuple[Array, Array, Array]:
+    """(F [FLOP], Q [B], x [elements]) of `count` GEMMs (m×k)·(k×n), as `gemm_time`.
+
+    F = 2·M·K·N·count; Q the SRAM-aware HBM traffic of the module docstring; x the
+    effective dimension that sets the efficiency. Used by `gemm_time` and the roofline.
+    """
     m, k, n = (jnp.maximum(as_float(v), 1.0) for v in (m, k, n))
     count = as_float(count)
     flops = 2.0 * m * k * n * count
     x = 3.0 / (1.0 / m + 1.0 / k + 1.0 / n)
-    t_compute = flops / (peak * _efficiency(chip, x))
     wb = nbytes if weight_nbytes is None else weight_nbytes
     tile = jnp.sqrt(chip.sram_capacity / (3.0 * nbytes))
     # Each operand is re-read once per tile of the other dimension (at least once).
     a_reads = nbytes * m * k * relax.max(n / tile, 1.0)
     b_reads = wb * k * n * relax.max(m / tile, 1.0)
-    t_memory = memory_time(chip, (a_reads + b_reads + nbytes * m * n) * count)
-    return relax.max(t_compute, t_memory)
+    return flops, (a_reads + b_reads + nbytes * m * n) * count, x
 
 
-def attention_time(
+def attention_time(chip: Chip, *, relax: AbstractRelax, **shape) -> tuple[Array, Array]:
+    """Forward time of attention on one chip, and its FLOP [s], [FLOP].
+
+    T = max(F / (π·ε·ε_attn), Q / (β·η)) with F and Q from `attention_work` (same
+    keyword arguments: the shape, dtypes and `fused`).
+    """
+    flops, traffic, t_compute = attention_work(chip, relax=relax, **shape)
+    return relax.max(t_compute, memory_time(chip, traffic)), flops
+
+
+def attention_work(
     chip: Chip,
     *,
     batch,
@@ -94,8 +126,10 @@ def attention_time(
     kv_nbytes: float | None = None,
     relax: AbstractRelax,
     fused: bool = True,
-) -> tuple[Array, Array]:
-    """Forward time of attention on one chip, and its FLOP [s], [FLOP].
+) -> tuple[Array, Array, Array]:
+    """(F [FLOP], Q [B], F/(π·ε) [s]) of the attention forward on one chip.
+
+    `attention_time` is max(F/(π·ε), Q/(β·η)); the roofline plots F and Q apart.
 
     Fused (Flash) attention skips the masked half of a causal score matrix and keeps the
     scores on chip. Unfused attention (Megatron-LM before FlashAttention) computes the
@@ -128,7 +162,7 @@ def attention_time(
         q_o = q_tokens * heads * (head_dim_qk + head_dim_v) * nbytes
         k_v = q_tokens * kv_heads * (head_dim_qk + head_dim_v) * kvb
         traffic = 6.0 * scores * nbytes + q_o + k_v
-        return relax.max(t_compute, memory_time(chip, traffic)), flops
+        return flops, traffic, t_compute
     flops = 2.0 * q_tokens * kv_tokens * heads * (head_dim_qk + head_dim_v)
     x = 3.0 / (2.0 / jnp.maximum(kv_tokens, 1.0) + 1.0 / head_dim_qk)
     t_compute = flops / (peak * _efficiency(chip, x) * chip.attention_efficiency)
@@ -141,4 +175,4 @@ def attention_time(
     kv_bytes = batch * kv_tokens * kv_heads * (head_dim_qk + head_dim_v) * kvb
     q_o_bytes = q_tokens * heads * (head_dim_qk + head_dim_v) * nbytes
     traffic = q_o_bytes + kv_bytes * (1.0 + (q_blocks - 1.0) * miss)
-    return relax.max(t_compute, memory_time(chip, traffic)), flops
+    return flops, traffic, t_compute
