@@ -1,4 +1,4 @@
-"""The `diffperf` command line: train, infer, validate, sensitivity, sweep, list.
+"""The `diffperf` command line: train, infer, validate, sensitivity, sweep, trace, list.
 
 Every command accepts `--json` (exactly one JSON object on stdout, SI units); exit 0 on
 success and 2 on bad input, with a one-line message on stderr naming the field.
@@ -440,6 +440,7 @@ def main(argv=None) -> int:
 def _commands() -> dict:
     """Command → (run(args) -> dict, print(dict) or None)."""
     from ._cli_study import print_sensitivity, print_sweep, run_sensitivity, run_sweep
+    from ._cli_trace import print_roofline, print_trace, run_roofline, run_trace
     from ._validate import print_report, validate_file
 
     return {
@@ -447,6 +448,8 @@ def _commands() -> dict:
         "infer": (_infer, _print_infer),
         "sensitivity": (run_sensitivity, print_sensitivity),
         "sweep": (run_sweep, print_sweep),
+        "trace": (run_trace, print_trace),
+        "roofline": (run_roofline, print_roofline),
         "validate": (lambda args: validate_file(args.data), print_report),
         "list": (_list, None),
     }
@@ -463,6 +466,10 @@ def _main(argv) -> int:
 
     add_sensitivity(sub)
     add_sweep(sub)
+    from ._cli_trace import add_roofline, add_trace
+
+    add_trace(sub)
+    add_roofline(sub)
     try:
         args = parser.parse_args(argv)
         run, show = _commands()[args.command]

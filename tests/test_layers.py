@@ -22,6 +22,8 @@ LAYER = {
     "_infer": 4,
     "_cost": 4,
     "_serving": 5,
+    "_trace": 5,
+    "_roofline": 5,
     "_sensitivity": 6,
     "_sweep": 6,
     "_optimize": 6,
@@ -30,6 +32,7 @@ LAYER = {
     "io": 7,
     "cli": 7,
     "_cli_study": 7,
+    "_cli_trace": 7,
     "plots": 7,
     "__init__": 8,
 }
