@@ -263,7 +263,7 @@ def test_cli_roofline(capsys, tmp_path):
     "argv,field",
     [
         (("trace", "train", *TRAIN, "--out", "/nonexistent/dir/x.json"), "--out"),
-        (("trace", "train", *TRAIN[:-2], "--global-batch", "6", "--out", "{tmp}/x.json"),
+        (("trace", "train", *TRAIN, "--global-batch", "6", "--out", "{tmp}/x.json"),
          "microbatches"),
         (("trace", "infer", *INFER, "--tp", "3", "--out", "{tmp}/x.json"), "tp"),
         (("trace", "train", *TRAIN), "--out"),
