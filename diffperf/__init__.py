@@ -35,6 +35,7 @@ from ._mapping import check_serving as check_serving
 from ._relax import AbstractRelax as AbstractRelax
 from ._relax import Exact as Exact
 from ._relax import Smooth as Smooth
+from ._roofline import roofline_points as roofline_points
 from ._sensitivity import elasticities as elasticities
 from ._sensitivity import get_leaf as get_leaf
 from ._sensitivity import scale_leaf as scale_leaf
@@ -43,6 +44,8 @@ from ._serving import Disaggregation as Disaggregation
 from ._serving import continuous_batching as continuous_batching
 from ._serving import disaggregated as disaggregated
 from ._serving import speculative_tpot as speculative_tpot
+from ._trace import infer_trace as infer_trace
+from ._trace import train_trace as train_trace
 from ._train import train_step as train_step
 from ._workload import Precision as Precision
 from ._workload import Transformer as Transformer
