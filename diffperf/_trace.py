@@ -225,11 +225,154 @@ def _chunk_terms(cluster, model, mapping, b: Breakdown, m: int, v: int):
     return parts, hidden_tp, hidden_cp
 
 
-def _stage_label(p, v):
-    def name(pid):
-        return f"pipeline stage {pid} of {p}" + (f" ({v} chunks)" if v > 1 else "")
+class _Pipeline:
+    """The schedule of one step: m microbatches on p stages of v chunks each.
 
-    return name
+    Chunks run in `schedule_order` as soon as their stage is free and their input has
+    arrived; `hop` is the per-hop delay of 1F1B sends (every boundary, plus the last
+    stage's blocking receive and send per microbatch) and `edge` the hop of the
+    interleaved warm-up / cool-down boundaries (module docstring).
+    """
+
+    def __init__(self, tr: _Trace, p: int, v: int, m: int, terms: dict, parts, hidden):
+        self.tr, self.p, self.v, self.m = tr, p, v, m
+        self.last = p - 1
+        self.parts, self.hidden = parts, hidden
+        self.head, self.host = terms["head"] / m, terms["host_stall"] / m
+        pp = terms["pp_p2p"]
+        self.hop = pp / (2.0 * (m + p - 1.0)) if v == 1 and p > 1 else 0.0
+        self.edge = pp / (2.0 * (p - 1.0)) if v > 1 and p > 1 else self.hop
+        self.done: dict[tuple, float] = {}  # (stage, kind, mb, chunk) -> handed off
+        self.free = [0.0] * p
+        self.busy: list[list[tuple[float, float]]] = [[] for _ in range(p)]
+
+    def delay(self, stage, kind, mb, chunk) -> float:
+        """Transfer time of the input of (kind, mb, chunk) from the neighbour stage."""
+        if self.v == 1:
+            return self.hop
+        # the p − 1 boundaries of virtual stages 0..p − 1 in the warm-up / cool-down
+        warm = kind == "F" and mb == 0 and chunk == 0
+        cool = kind == "B" and mb == self.m - 1 and chunk == 0 and stage < self.last
+        return self.edge if warm or cool else 0.0
+
+    def upstream(self, stage, kind, chunk):
+        """(stage, chunk) whose output this pass consumes, or None (first / last)."""
+        vs = chunk * self.p + stage + (-1 if kind == "F" else 1)
+        return None if vs < 0 or vs >= self.p * self.v else (vs % self.p, vs // self.p)
+
+    def critical(self, stage, kind, mb, chunk) -> bool:
+        """Whether an op is on the critical path.
+
+        Every op of the last stage is, and on the other stages the warm-up forward of
+        microbatch 0 and the cool-down backward of the last microbatch.
+        """
+        if stage == self.last:
+            return True
+        return chunk == 0 and (kind, mb) in (("F", 0), ("B", self.m - 1))
+
+    def run(self, orders):
+        """Place every op of every stage; returns the end of the pipeline [s]."""
+        nxt = [0] * self.p
+        remaining = sum(len(o) for o in orders)
+        while remaining:
+            progressed = False
+            for s in range(self.p):
+                while nxt[s] < len(orders[s]) and self.place(s, *orders[s][nxt[s]]):
+                    nxt[s] += 1
+                    remaining -= 1
+                    progressed = True
+            if not progressed:  # cannot happen for `schedule_order` (deadlock-free)
+                raise RuntimeError("pipeline schedule deadlocked")
+        return max(self.free)
+
+    def place(self, s, kind, mb, chunk) -> bool:
+        """Draw (kind, mb, chunk) on stage s if its input is ready; False otherwise."""
+        tr, last, blocking = self.tr, self.last, self.v == 1 and self.p > 1
+        src = self.upstream(s, kind, chunk)
+        if src is not None and (src[0], kind, mb, src[1]) not in self.done:
+            return False
+        crit = self.critical(s, kind, mb, chunk)
+        args = dict(stage=s, mb=mb, chunk=chunk)
+        t = self.free[s]
+        if src is not None:
+            sent = self.done[(src[0], kind, mb, src[1])]
+            delay = self.delay(s, kind, mb, chunk)
+            what = "act" if kind == "F" else "grad"
+            tr.add(
+                src[0],
+                "pp_p2p",
+                f"send {what} mb{mb} → stage {s}",
+                sent,
+                delay,
+                term="pp_p2p",
+                critical=crit and self.critical(src[0], kind, mb, src[1]),
+                **args,
+            )
+            t = max(t, sent + delay)
+            if s == last and blocking and kind == "F":
+                tr.add(
+                    s,
+                    "pp_p2p",
+                    f"recv act mb{mb} (blocking)",
+                    t,
+                    self.hop,
+                    term="pp_p2p",
+                    critical=True,
+                    **args,
+                )
+                t += self.hop
+        start = t
+        t = _draw_chunk(
+            tr,
+            s,
+            kind,
+            mb,
+            chunk,
+            t,
+            self.parts[kind],
+            crit,
+            crit and s != last,
+            self.v,
+            *(h[kind] for h in self.hidden),
+        )
+        if s == last and kind == "F" and chunk == self.v - 1:
+            tr.add(
+                s,
+                "compute",
+                f"head+loss mb{mb}",
+                t,
+                self.head,
+                term="head",
+                critical=True,
+                **args,
+            )
+            t += self.head
+            tr.add(
+                s,
+                "host",
+                f"host stall mb{mb}",
+                t,
+                self.host,
+                term="host_stall",
+                critical=True,
+                **args,
+            )
+            t += self.host
+        self.busy[s].append((start, t))
+        if s == last and blocking and kind == "B":
+            tr.add(
+                s,
+                "pp_p2p",
+                f"send grad mb{mb} (blocking)",
+                t,
+                self.hop,
+                term="pp_p2p",
+                critical=True,
+                **args,
+            )
+            t += self.hop
+        self.done[(s, kind, mb, chunk)] = self.free[s] = t
+        return True
 
 
 def train_trace(
@@ -255,146 +398,12 @@ def train_trace(
     parts, hidden_tp, hidden_cp = _chunk_terms(cluster, model, mapping, b, m, v)
     drawn = set(range(p)) if p <= MAX_DRAWN_STAGES else {0, 1, p // 2, p - 2, p - 1}
     tr = _Trace(lambda pid: pid in drawn)
-    last = p - 1
-    head, host = terms["head"] / m, terms["host_stall"] / m
-    pp = terms["pp_p2p"]
-    if p == 1:
-        hop = edge_fill = 0.0
-    elif v == 1:
-        hop = pp / (2.0 * (m + p - 1.0))
-        edge_fill = hop
-    else:
-        hop = 0.0  # steady-state sends overlap compute
-        edge_fill = pp / (2.0 * (p - 1.0))
-
-    def edge(stage, kind, mb, chunk):
-        """Delay of the input of (kind, mb, chunk) on `stage` from its neighbour."""
-        if v == 1:
-            return hop
-        # the p − 1 boundaries of virtual stages 0..p − 1 in the warm-up / cool-down
-        warm = kind == "F" and mb == 0 and chunk == 0
-        cool = kind == "B" and mb == m - 1 and chunk == 0 and stage < last
-        return edge_fill if warm or cool else 0.0
-
-    def upstream(stage, kind, chunk):
-        """(stage, chunk) whose output this pass consumes, or None."""
-        vs = chunk * p + stage + (-1 if kind == "F" else 1)
-        if vs < 0 or vs >= p * v or (kind == "B" and vs == p * v):
-            return None
-        return vs % p, vs // p
-
-    def critical_op(stage, kind, mb, chunk):
-        if stage == last:
-            return True
-        return chunk == 0 and (kind, mb) in (("F", 0), ("B", m - 1))
-
-    done: dict[tuple, float] = {}  # (stage, kind, mb, chunk) -> output handed off
-    free = [0.0] * p
-    nxt = [0] * p
-    busy: list[list[tuple[float, float]]] = [[] for _ in range(p)]
-    remaining = sum(len(o) for o in orders)
-    while remaining:
-        progressed = False
-        for s in range(p):
-            while nxt[s] < len(orders[s]):
-                kind, mb, chunk = orders[s][nxt[s]]
-                src = upstream(s, kind, chunk)
-                if src is not None and (src[0], kind, mb, src[1]) not in done:
-                    break
-                crit = critical_op(s, kind, mb, chunk)
-                args = dict(stage=s, mb=mb, chunk=chunk)
-                t = free[s]
-                if src is not None:
-                    sent = done[(src[0], kind, mb, src[1])]
-                    delay = edge(s, kind, mb, chunk)
-                    # the transfer on the sender's PP row
-                    what = "act" if kind == "F" else "grad"
-                    edge_crit = critical_op(src[0], kind, mb, src[1]) and crit
-                    tr.add(
-                        src[0],
-                        "pp_p2p",
-                        f"send {what} mb{mb} → stage {s}",
-                        sent,
-                        delay,
-                        term="pp_p2p",
-                        critical=edge_crit,
-                        **args,
-                    )
-                    t = max(t, sent + delay)
-                    if s == last and v == 1 and kind == "F" and p > 1:
-                        tr.add(
-                            s,
-                            "pp_p2p",
-                            f"recv act mb{mb} (blocking)",
-                            t,
-                            hop,
-                            term="pp_p2p",
-                            critical=True,
-                            **args,
-                        )
-                        t += hop
-                start = t
-                t = _draw_chunk(
-                    tr,
-                    s,
-                    kind,
-                    mb,
-                    chunk,
-                    t,
-                    parts[kind],
-                    crit,
-                    crit and s != last,
-                    v,
-                    hidden_tp[kind],
-                    hidden_cp[kind],
-                )
-                if s == last and kind == "F" and chunk == v - 1:
-                    tr.add(
-                        s,
-                        "compute",
-                        f"head+loss mb{mb}",
-                        t,
-                        head,
-                        term="head",
-                        critical=True,
-                        **args,
-                    )
-                    t += head
-                    tr.add(
-                        s,
-                        "host",
-                        f"host stall mb{mb}",
-                        t,
-                        host,
-                        term="host_stall",
-                        critical=True,
-                        **args,
-                    )
-                    t += host
-                busy[s].append((start, t))
-                if s == last and v == 1 and kind == "B" and p > 1:
-                    tr.add(
-                        s,
-                        "pp_p2p",
-                        f"send grad mb{mb} (blocking)",
-                        t,
-                        hop,
-                        term="pp_p2p",
-                        critical=True,
-                        **args,
-                    )
-                    t += hop
-                done[(s, kind, mb, chunk)] = t
-                free[s] = t
-                nxt[s] += 1
-                remaining -= 1
-                progressed = True
-        if not progressed:  # cannot happen for the orders above (deadlock-free)
-            raise RuntimeError("pipeline schedule deadlocked")
-    t_pipe = max(free)
-    _draw_idle(tr, busy, t_pipe)
-    _draw_tail(tr, b, terms, free, t_pipe)
-    trace = tr.finish(_stage_label(p, v))
+    pipe = _Pipeline(tr, p, v, m, terms, parts, (hidden_tp, hidden_cp))
+    t_pipe = pipe.run(orders)
+    _draw_idle(tr, pipe.busy, t_pipe)
+    _draw_tail(tr, b, terms, pipe.free, t_pipe)
+    chunks = f" ({v} chunks)" if v > 1 else ""
+    trace = tr.finish(lambda pid: f"pipeline stage {pid} of {p}{chunks}")
     trace["otherData"] = dict(
         model=model.name,
         hardware=cluster.name,
