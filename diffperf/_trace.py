@@ -102,46 +102,24 @@ class _Trace:
         self.events.append(ev)
 
     def finish(self, process_name) -> dict:
-        meta = []
+        """The trace object: metadata naming and ordering processes and rows first."""
+
+        def meta(kind, pid, tid, **args):
+            return dict(name=kind, ph="M", pid=pid, tid=tid, args=args)
+
+        meta_events = []
         for pid in sorted(self.pids):
-            meta.append(
-                dict(
-                    name="process_name",
-                    ph="M",
-                    pid=pid,
-                    tid=0,
-                    args=dict(name=process_name(pid)),
-                )
-            )
-            meta.append(
-                dict(
-                    name="process_sort_index",
-                    ph="M",
-                    pid=pid,
-                    tid=0,
-                    args=dict(sort_index=pid),
-                )
-            )
+            meta_events += [
+                meta("process_name", pid, 0, name=process_name(pid)),
+                meta("process_sort_index", pid, 0, sort_index=pid),
+            ]
             for row, label in ROWS.items():
-                meta.append(
-                    dict(
-                        name="thread_name",
-                        ph="M",
-                        pid=pid,
-                        tid=_TID[row],
-                        args=dict(name=label),
-                    )
-                )
-                meta.append(
-                    dict(
-                        name="thread_sort_index",
-                        ph="M",
-                        pid=pid,
-                        tid=_TID[row],
-                        args=dict(sort_index=_TID[row]),
-                    )
-                )
-        return {"traceEvents": meta + self.events, "displayTimeUnit": "ms"}
+                tid = _TID[row]
+                meta_events += [
+                    meta("thread_name", pid, tid, name=label),
+                    meta("thread_sort_index", pid, tid, sort_index=tid),
+                ]
+        return {"traceEvents": meta_events + self.events, "displayTimeUnit": "ms"}
 
 
 def schedule_order(stage: int, p: int, v: int, m: int) -> list[tuple[str, int, int]]:
