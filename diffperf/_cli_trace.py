@@ -27,7 +27,13 @@ def add_trace(sub):
         add(q)
         q.add_argument("--out", required=True, help="trace JSON (chrome://tracing)")
         q.add_argument("--png", help="stacked-bar PNG of the per-term breakdown")
+        q.add_argument(
+            "--vs", action="append", default=[], metavar="FLAG=VALUE[,FLAG=VALUE]",
+            help="another bar in --png: these flags changed, e.g. 'tp=4,pp=4' or "
+            "'hardware=gb200' (repeatable)",
+        )  # fmt: skip
         q.add_argument("--json", action="store_true")
+        q.set_defaults(parser=q)
 
 
 def _writable(flag: str, path: str) -> Path:
@@ -46,6 +52,52 @@ def _write_json(flag: str, path: Path, obj: dict):
         ) from None
 
 
+def _variant(args, text: str):
+    """A copy of `args` with the flags of one --vs item changed (parsed as flags)."""
+    import copy
+
+    tokens = ["--hardware", args.hardware, "--model", args.model, "--gpus",
+              str(args.gpus), "--out", args.out]  # fmt: skip
+    for item in text.split(","):
+        flag, eq, value = item.strip().partition("=")
+        if not flag or flag in ("out", "png", "vs", "json"):
+            raise _cli.UsageError(
+                f"each item must be FLAG=VALUE with FLAG a {args.job} flag (without "
+                "--), e.g. tp=4"
+            )
+        tokens += [f"--{flag}"] + ([value] if eq else [])
+    base = copy.copy(args)
+    base.vs = []
+    return args.parser.parse_args(tokens, namespace=base)
+
+
+def _with_vs(text: str, fn, *a):
+    """fn(*a), with errors reported against the --vs item that caused them."""
+    try:
+        return fn(*a)
+    except ValueError as e:  # UsageError, or a mapping that does not fit the model
+        raise _cli.UsageError(f"--vs={text!r}: {e}") from None
+
+
+def _train_terms(args):
+    from ._train import train_step
+
+    cluster, model, mapping = _cli.train_job(args)
+    b = train_step(cluster, model, mapping)
+    return {k: float(v) for k, v in b.terms().items()}
+
+
+def _infer_terms(args):
+    from ._infer import decode_step, prefill
+
+    cluster, model, serving, _ = _cli.infer_job(args)
+    _cli.check_serving(model, serving)
+    return (
+        {k: float(v) for k, v in prefill(cluster, model, serving).terms().items()},
+        {k: float(v) for k, v in decode_step(cluster, model, serving).terms().items()},
+    )
+
+
 def run_trace(args) -> dict:
     """Write the trace (and the bar chart); return the summary."""
     from . import plots
@@ -53,12 +105,16 @@ def run_trace(args) -> dict:
 
     out = _writable("--out", args.out)
     png = _writable("--png", args.png) if args.png else None
+    variants = [(text, _with_vs(text, _variant, args, text)) for text in args.vs]
     if args.job == "train":
         cluster, model, mapping = _cli.train_job(args)
         trace, b = train_trace(cluster, model, mapping)
         terms = {k: float(v) for k, v in b.terms().items()}
         hidden = {f"{k} (overlapped)": float(v) for k, v in b.overlapped().items()}
         columns = [("step (exposed)", terms), ("hidden comm", hidden)]
+        if variants:
+            columns = [("as given", terms)]
+            columns += [(t, _with_vs(t, _train_terms, v)) for t, v in variants]
         summary = dict(step_time_s=float(b.total), breakdown=terms, overlapped=hidden)
         unit, unit_name, shares = 1.0, "s", False
     else:
@@ -67,6 +123,9 @@ def run_trace(args) -> dict:
         pt = {k: float(v) for k, v in pre.terms().items()}
         dt = {k: float(v) for k, v in dec.terms().items()}
         columns = [("prefill", pt), ("decode step", dt)]
+        for text, v in variants:
+            vp, vd = _with_vs(text, _infer_terms, v)
+            columns += [(f"{text}\nprefill", vp), (f"{text}\ndecode step", vd)]
         summary = dict(
             step_time_s=float(pre.total + dec.total),
             ttft_s=float(pre.total),
@@ -84,8 +143,9 @@ def run_trace(args) -> dict:
     )
     if png is not None:
         title = f"{model.name} on {cluster.name}: {args.job} step breakdown"
+        columns = [(c, t) for c, t in columns if any(v > 0 for v in t.values())]
         plots.breakdown_bars(
-            [(label, t) for label, t in columns if any(v > 0 for v in t.values())],
+            columns,
             title=title,
             path=png,
             unit=unit,
@@ -93,6 +153,7 @@ def run_trace(args) -> dict:
             shares=shares,
         )
         summary["png"] = str(png)
+        summary["png_bars"] = [label for label, _ in columns]
     return summary
 
 

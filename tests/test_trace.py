@@ -238,6 +238,22 @@ def test_cli_trace_infer(capsys, tmp_path):
     _nonblank(png)
 
 
+def test_cli_trace_png_compares_mappings(capsys, tmp_path):
+    png = tmp_path / "cmp.png"
+    rc, so, err = run(capsys, "trace", "train", *TRAIN, "--out", tmp_path / "s.json",
+                      "--png", png, "--vs", "vpp=1", "--vs", "tp=4,pp=2",
+                      "--vs", "hardware=dgx_a100", "--json")  # fmt: skip
+    assert rc == 0, err
+    data = json.loads(so)
+    assert data["png_bars"] == ["as given", "vpp=1", "tp=4,pp=2", "hardware=dgx_a100"]
+    _nonblank(png)
+    rc, so, err = run(capsys, "train", *TRAIN, "--vpp", "1", "--json")
+    rc, so2, err = run(capsys, "train", *TRAIN, "--json")
+    # interleaving shrinks the bubble: the bars compare real alternatives
+    bubble = json.loads(so)["breakdown"]["pp_bubble"]
+    assert json.loads(so2)["breakdown"]["pp_bubble"] < bubble
+
+
 def test_cli_roofline(capsys, tmp_path):
     png = tmp_path / "roof.png"
     rc, so, err = run(capsys, "roofline", *INFER, "--out", png, "--json")
@@ -270,6 +286,10 @@ def test_cli_roofline(capsys, tmp_path):
         (("roofline", *INFER, "--phases", "train,bogus", "--out", "{tmp}/r.png"),
          "--phases"),
         (("roofline", *INFER), "--out"),
+        (("trace", "train", *TRAIN, "--out", "{tmp}/x.json", "--vs", "tpp=4"),
+         "--vs='tpp=4'"),
+        (("trace", "train", *TRAIN, "--out", "{tmp}/x.json", "--vs", "tp=3"),
+         "--vs='tp=3'"),
     ],
 )  # fmt: skip
 def test_cli_errors_exit_2(capsys, tmp_path, argv, field):
