@@ -1,9 +1,13 @@
 """Timelines of one training step and one serving step (Chrome / Perfetto trace events).
 
-The trace is the model's own accounting laid out in time, not a separate simulator:
-every exposed term of `Breakdown` (training) or `PhaseBreakdown` (serving) appears as
-events whose durations add up to that term, and the events flagged `critical` tile
-[0, T_step] without gaps, so they add up to `Breakdown.total`.
+The trace lays the model's own numbers out in time: every exposed term of `Breakdown`
+(training) or `PhaseBreakdown` (serving) appears as events whose durations add up to
+that term, and the events flagged `critical` tile [0, T_step] without gaps, so they add
+up to `Breakdown.total`. For training, the start times come from a list schedule of the
+pipeline (below) driven by the model's chunk times; the schedule reproduces the
+closed-form step time of `train_step` because the last stage, which also runs the
+head, is never starved (checked by the tests, and on 2,400 mappings of 5 machines and
+4 models while this module was written).
 
 Training (m microbatches, p stages, v virtual chunks per stage; Narayanan et al. SC'21):
   * per microbatch and stage, each per-layer term of the L/p layers is split into its

@@ -6,12 +6,15 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import diffperf as dp
 from diffperf._trace import MAX_DRAWN_STAGES, infer_trace, schedule_order, train_trace
 from diffperf.cli import main
 
 RTOL = 1e-6
+_HW, _MODEL = dp.load_hardware("dgx_h100"), dp.load_workload("llama2_7b")
 TRAIN_CASES = [
     # pp = 1, no pipeline
     ("dgx_h100", "llama2_7b", dict(tp=1, pp=1, dp=8, microbatch=2, global_batch=64)),
@@ -89,6 +92,28 @@ def test_train_trace_adds_up_to_the_breakdown(hw, model, kw):
     assert all(not e["args"]["critical"] for e in dp_hidden)
     if float(b.overlapped_dp_comm) > 0:
         assert dp_hidden[0]["dur"] * 1e-6 == pytest.approx(float(b.overlapped_dp_comm))
+
+
+@given(
+    p=st.sampled_from([1, 2, 3, 4, 8]),
+    v=st.sampled_from([1, 2, 4]),
+    groups=st.integers(1, 4),
+    tp=st.sampled_from([1, 2, 8]),
+    overlap=st.sampled_from([0.0, 1.0]),
+    recompute=st.sampled_from(["none", "selective", "full"]),
+    zero=st.sampled_from([0, 1, 3]),
+)
+def test_schedule_reproduces_the_step_time(p, v, groups, tp, overlap, recompute, zero):
+    v = 1 if p == 1 else v
+    m = groups * p if v > 1 else groups * 3 - 1  # any m for 1F1B, m < p included
+    mapping = dp.Parallelism(tp=tp, pp=p, vpp=v, dp=2, global_batch=2 * m,
+                             dp_overlap=overlap, tp_overlap=overlap / 2,
+                             recompute=recompute, zero=zero,
+                             sequence_parallel=tp > 1)  # fmt: skip
+    trace, b = train_trace(_HW, _MODEL, mapping)
+    _critical_checks(
+        _complete(trace), {k: float(x) for k, x in b.terms().items()}, float(b.total)
+    )
 
 
 def test_large_pp_draws_a_representative_set_of_stages():
