@@ -383,7 +383,7 @@ def train_trace(
     pipe = _Pipeline(tr, p, v, m, terms, parts, (hidden_tp, hidden_cp))
     t_pipe = pipe.run(orders)
     _draw_idle(tr, pipe.busy, t_pipe)
-    _draw_tail(tr, b, terms, pipe.free, t_pipe)
+    _draw_tail(tr, b, terms, pipe.free, t_pipe, int(round(float(mapping.zero))))
     chunks = f" ({v} chunks)" if v > 1 else ""
     trace = tr.finish(lambda pid: f"pipeline stage {pid} of {p}{chunks}")
     trace["otherData"] = dict(
@@ -454,7 +454,7 @@ def _draw_idle(tr, busy, t_pipe):
         tr.add(s, "bubble", "idle", t, t_pipe - t, stage=s)
 
 
-def _draw_tail(tr, b: Breakdown, terms, ends, t_pipe):
+def _draw_tail(tr, b: Breakdown, terms, ends, t_pipe, zero: int):
     """DP collectives, optimizer and step overhead after the pipeline drains.
 
     Every stage runs them at the same time (the step ends with a synchronizing
@@ -462,12 +462,15 @@ def _draw_tail(tr, b: Breakdown, terms, ends, t_pipe):
     overlapped DP collectives end with each stage's last backward.
     """
     hidden = float(b.overlapped_dp_comm)
+    what = {0: "DP all-reduce", 3: "FSDP all-gather/reduce-scatter"}.get(
+        zero, "DP reduce-scatter/all-gather"
+    )
     for s, end in enumerate(ends):
         crit = s == 0
         tr.add(
             s,
             "dp_hidden",
-            "DP reduce-scatter/all-gather (overlapped)",
+            f"{what} (overlapped)",
             max(end - hidden, 0.0),
             hidden,
             term="overlapped_dp_comm",
@@ -475,7 +478,7 @@ def _draw_tail(tr, b: Breakdown, terms, ends, t_pipe):
         )
         t = t_pipe
         for row, name, term in (
-            ("dp_comm", "DP reduce-scatter/all-gather (exposed)", "dp_comm"),
+            ("dp_comm", f"{what} (exposed)", "dp_comm"),
             ("optimizer", "optimizer step", "optimizer"),
             ("host", "step overhead (data, logging, sync)", "step_overhead"),
         ):
