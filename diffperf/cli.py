@@ -1,4 +1,4 @@
-"""The `diffperf` command line: train, infer, validate, sensitivity, sweep, trace, list.
+"""The `diffperf` command line: train, infer, validate, sensitivity, sweep, list.
 
 Every command accepts `--json` (exactly one JSON object on stdout, SI units); exit 0 on
 success and 2 on bad input, with a one-line message on stderr naming the field.
