@@ -109,7 +109,7 @@ class _Trace:
         """The trace object: metadata naming and ordering processes and rows first."""
 
         def meta(kind, pid, tid, **args):
-            return dict(name=kind, ph="M", pid=pid, tid=tid, args=args)
+            return dict(name=kind, ph="M", pid=pid, tid=tid, ts=0.0, args=args)
 
         meta_events = []
         for pid in sorted(self.pids):

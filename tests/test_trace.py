@@ -207,6 +207,33 @@ def test_chrome_trace_schema():
     assert {"F mb0", "B mb1", "head+loss mb1"} <= names
 
 
+def test_roofline_points_are_the_models_ops():
+    model = dp.load_workload("llama2_7b")
+    serving = dp.Serving(tp=2, batch=4, input_len=512, output_len=64)
+    points = dp.roofline_points(_HW, model, serving, phases=("prefill", "decode"))
+    by = {(p["phase"], p["op"]): p for p in points}
+    assert {op for _, op in by} == {
+        "qkv",
+        "attn_out",
+        "mlp_up",
+        "mlp_down",
+        "attention",
+    }
+    d, h, n, k = 4096.0, 128.0, 32.0, 32.0  # Llama-2-7B: D, head dim, heads, KV heads
+    for phase, tokens in (("prefill", 4 * 512), ("decode", 4)):
+        qkv = by[(phase, "qkv")]
+        assert qkv["flops"] == pytest.approx(2 * tokens * d * (n + 2 * k) * h / 2)
+        # the op's time is the cost model's own: F / achieved
+        assert qkv["time_s"] == pytest.approx(
+            qkv["flops"] / qkv["achieved_flops_per_s"]
+        )
+    # decode streams the weights: about one FLOP per weight byte per token pair
+    assert by[("decode", "qkv")]["intensity"] < 10 < by[("prefill", "qkv")]["intensity"]
+    assert by[("decode", "qkv")]["bound"] == "memory"
+    with pytest.raises(ValueError, match="phase"):
+        dp.roofline_points(_HW, model, serving, phases=("warmup",))
+
+
 def _nonblank(path):
     import matplotlib.image
 
