@@ -1,7 +1,8 @@
 """Gradient-driven co-design of hardware leaves and the parallel mapping.
 
 Design variables are hardware leaves x_i ∈ [lo_i, hi_i], optimized in the unit box
-z_i = (log x_i − log lo_i) / (log hi_i − log lo_i) with Adam and projected back onto
+z_i = (log x_i − log lo_i) / (log hi_i − log lo_i) with Adam (its update written out in
+`minimize_box`, so it runs under strict dtype promotion) and projected back onto
 [0, 1] after every step (so bounds hold at every iterate). The loss of a design is
 
     J(x) = softmin_τ over mappings m [ s·log f_m(x) + w·relu(mem_m(x)/cap − 1) ]
@@ -31,15 +32,26 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from ._cost import capex_per_chip, chip_tdp, die_area, hourly_cost, joules_per_token
 from ._hardware import Cluster
 from ._mapping import Parallelism, check_mapping
 from ._relax import Exact, Smooth
-from ._sensitivity import binding_resource, elasticities, get_leaf, set_leaf
+from ._sensitivity import RESOURCES, binding_resource, get_leaf, leaf_paths, set_leaf
 from ._train import train_step
 from ._workload import Transformer
+
+MARGIN = 3e-4
+"""Budgets are met with this relative margin during the search (the Exact re-score
+then checks them without margin)."""
+
+SCHEDULE = (
+    ("sharpness", 8.0, 256.0),
+    ("temperature", 4.0, 400.0),
+    ("penalty", 1.0, 1e4),
+)
+"""Annealing of the smooth model's sharpness, the soft-min temperature and the
+budget penalty weight (geometric, first to last step)."""
 
 __all__ = [
     "OBJECTIVES",
@@ -89,41 +101,64 @@ class BoxResult(NamedTuple):
 def minimize_box(
     loss: Callable,
     z0: jax.Array,
+    aux=None,
     *,
     steps: int = 150,
     lr: float = 0.05,
-    schedule: dict[str, tuple[float, float]] | None = None,
+    schedule: tuple[tuple[str, float, float], ...] = (),
 ) -> BoxResult:
-    """Projected Adam on the unit box from several starts at once.
+    """Projected Adam on a penalized objective, from several starts at once.
+
+    Minimizes f(z) subject to g_j(z) ≤ 0 on the unit box: each step takes an Adam
+    step (Kingma & Ba 2015; update written out so it runs under strict dtype
+    promotion) on L = f + μ·Σ_j max(0, g_j)², then projects z back onto [0, 1]^d.
+    The penalty weight μ grows geometrically (a penalty continuation: feasible in
+    the limit), and Adam's second-moment memory is short (β₂ = 0.9) so a step size
+    inflated by the penalty wall recovers within a few steps.
 
     Args:
-        loss: loss(z [d], **knobs) → scalar; the knobs (e.g. sharpness, temperature,
-            penalty) are annealed geometrically from the first to the second value of
-            `schedule` over the steps.
+        loss: loss(z [d], aux, knobs) → (f, g [J]); the knobs (e.g. sharpness,
+            temperature, "penalty" = μ) are annealed geometrically from the first to
+            the second value of `schedule` over the steps.
         z0: starting points [starts, d] in [0, 1]^d.
+        aux: per-start data (leading axis = starts) passed to `loss`, e.g. the index
+            of the mapping a start optimizes for; None for none.
         steps: Adam steps.
-        lr: Adam step size in unit-box coordinates.
-        schedule: knob name → (start, end).
+        lr: initial Adam step size in unit-box coordinates (decays to lr/50).
+        schedule: (knob name, start, end) triples ("penalty" is μ, default 1).
     """
-    schedule = schedule or {}
     frac = jnp.linspace(0.0, 1.0, steps)
-    knobs = {
-        k: jnp.exp(jnp.log(a) + frac * (jnp.log(b) - jnp.log(a)))
-        for k, (a, b) in schedule.items()
-    }
-    opt = optax.adam(lr)
-    grad = jax.vmap(jax.value_and_grad(loss), in_axes=(0, None))
 
-    def step(carry, knob):
-        z, state = carry
-        value, g = grad(z, knob)
-        g = jnp.where(jnp.isfinite(g), g, 0.0)
-        upd, state = opt.update(g, state, z)
-        z = jnp.clip(optax.apply_updates(z, upd), 0.0, 1.0)
-        return (z, state), (z, value)
+    def geometric(a, b):
+        return jnp.exp(
+            jnp.log(float(a)) + frac * (jnp.log(float(b)) - jnp.log(float(a)))
+        )
 
-    z0 = jnp.clip(jnp.asarray(z0, float), 0.0, 1.0)
-    _, (zs, values) = jax.lax.scan(step, (z0, opt.init(z0)), knobs, length=steps)
+    knobs = {k: geometric(a, b) for k, a, b in schedule}
+    # The step size decays geometrically to lr/50: large early moves across the box,
+    # fine ones near the optimum (the Exact re-score sees the last iterates).
+    rates = geometric(lr, lr / 50.0)
+    aux = jnp.zeros(len(z0)) if aux is None else aux
+    b1, b2, eps = 0.9, 0.9, 1e-8  # short second-moment memory: budgets switch on/off
+
+    def penalized(z, a, knob):
+        f, g = loss(z, a, knob)
+        return f + knob.get("penalty", 1.0) * jnp.sum(jnp.maximum(g, 0.0) ** 2), f
+
+    grad = jax.vmap(jax.value_and_grad(penalized, has_aux=True), (0, 0, None))
+
+    def step(carry, knob_rate):
+        (z, m, v, t), (knob, rate) = carry, knob_rate
+        (_, f), dz = grad(z, aux, knob)
+        dz = jnp.where(jnp.isfinite(dz), dz, 0.0)
+        m, v, t = b1 * m + (1 - b1) * dz, b2 * v + (1 - b2) * dz**2, t + 1.0
+        direction = (m / (1 - b1**t)) / (jnp.sqrt(v / (1 - b2**t)) + eps)
+        z = jnp.clip(z - rate * direction, 0.0, 1.0)
+        return (z, m, v, t), (z, f)
+
+    z0 = jnp.clip(jnp.asarray(z0, jnp.result_type(float)), 0.0, 1.0)
+    init = (z0, jnp.zeros_like(z0), jnp.zeros_like(z0), jnp.zeros(()))
+    _, (zs, values) = jax.lax.scan(step, init, (knobs, rates))
     return BoxResult(zs, values)
 
 
@@ -210,26 +245,38 @@ class _Problem(eqx.Module):
         vals = [BUDGETS[n](c, self.chips) for n in self.budget_names]
         return jnp.log(jnp.stack(vals) / self.limits) if vals else jnp.zeros(0)
 
+    def _one(self, c: Cluster, m: Parallelism, relax):
+        b = train_step(c, self.model, m, relax=relax)
+        value = OBJECTIVES[self.objective][1](c, b)
+        return value, b.memory_per_gpu / b.memory_capacity - 1.0
+
     def per_mapping(self, x, relax):
-        """(objective value [M], memory excess ratio [M]) over the mappings."""
+        """(objective value [M], memory excess ratio [M]) over all the mappings."""
         c = self.hardware(x)
-        fn = OBJECTIVES[self.objective][1]
+        return jax.vmap(lambda m: self._one(c, m, relax))(self.mappings)
 
-        def one(m):
-            b = train_step(c, self.model, m, relax=relax)
-            return fn(c, b), b.memory_per_gpu / b.memory_capacity - 1.0
+    def at_mapping(self, x, i, relax):
+        """(objective value, memory excess ratio) at mapping number i."""
+        m = jax.tree.map(lambda a: a[i.astype(int)], self.mappings)
+        return self._one(self.hardware(x), m, relax)
 
-        return jax.vmap(one)(self.mappings)
+    def _penalized(self, value, excess, relax):
+        """s·log f plus a memory-overflow penalty (per mapping)."""
+        return self.sign * jnp.log(value) + 10.0 * relax.relu(excess, 0.01)
 
-    def loss(self, z, knob):
-        x = self.x(z)
-        relax = Smooth(knob["sharpness"])
-        value, excess = self.per_mapping(x, relax)
-        per_m = self.sign * jnp.log(value) + 10.0 * relax.relu(excess, 0.01)
+    def loss_softmin(self, z, aux, knob):
+        """(Soft-min over all mappings of the penalized log objective, budgets)."""
+        x, relax = self.x(z), Smooth(knob["sharpness"])
+        per_m = self._penalized(*self.per_mapping(x, relax), relax)
         tau = knob["temperature"]
-        soft = -jax.nn.logsumexp(-tau * per_m) / tau
-        g = relax.relu(self.budgets(x) + 0.002, 0.001)
-        return soft + knob["penalty"] * jnp.sum(g**2)
+        return -jax.nn.logsumexp(-tau * per_m) / tau, self.budgets(x) + MARGIN
+
+    def loss_mapping(self, z, i, knob):
+        """(Penalized log objective at mapping number i, budgets)."""
+        x, relax = self.x(z), Smooth(knob["sharpness"])
+        return self._penalized(*self.at_mapping(x, i, relax), relax), (
+            self.budgets(x) + MARGIN
+        )
 
     def exact(self, x):
         """(best value over mappings that fit, its index, within budgets), Exact."""
@@ -238,6 +285,38 @@ class _Problem(eqx.Module):
         i = jnp.argmin(score)
         ok = jnp.all(self.budgets(x) <= 0) & jnp.isfinite(score[i])
         return value[i], i, ok
+
+    def exact_at(self, x, i):
+        """(value, i, fits and within budgets) at mapping number i, Exact."""
+        value, excess = self.at_mapping(x, i, Exact())
+        ok = jnp.all(self.budgets(x) <= 0) & (excess <= 0) & jnp.isfinite(value)
+        return value, i, ok
+
+
+@eqx.filter_jit
+def _exact_all(prob: _Problem, xs):
+    return jax.vmap(prob.exact)(xs)
+
+
+@eqx.filter_jit
+def _exact_at(prob: _Problem, xs, idx):
+    return jax.vmap(prob.exact_at)(xs, idx)
+
+
+@eqx.filter_jit
+def _box(prob: _Problem, z0, aux, steps: int, lr: float, mode: str, schedule):
+    loss = prob.loss_mapping if mode == "enumerate" else prob.loss_softmin
+    return minimize_box(loss, z0, aux, steps=steps, lr=lr, schedule=schedule)
+
+
+@eqx.filter_jit
+def _grad_metric(prob: _Problem, c: Cluster, i):
+    def metric(cl):
+        m = jax.tree.map(lambda a: a[i], prob.mappings)
+        b = train_step(cl, prob.model, m, relax=Smooth(256.0))
+        return OBJECTIVES[prob.objective][1](cl, b)
+
+    return jax.value_and_grad(metric)(c)
 
 
 def _problem(cluster, model, mapping, vary, objective, budgets, search_mapping):
@@ -281,11 +360,6 @@ def _problem(cluster, model, mapping, vary, objective, budgets, search_mapping):
     return prob, maps
 
 
-def _rescore(prob: _Problem, xs):
-    """Exact (value, mapping index, ok) of designs xs [n, d], vmapped and jitted."""
-    return eqx.filter_jit(jax.vmap(prob.exact))(xs)
-
-
 def _pick(prob: _Problem, xs, values, idx, ok):
     """The best design among candidates that satisfy every budget (or None)."""
     values, idx, ok = map(np.asarray, (values, idx, ok))
@@ -296,42 +370,56 @@ def _pick(prob: _Problem, xs, values, idx, ok):
     return np.asarray(xs[j]), float(values[j]), int(idx[j])
 
 
+def _chunked(prob: _Problem, xs, idx=None, chunk: int = 4096):
+    """Exact (values, mapping index, ok) of designs xs [n, d] in fixed-size chunks.
+
+    With `idx` [n], design k is scored at mapping idx[k] only; without it, at its
+    best mapping. Chunks are padded to one shape, so there is one compilation.
+    """
+    xs = np.asarray(xs)
+    n = len(xs)
+    chunk = min(chunk, max(n, 1))
+    out = []
+    for a in range(0, n, chunk):
+        part = xs[a : a + chunk]
+        pad = chunk - len(part)
+        part = np.concatenate([part, np.repeat(part[-1:], pad, 0)])
+        if idx is None:
+            res = _exact_all(prob, jnp.asarray(part))
+        else:
+            ip = np.asarray(idx)[a : a + chunk]
+            ip = np.concatenate([ip, np.repeat(ip[-1:], pad, 0)])
+            res = _exact_at(prob, jnp.asarray(part), jnp.asarray(ip))
+        out.append([np.asarray(r)[: chunk - pad] for r in res])
+    return tuple(np.concatenate([o[k] for o in out]) for k in range(3))
+
+
+def _n_mappings(prob: _Problem) -> int:
+    return len(jax.tree_util.tree_leaves(prob.mappings)[0])
+
+
 def random_search(prob: _Problem, evaluations: int, *, seed: int = 0):
     """Best Exact design among `evaluations` random (hardware, mapping) pairs.
 
     Hardware leaves are drawn log-uniformly in their bounds, mappings uniformly.
     Returns (x, value, mapping index) or None when no draw was within budget.
     """
-    m = len(jax.tree_util.tree_leaves(prob.mappings)[0])
     rng = np.random.default_rng(seed)
     z = rng.random((evaluations, len(prob.paths)))
-    pick = rng.integers(0, m, evaluations)
-    xs = np.asarray(prob.x(jnp.asarray(z)))
-
-    def one(x, i):
-        sub = eqx.tree_at(
-            lambda p: p.mappings,
-            prob,
-            jax.tree.map(lambda a: a[i][None], prob.mappings),
-        )
-        return sub.exact(x)
-
-    values, _, ok = eqx.filter_jit(jax.vmap(one))(jnp.asarray(xs), jnp.asarray(pick))
-    return _pick(prob, xs, values, jnp.asarray(pick), ok)
+    pick = rng.integers(0, _n_mappings(prob), evaluations)
+    xs = np.asarray(jax.vmap(prob.x)(jnp.asarray(z)))
+    return _pick(prob, xs, *_chunked(prob, xs, pick))
 
 
 def grid_search(prob: _Problem, points: int):
-    """Best Exact design on a log-spaced grid of `points` per leaf × every mapping."""
+    """Best Exact design on a log-spaced grid of `points` per leaf × every mapping.
+
+    Returns ((x, value, mapping index) or None, number of hardware points).
+    """
     axes = [np.linspace(0.0, 1.0, points)] * len(prob.paths)
     z = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, len(prob.paths))
-    xs = np.asarray(prob.x(jnp.asarray(z)))
-    out = [
-        _rescore(prob, jnp.asarray(xs[i : i + 4096])) for i in range(0, len(xs), 4096)
-    ]
-    values, idx, ok = (
-        np.concatenate([np.asarray(o[k]) for o in out]) for k in range(3)
-    )
-    return _pick(prob, xs, values, idx, ok), len(xs)
+    xs = np.asarray(jax.vmap(prob.x)(jnp.asarray(z)))
+    return _pick(prob, xs, *_chunked(prob, xs)), len(xs)
 
 
 def optimize(
@@ -349,6 +437,7 @@ def optimize(
     tail: int = 10,
     seed: int = 0,
     grid_points: int = 0,
+    mode: str = "enumerate",
 ) -> dict:
     """Co-design hardware leaves (and the mapping) for an objective under budgets.
 
@@ -367,6 +456,10 @@ def optimize(
         seed: random starts and the random-search baseline.
         grid_points: if > 0, also run an exhaustive grid of this many points per
             leaf (reported under "exhaustive").
+        mode: how the integer mapping choice is relaxed: "enumerate" runs every
+            start once per valid mapping (min over m of min over x, all in one
+            vmapped scan); "softmin" optimizes one design against the soft-min
+            over all mappings (module docstring).
 
     Returns:
         A JSON-able dict: objective, goal, initial, best, evaluations, baseline,
@@ -376,44 +469,51 @@ def optimize(
         ValueError: unknown objective, budget or leaf path, bad bounds, bad mapping.
     """
     budgets = dict(budgets or {})
+    if mode not in ("enumerate", "softmin"):
+        raise ValueError(f"mode={mode!r} must be enumerate or softmin")
+    if steps < 1 or starts < 1:
+        raise ValueError("steps and starts must be >= 1")
     prob, maps = _problem(
         cluster, model, mapping, vary, objective, budgets, search_mapping
     )
-    goal = OBJECTIVES[objective][0]
     t0 = time.perf_counter()
-    d, m = len(vary), len(maps)
+    d, n_map = len(vary), len(maps)
     x_init = jnp.asarray([float(get_leaf(cluster, p)) for p in vary])
     rng = np.random.default_rng(seed)
-    z0 = np.concatenate(
-        [np.clip(np.asarray(prob.z(x_init)), 0, 1)[None], rng.random((starts - 1, d))]
-    )
-    schedule = dict(
-        sharpness=(8.0, 256.0), temperature=(4.0, 400.0), penalty=(1.0, 1e4)
-    )
-    run = eqx.filter_jit(
-        lambda p, z: minimize_box(p.loss, z, steps=steps, lr=lr, schedule=schedule)
-    )
-    res = run(prob, jnp.asarray(z0))
+    z_init = np.clip(np.asarray(prob.z(x_init)), 0.0, 1.0)
+    z0 = np.concatenate([z_init[None], rng.random((starts - 1, d))])
+    if mode == "enumerate":  # every start once per mapping
+        aux = np.repeat(np.arange(n_map), starts)
+        z0 = np.tile(z0, (n_map, 1))
+    else:
+        aux = np.zeros(starts, int)
+    res = _box(prob, jnp.asarray(z0), jnp.asarray(aux), steps, lr, mode, SCHEDULE)
     tail = min(tail, steps)
-    cand_z = res.z[-tail:].reshape(-1, d)
-    cand_x = prob.x(cand_z)
-    values, idx, ok = _rescore(prob, cand_x)
-    best = _pick(prob, np.asarray(cand_x), values, idx, ok)
-    evaluations = steps * starts * m + len(cand_x) * m
+    cand_x = np.asarray(jax.vmap(prob.x)(res.z[-tail:].reshape(-1, d)))
+    if mode == "enumerate":
+        cand_i = np.tile(aux, tail)
+        best = _pick(prob, cand_x, *_chunked(prob, cand_x, cand_i))
+        evaluations = (steps + tail) * len(aux)
+    else:
+        best = _pick(prob, cand_x, *_chunked(prob, cand_x))
+        evaluations = (steps * starts + len(cand_x)) * n_map
     seconds = time.perf_counter() - t0
 
-    init_value, init_i, init_ok = _rescore(prob, x_init[None])
+    key = _map_key(mapping)
+    given = next((i for i, m in enumerate(maps) if _map_key(m) == key), None)
+    if given is None:  # the given mapping is not among the enumerated ones
+        prob0 = eqx.tree_at(lambda p: p.mappings, prob, _stack([mapping]))
+        v0, _, ok0 = _chunked(prob0, np.asarray(x_init)[None], np.zeros(1, int))
+        initial = _design(prob0, [mapping], np.asarray(x_init), v0[0], 0, ok0[0])
+    else:
+        v0, _, ok0 = _chunked(prob, np.asarray(x_init)[None], np.asarray([given]))
+        initial = _design(prob, maps, np.asarray(x_init), v0[0], given, ok0[0])
     out = dict(
         objective=objective,
-        goal=goal,
-        initial=_design(
-            prob,
-            maps,
-            np.asarray(x_init),
-            float(init_value[0]),
-            int(init_i[0]),
-            bool(init_ok[0]),
-        ),  # fmt: skip
+        goal=OBJECTIVES[objective][0],
+        mode=mode,
+        mappings=n_map,
+        initial=initial,
         evaluations=int(evaluations),
         seconds=seconds,
         trajectory=[float(v) for v in np.asarray(res.loss).min(axis=1)],
@@ -423,7 +523,7 @@ def optimize(
     else:
         x, value, i = best
         out["best"] = _design(prob, maps, x, value, i, True)
-        out["best"].update(_binding(prob, maps[i], x))
+        out["best"].update(_binding(prob, i, x))
     base = random_search(prob, evaluations, seed=seed + 1)
     out["baseline"] = dict(
         method="random",
@@ -437,7 +537,7 @@ def optimize(
         out["exhaustive"] = dict(
             method="grid",
             points_per_leaf=grid_points,
-            evaluations=n * m,
+            evaluations=n * n_map,
             value=None if g is None else g[1],
             design=None if g is None else _design(prob, maps, *g, True),
             seconds=time.perf_counter() - t1,
@@ -448,6 +548,10 @@ def optimize(
 _MAP_FIELDS = ("tp", "pp", "dp", "cp", "ep", "vpp", "microbatch")
 
 
+def _map_key(m: Parallelism) -> tuple[int, ...]:
+    return tuple(int(round(float(getattr(m, f)))) for f in _MAP_FIELDS)
+
+
 def _design(prob: _Problem, maps, x, value, i, ok) -> dict:
     c = prob.hardware(jnp.asarray(x))
     budgets = {
@@ -456,18 +560,18 @@ def _design(prob: _Problem, maps, x, value, i, ok) -> dict:
     }  # fmt: skip
     return dict(
         hardware={p: float(v) for p, v in zip(prob.paths, x, strict=True)},
-        mapping={f: int(round(float(getattr(maps[i], f)))) for f in _MAP_FIELDS},
-        value=value,
+        mapping=dict(zip(_MAP_FIELDS, _map_key(maps[i]), strict=True)),
+        value=float(value),
         within_budget=bool(ok),
         budgets=budgets,
     )
 
 
-def _binding(prob: _Problem, mapping: Parallelism, x) -> dict:
+def _binding(prob: _Problem, i: int, x) -> dict:
     """Budgets within 1% of their limit, bounds hit, and the binding resource.
 
-    The binding resource is the one whose elasticity of the objective is largest at
-    the design.
+    The binding resource is the one whose elasticity of the objective (at mapping
+    number i) is largest at the design.
     """
     logs = np.asarray(prob.budgets(jnp.asarray(x)))
     binding = [n for n, g in zip(prob.budget_names, logs, strict=True) if g > -0.01]
@@ -478,11 +582,17 @@ def _binding(prob: _Problem, mapping: Parallelism, x) -> dict:
         if zi < 1e-3 or zi > 1 - 1e-3
     }
     c = prob.hardware(jnp.asarray(x))
-    fn = OBJECTIVES[prob.objective][1]
-
-    def metric(cl):
-        return fn(cl, train_step(cl, prob.model, mapping, relax=Smooth(256.0)))
-
-    res, el = binding_resource(elasticities(metric, c))
-    return dict(binding_budgets=binding, bounds_hit=at_bound,
-                binding_resource=res, binding_elasticity=el)  # fmt: skip
+    value, grads = _grad_metric(prob, c, i)
+    paths = leaf_paths(c)
+    el = {
+        p: float(get_leaf(c, p) * get_leaf(grads, p) / value)
+        for p in paths
+        if p in RESOURCES
+    }
+    res, e = binding_resource(el)
+    return dict(
+        binding_budgets=binding,
+        bounds_hit=at_bound,
+        binding_resource=res,
+        binding_elasticity=e,
+    )

@@ -439,6 +439,7 @@ def main(argv=None) -> int:
 
 def _commands() -> dict:
     """Command → (run(args) -> dict, print(dict) or None)."""
+    from ._cli_optimize import print_optimize, run_optimize
     from ._cli_study import print_sensitivity, print_sweep, run_sensitivity, run_sweep
     from ._cli_trace import print_roofline, print_trace, run_roofline, run_trace
     from ._validate import print_report, validate_file
@@ -448,6 +449,7 @@ def _commands() -> dict:
         "infer": (_infer, _print_infer),
         "sensitivity": (run_sensitivity, print_sensitivity),
         "sweep": (run_sweep, print_sweep),
+        "optimize": (run_optimize, print_optimize),
         "trace": (run_trace, print_trace),
         "roofline": (run_roofline, print_roofline),
         "validate": (lambda args: validate_file(args.data), print_report),
@@ -466,6 +468,9 @@ def _main(argv) -> int:
 
     add_sensitivity(sub)
     add_sweep(sub)
+    from ._cli_optimize import add_optimize
+
+    add_optimize(sub)
     from ._cli_trace import add_roofline, add_trace
 
     add_trace(sub)

@@ -32,6 +32,7 @@ LAYER = {
     "io": 7,
     "cli": 7,
     "_cli_study": 7,
+    "_cli_optimize": 7,
     "_cli_trace": 7,
     "plots": 7,
     "__init__": 8,
