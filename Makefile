@@ -26,6 +26,7 @@ validate: $(BIN)/diffperf
 bench: $(BIN)/diffperf
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/optimizer.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
