@@ -30,12 +30,13 @@ import re
 import equinox as eqx
 
 from . import io
+from ._calibrate import Row
 from ._infer import OPS, layer_op_times, serve
 from ._mapping import Serving, check_serving
-from ._validate import _num, summarize
+from ._validate import _num, _short_source, summarize
 from ._workload import Precision
 
-__all__ = ["predict_infer_row", "validate_infer_rows"]
+__all__ = ["predict_infer_row", "validate_infer_rows", "calibration_infer_rows"]
 
 _LATENCY = {
     "ttft": "ttft",
@@ -218,3 +219,45 @@ def validate_infer_rows(rows: list[dict]) -> dict:
             entry["reason"] = str(e).splitlines()[0]
         results.append(entry)
     return summarize(results) | {"kind": "inference"}
+
+
+def calibration_infer_rows(rows: list[dict]) -> tuple[list[Row], dict[int, str]]:
+    """Serving rows resolved for calibration, and the reasons of those that are not.
+
+    Per-operator rows and rows that contradict their own source are not fitted. The
+    target is the row's metric in model units (latency, or 1/throughput) scaled by
+    measured/predicted, exactly as `validate` compares them.
+    """
+    out, skipped = [], {}
+    bad = _inconsistent(rows)
+    for i, row in enumerate(rows):
+        metric = row.get("metric", "").strip()
+        try:
+            if i in bad:
+                raise ValueError(bad[i])
+            if "_op_latency:" in metric:
+                raise ValueError("per-operator rows are not fitted")
+            res = predict_infer_row(row)
+            cluster, model, serving = resolve_infer_row(row)
+        except ValueError as e:
+            skipped[i] = str(e).splitlines()[0]
+            continue
+        r = serve(cluster, model, serving)
+        scale = res["measured"] / res["predicted"]
+        latency = metric in _LATENCY
+        name = _LATENCY[metric] if latency else "inv_throughput"
+        t = float(getattr(r, name)) if latency else 1.0 / float(r.output_tokens_per_s)
+        target = t * (scale if latency else 1.0 / scale)
+        source = _short_source(row.get("source", ""))
+        out.append(
+            Row(
+                cluster.name,
+                source,
+                cluster,
+                (model, serving),
+                target,
+                name,
+                not latency,
+            )
+        )
+    return out, skipped

@@ -440,6 +440,7 @@ def main(argv=None) -> int:
 def _commands() -> dict:
     """Command → (run(args) -> dict, print(dict) or None)."""
     from ._cli_optimize import print_optimize, run_optimize
+    from ._cli_calibrate import print_calibrate, run_calibrate
     from ._cli_study import print_sensitivity, print_sweep, run_sensitivity, run_sweep
     from ._cli_trace import print_roofline, print_trace, run_roofline, run_trace
     from ._validate import print_report, validate_file
@@ -453,6 +454,7 @@ def _commands() -> dict:
         "trace": (run_trace, print_trace),
         "roofline": (run_roofline, print_roofline),
         "validate": (lambda args: validate_file(args.data), print_report),
+        "calibrate": (run_calibrate, print_calibrate),
         "list": (_list, None),
     }
 
@@ -475,6 +477,9 @@ def _main(argv) -> int:
 
     add_trace(sub)
     add_roofline(sub)
+    from ._cli_calibrate import add_calibrate
+
+    add_calibrate(sub)
     try:
         args = parser.parse_args(argv)
         run, show = _commands()[args.command]
