@@ -63,12 +63,17 @@ NOISE = 0.1
 
 
 class Prior(NamedTuple):
-    """A Gaussian prior on log x around `center` (log-width `sigma`), box bounds."""
+    """A Gaussian prior on log x around `center` (log-width `sigma`), box bounds.
+
+    `start` (default: `center`) is where the fit begins: a cost hidden at the start
+    (e.g. a CPU launch cost below the GPU time) has no gradient to discover it.
+    """
 
     center: float
     lower: float
     upper: float
     sigma: float = math.log(2.0)
+    start: float | None = None
 
 
 PRIORS = {
@@ -257,7 +262,7 @@ def _fit(rows, groups, priors, weights, *, steps, lr, relax):
     lo = {p: full(math.log(priors[p].lower)) for p in paths}
     hi = {p: full(math.log(priors[p].upper)) for p in paths}
     mu = {p: math.log(priors[p].center) for p in paths}
-    u = {p: full(mu[p]) for p in paths}
+    u = {p: full(math.log(priors[p].start or priors[p].center)) for p in paths}
     prior_w = NOISE**2 / np.maximum((weights > 0).sum(axis=1), 1)  # σ_r² / N per fold
     prior_w = jnp.asarray(prior_w)
     w_groups = [jnp.asarray(weights[:, g.index]) for g in groups]

@@ -23,6 +23,7 @@ __all__ = [
     "print_calibrate",
     "measured_rows",
     "default_leaves",
+    "leaf_priors",
     "fitted_toml",
     "patch_toml",
 ]
@@ -74,6 +75,19 @@ def default_leaves(kind: str, rows) -> list[str]:
     return list(SERVE_LEAVES)
 
 
+def leaf_priors(kind: str, paths, cluster, *, center: str) -> dict:
+    """Priors of the fitted leaves; serving fits start the CPU launch cost at 30 µs.
+
+    A launch cost hidden behind the GPU has no gradient, so the serving fit starts it
+    where it binds (as experiments/calibrate_inference always did).
+    """
+    priors = {p: prior_for(p, cluster, center=center) for p in paths}
+    p = priors.get("host.dispatch_overhead")
+    if kind == "inference" and p is not None:
+        priors["host.dispatch_overhead"] = p._replace(start=max(p.center, 3e-5))
+    return priors
+
+
 def run_calibrate(args) -> dict:
     """Run `diffperf calibrate` (see the module docstring); the JSON result."""
     if args.steps < 1:
@@ -92,7 +106,7 @@ def run_calibrate(args) -> dict:
         paths = [p.strip() for p in args.leaves.split(",") if p.strip()]
     else:
         paths = default_leaves(kind, rows)
-    priors = {p: prior_for(p, cluster, center=args.prior) for p in paths}
+    priors = leaf_priors(kind, paths, cluster, center=args.prior)
     holdout = args.holdout
     if holdout == "auto":
         holdout = "source" if len({r.source for r in rows}) >= 2 else "kfold:5"

@@ -37,6 +37,7 @@ __all__ = [
     "calibration_rows",
     "spec_family",
     "read_measurements",
+    "model_family",
 ]
 
 _DTYPES = [
@@ -153,10 +154,10 @@ def _resolve_row(row: dict, cluster=None):
     return kind, cluster, model, mapping, gpus
 
 
-def predict_row(row: dict, *, hardware_override=None) -> dict:
+def predict_row(row: dict, *, hardware_override=None, fidelity="detailed") -> dict:
     """The prediction for one training row (ValueError if it cannot be resolved)."""
     kind, cluster, model, mapping, gpus = _resolve_row(row, hardware_override)
-    b = train_step(cluster, model, mapping)
+    b = train_step(cluster, model, mapping, fidelity=fidelity)
     step = float(b.total)
     tokens = float(b.tokens)
     tok, step_m = (
@@ -232,7 +233,7 @@ def calibration_rows(rows: list[dict]) -> tuple[list[Row], dict[int, str]]:
     return out, skipped
 
 
-def validate_rows(rows: list[dict]) -> dict:
+def validate_rows(rows: list[dict], *, fidelity: str = "detailed") -> dict:
     """Per-row predictions and the error summary of a list of training CSV rows."""
     results = []
     for i, row in enumerate(rows):
@@ -243,7 +244,7 @@ def validate_rows(rows: list[dict]) -> dict:
             model_name=row.get("model", ""),
         )
         try:
-            entry |= predict_row(row)
+            entry |= predict_row(row, fidelity=fidelity)
         except ValueError as e:
             entry["reason"] = str(e).splitlines()[0]
         results.append(entry)
@@ -277,19 +278,32 @@ def summarize(results: list[dict]) -> dict:
     )
 
 
+def model_family(name: str) -> str:
+    """The family of a CSV model name (mpt, llama, gpt3, ...) for per-family tables."""
+    n = name.lower()
+    for key in ("mpt", "llama", "gpt-2", "gpt3", "gpt oss", "qwen3", "deepseek",
+                "nemotron"):  # fmt: skip
+        if key in n:
+            return key
+    return re.sub(r"[-\s(].*", "", n) or n
+
+
 def _short_source(source: str) -> str:
     s = re.split(r"[\[(,]", source)[0].strip()
     return s[:60]
 
 
-def validate_file(path) -> dict:
-    """Validate against a measurement CSV; detects training vs inference columns."""
+def validate_file(path, *, fidelity: str = "detailed") -> dict:
+    """Validate against a measurement CSV; detects training vs inference columns.
+
+    `fidelity` picks the model tier ("detailed" or "roofline").
+    """
     kind, rows = read_measurements(path)
     if kind == "training":
-        return validate_rows(rows)
+        return validate_rows(rows, fidelity=fidelity)
     from ._validate_infer import validate_infer_rows
 
-    return validate_infer_rows(rows)
+    return validate_infer_rows(rows, fidelity=fidelity)
 
 
 def read_measurements(path) -> tuple[str, list[dict]]:

@@ -31,6 +31,7 @@ import equinox as eqx
 
 from . import io
 from ._calibrate import Row
+from ._fidelity import tier
 from ._infer import OPS, layer_op_times, serve
 from ._mapping import Serving, check_serving
 from ._validate import _num, _short_source, summarize
@@ -63,17 +64,17 @@ def _precision(text: str) -> Precision:
     raise ValueError(f"dtype {text!r} is not a known precision")
 
 
-def predict_infer_row(row: dict) -> dict:
+def predict_infer_row(row: dict, *, fidelity: str = "detailed") -> dict:
     """Prediction for one inference row (ValueError with the reason if unresolvable)."""
     metric = row.get("metric", "").strip()
     if "_op_latency:" in metric:
-        return _predict_op_row(row, metric)
+        return _predict_op_row(row, metric, fidelity)
     if metric.startswith("server_"):
         raise ValueError("MLPerf Server statistics need an arrival-rate model")
     if metric not in _LATENCY and metric not in _MAX_LOAD + ("output_throughput",):
         raise ValueError(f"metric {metric!r} is not in the inference vocabulary")
     cluster, model, serving = resolve_infer_row(row)
-    r = serve(cluster, model, serving)
+    r = serve(cluster, model, serving, fidelity=fidelity)
     measured = float(row["value"])
     if metric in _LATENCY:
         predicted = 1e3 * float(getattr(r, _LATENCY[metric]))
@@ -123,12 +124,12 @@ def resolve_infer_row(row: dict):
     return cluster, model, serving
 
 
-def _predict_op_row(row: dict, metric: str) -> dict:
+def _predict_op_row(row: dict, metric: str, fidelity: str) -> dict:
     """A per-operator latency row: one layer's op on one chip (per-operator tier)."""
     phase_text, op = metric.split("_layer_op_latency:")
     if op not in OPS:
         raise ValueError(f"operator {op!r} is not one of {', '.join(OPS)}")
-    cluster = io.load_hardware(row["gpu"])
+    cluster, _ = tier(fidelity, io.load_hardware(row["gpu"]))
     name = re.split(r",\s*one transformer layer", row["model"])[0]
     model = io.load_workload(name)
     model = eqx.tree_at(lambda m: m.precision, model, _precision(row.get("dtype", "")))
@@ -199,7 +200,7 @@ def _inconsistent(rows: list[dict]) -> dict[int, str]:
 _TRIPLE = ("prefill_latency_median", "tpot_median", "e2e_latency_median")
 
 
-def validate_infer_rows(rows: list[dict]) -> dict:
+def validate_infer_rows(rows: list[dict], *, fidelity: str = "detailed") -> dict:
     """Per-row predictions and error summary of inference CSV rows."""
     results = []
     bad = _inconsistent(rows)
@@ -214,7 +215,7 @@ def validate_infer_rows(rows: list[dict]) -> dict:
         try:
             if i in bad:
                 raise ValueError(bad[i])
-            entry |= predict_infer_row(row)
+            entry |= predict_infer_row(row, fidelity=fidelity)
         except ValueError as e:
             entry["reason"] = str(e).splitlines()[0]
         results.append(entry)

@@ -13,6 +13,7 @@ LAYER = {
     "_workload": 2,
     "_mapping": 3,
     "_collectives": 3,
+    "_fidelity": 3,
     "_ops": 4,
     "_breakdown": 4,
     "_dp": 4,
