@@ -23,6 +23,7 @@ __all__ = [
     "print_calibrate",
     "measured_rows",
     "default_leaves",
+    "rows_by_device",
     "leaf_priors",
     "fitted_toml",
     "patch_toml",
@@ -62,6 +63,14 @@ def measured_rows(kind: str, rows: list[dict]):
     fitted, skipped = resolve(rows)
     index = [i for i in range(len(rows)) if i not in skipped]
     return fitted, index, skipped
+
+
+def rows_by_device(rows, *, by_family: bool) -> dict[str, list[int]]:
+    """Indices of `rows` per device: the root chip spec (by_family) or the spec."""
+    out: dict[str, list[int]] = {}
+    for k, r in enumerate(rows):
+        out.setdefault(spec_family(r.spec)[-1] if by_family else r.spec, []).append(k)
+    return dict(sorted(out.items()))
 
 
 def default_leaves(kind: str, rows) -> list[str]:

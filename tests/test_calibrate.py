@@ -1,4 +1,4 @@
-"""Calibration (`diffperf calibrate`): recovery, bounds, held-out error, CLI contract."""
+"""Calibration (`diffperf calibrate`): recovery, bounds, held-out error, CLI."""
 
 import csv
 import json
@@ -37,8 +37,15 @@ def _synthetic_rows():
         )
         t = float(dp.train_step(truth, model, mapping).total)
         rows.append(
-            cal.Row("a100_sxm4_80gb", f"src{k % 2}", cluster, (model, mapping), t,
-                    "train", bool(k % 3))  # fmt: skip
+            cal.Row(
+                "a100_sxm4_80gb",
+                f"src{k % 2}",
+                cluster,
+                (model, mapping),
+                t,
+                "train",
+                bool(k % 3),
+            )  # fmt: skip
         )
     return cluster, rows
 

@@ -31,8 +31,13 @@ import numpy as np
 
 from diffperf import io
 from diffperf._calibrate import calibrate
-from diffperf._cli_calibrate import default_leaves, leaf_priors, measured_rows
-from diffperf._validate import model_family, read_measurements, spec_family
+from diffperf._cli_calibrate import (
+    default_leaves,
+    leaf_priors,
+    measured_rows,
+    rows_by_device,
+)
+from diffperf._validate import model_family, read_measurements
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -46,11 +51,9 @@ def heldout(kind: str, *, steps: int) -> dict:
     """Per-device fits and per-row errors of one CSV."""
     _, csv_rows = read_measurements(DATA[kind])
     rows, index, skipped = measured_rows(kind, csv_rows)
-    devices = defaultdict(list)
-    for k, r in enumerate(rows):
-        devices[spec_family(r.spec)[-1] if kind == "training" else r.spec].append(k)
     per_row, fits = [], {}
-    for device, ks in sorted(devices.items()):
+    devices = rows_by_device(rows, by_family=kind == "training")
+    for device, ks in devices.items():
         t0 = time.perf_counter()
         dev_rows = [rows[k] for k in ks]
         n_src = len({r.source for r in dev_rows})

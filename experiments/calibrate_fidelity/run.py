@@ -1,0 +1,85 @@
+"""Speed and accuracy of the two fidelity tiers (roofline vs detailed).
+
+Speed: compile time and evaluations/s of `jax.jit(jax.vmap(train_step))` and of
+`serve` over a batch of clusters (HBM bandwidth scaled ±20%), Exact model, on this
+machine's CPU. Accuracy: `diffperf validate --fidelity T` MAPE on the bundled training
+and inference calibration data.
+
+Usage:
+    python experiments/calibrate_fidelity/run.py [--batch 4096] [--repeats 5]
+
+Writes results.json next to this file.
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+import diffperf as dp
+from diffperf._validate import validate_file
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+
+
+def speed(fidelity: str, batch: int, repeats: int) -> dict:
+    """Compile seconds and evaluations/s of a vmapped training step and serving."""
+    cluster = dp.load_hardware("h100_sxm")
+    model = dp.load_workload("llama3_70b")
+    mapping = dp.Parallelism(tp=8, pp=4, dp=8, microbatch=1, global_batch=512,
+                             recompute="selective", sequence_parallel=True)  # fmt: skip
+    serving = dp.Serving(tp=8, batch=32, input_len=2048, output_len=256)
+    scales = jnp.linspace(0.8, 1.2, batch)
+    out = {}
+    jobs = {
+        "train_step": lambda c: (
+            dp.train_step(c, model, mapping, fidelity=fidelity).total
+        ),  # fmt: skip
+        "serve": lambda c: dp.serve(c, model, serving, fidelity=fidelity).e2e_latency,
+    }
+    for name, f in jobs.items():
+
+        def one(s, f=f):
+            return f(dp.scale_leaf(cluster, "chip.hbm_bandwidth", s))
+
+        g = jax.jit(jax.vmap(one))
+        t0 = time.perf_counter()
+        g.lower(scales).compile()
+        compile_s = time.perf_counter() - t0
+        g(scales).block_until_ready()
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            g(scales).block_until_ready()
+        per_s = batch * repeats / (time.perf_counter() - t0)
+        out[name] = dict(compile_s=compile_s, evaluations_per_s=per_s)
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=4096)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--skip-accuracy", action="store_true")
+    args = ap.parse_args(argv)
+    results = {}
+    for fidelity in ("roofline", "detailed"):
+        results[fidelity] = dict(speed=speed(fidelity, args.batch, args.repeats))
+        if not args.skip_accuracy:
+            for kind in ("training", "inference"):
+                rep = validate_file(ROOT / "data" / f"{kind}_calibration.csv",
+                                    fidelity=fidelity)  # fmt: skip
+                results[fidelity][kind] = dict(
+                    rows_predicted=rep["rows_predicted"], mape=rep["mape"],
+                    median_ape=rep["median_ape"],
+                    by_source={k: v["mape"] for k, v in rep["by_source"].items()},
+                )  # fmt: skip
+        print(fidelity, json.dumps(results[fidelity], indent=1), flush=True)
+    (HERE / "results.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
