@@ -275,7 +275,9 @@ def _fit(rows, groups, priors, weights, *, steps, lr, relax):
         for g, w in zip(groups, w_groups, strict=True):
             gg = _data_grad(u, g.metric, g.trees, w, relax)
             grads = {p: grads[p] + gg[p] for p in paths}
-        updates, state = opt.update(grads, state)
+        # optax mixes its int32 step count with floats (bias correction)
+        with jax.numpy_dtype_promotion("standard"):
+            updates, state = opt.update(grads, state)
         u = optax.projections.projection_box(optax.apply_updates(u, updates), lo, hi)
     return u
 

@@ -101,10 +101,10 @@ def test_folds():
         cal.source_folds(rows[:2])
 
 
-def _narayanan_csv(tmp_path) -> Path:
+def _narayanan_csv(tmp_path, n: int | None = None) -> Path:
     with open(ROOT / "data" / "training_calibration.csv", newline="") as f:
         reader = csv.DictReader(f)
-        rows = [r for r in reader if r["source"].startswith("Narayanan")]
+        rows = [r for r in reader if r["source"].startswith("Narayanan")][:n]
         fields = reader.fieldnames
     path = tmp_path / "narayanan.csv"
     with open(path, "w", newline="") as f:
@@ -155,7 +155,7 @@ def test_cli_heldout_error_on_measured_rows(capsys, tmp_path):
     ],
 )
 def test_cli_bad_input_exits_2(capsys, tmp_path, extra, pattern):
-    data = _narayanan_csv(tmp_path)
+    data = _narayanan_csv(tmp_path, 2)
     argv = ["calibrate", "--data", str(data), "--hardware", "a100_sxm4_80gb"]
     for i in range(0, len(extra), 2):  # later flags win
         if extra[i] in argv:

@@ -17,7 +17,8 @@ Usage:
     python experiments/calibrate_heldout/run.py [--kind training|inference|both]
         [--steps 150]
 
-Writes results.json next to this file and prints the markdown tables.
+Writes results_training.json / results_inference.json next to this file and prints
+the markdown tables.
 """
 
 import argparse
@@ -127,12 +128,10 @@ def main(argv=None):
     ap.add_argument("--kind", choices=("training", "inference", "both"), default="both")
     ap.add_argument("--steps", type=int, default=150)
     args = ap.parse_args(argv)
-    path = HERE / "results.json"
-    results = json.loads(path.read_text()) if path.exists() else {}
     for kind in ("training", "inference") if args.kind == "both" else (args.kind,):
-        results[kind] = heldout(kind, steps=args.steps) | dict(steps=args.steps)
-        path.write_text(json.dumps(results, indent=1))
-        print(f"## {kind}\n\n{tables(results[kind])}")
+        result = heldout(kind, steps=args.steps) | dict(steps=args.steps)
+        (HERE / f"results_{kind}.json").write_text(json.dumps(result, indent=1))
+        print(f"## {kind}\n\n{tables(result)}")
 
 
 if __name__ == "__main__":
