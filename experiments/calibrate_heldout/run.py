@@ -15,7 +15,7 @@ efficiency leaves of the bundled specs (fitted on training rows, other data).
 
 Usage:
     python experiments/calibrate_heldout/run.py [--kind training|inference|both]
-        [--steps 150]
+        [--steps 150] [--holdout auto|kfold]
 
 Writes results_training.json / results_inference.json next to this file and prints
 the markdown tables.
@@ -48,7 +48,7 @@ DATA = {
 }
 
 
-def heldout(kind: str, *, steps: int) -> dict:
+def heldout(kind: str, *, steps: int, scheme: str = "auto") -> dict:
     """Per-device fits and per-row errors of one CSV."""
     _, csv_rows = read_measurements(DATA[kind])
     rows, index, skipped = measured_rows(kind, csv_rows)
@@ -58,7 +58,8 @@ def heldout(kind: str, *, steps: int) -> dict:
         t0 = time.perf_counter()
         dev_rows = [rows[k] for k in ks]
         n_src = len({r.source for r in dev_rows})
-        holdout = "source" if n_src >= 2 else f"kfold:{min(5, len(ks))}"
+        kfold = f"kfold:{min(5, len(ks))}"
+        holdout = "source" if n_src >= 2 and scheme == "auto" else kfold
         paths = default_leaves(kind, dev_rows)
         priors = leaf_priors(kind, paths, io.load_hardware(device), center="defaults")
         fit = calibrate(dev_rows, priors, holdout=holdout, steps=steps)
@@ -127,10 +128,16 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kind", choices=("training", "inference", "both"), default="both")
     ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument(
+        "--holdout", choices=("auto", "kfold"), default="auto",
+        help="auto: leave-one-source-out where ≥ 2 sources, else 5-fold",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     for kind in ("training", "inference") if args.kind == "both" else (args.kind,):
-        result = heldout(kind, steps=args.steps) | dict(steps=args.steps)
-        (HERE / f"results_{kind}.json").write_text(json.dumps(result, indent=1))
+        result = heldout(kind, steps=args.steps, scheme=args.holdout)
+        result |= dict(steps=args.steps)
+        suffix = "" if args.holdout == "auto" else "_kfold"
+        (HERE / f"results_{kind}{suffix}.json").write_text(json.dumps(result, indent=1))
         print(f"## {kind}\n\n{tables(result)}")
 
 
