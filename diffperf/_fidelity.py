@@ -22,6 +22,7 @@ tiers share every type, the API and the `Breakdown` terms.
 from typing import Literal
 
 import equinox as eqx
+import jax.numpy as jnp
 
 from ._hardware import Cluster
 from ._mapping import Parallelism
@@ -60,11 +61,11 @@ def roofline_device(cluster: Cluster) -> Cluster:
     paths = _ONE + _ZERO + ("chip.sram_capacity",)
     values = [1.0] * len(_ONE) + [0.0] * len(_ZERO) + [_HUGE_SRAM]
     leaves = lambda c: [_get(c, p) for p in paths]  # noqa: E731
-    return eqx.tree_at(
-        leaves,
-        cluster,
-        [_get(cluster, p) * 0.0 + v for p, v in zip(paths, values, strict=True)],
-    )
+    # constants (not x·0 + v): XLA folds the efficiency curves and fixed costs away
+    consts = [
+        jnp.full_like(_get(cluster, p), v) for p, v in zip(paths, values, strict=True)
+    ]
+    return eqx.tree_at(leaves, cluster, consts)
 
 
 def tier(fidelity: str, cluster: Cluster, mapping=None):
@@ -76,6 +77,6 @@ def tier(fidelity: str, cluster: Cluster, mapping=None):
         mapping = eqx.tree_at(
             lambda m: (m.dp_overlap, m.tp_overlap),
             mapping,
-            (mapping.dp_overlap * 0.0, mapping.tp_overlap * 0.0),
+            (jnp.zeros_like(mapping.dp_overlap), jnp.zeros_like(mapping.tp_overlap)),
         )
     return roofline_device(cluster), mapping

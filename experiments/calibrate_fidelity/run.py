@@ -1,14 +1,15 @@
 """Speed and accuracy of the two fidelity tiers (roofline vs detailed).
 
-Speed: compile time and evaluations/s of `jax.jit(jax.vmap(train_step))` and of
-`serve` over a batch of clusters (HBM bandwidth scaled ±20%), Exact model, on this
-machine's CPU. Accuracy: `diffperf validate --fidelity T` MAPE on the bundled training
-and inference calibration data.
+Speed: compile time and evaluations/s (best of `--repeats` calls) of
+`jax.jit(jax.vmap(train_step))` and of `serve` over a batch of clusters (HBM
+bandwidth scaled ±20%), Exact model, on this machine's CPU. Accuracy: `diffperf
+validate --fidelity T` MAPE on the bundled training and inference calibration data.
 
 Usage:
-    python experiments/calibrate_fidelity/run.py [--batch 4096] [--repeats 5]
+    python experiments/calibrate_fidelity/run.py [--batch 65536] [--repeats 10]
+        [--skip-accuracy]
 
-Writes results.json next to this file.
+Writes (updates) results.json next to this file.
 """
 
 import argparse
@@ -51,23 +52,28 @@ def speed(fidelity: str, batch: int, repeats: int) -> dict:
         g.lower(scales).compile()
         compile_s = time.perf_counter() - t0
         g(scales).block_until_ready()
-        t0 = time.perf_counter()
+        best = float("inf")  # best of `repeats`: the machine is shared
         for _ in range(repeats):
+            t0 = time.perf_counter()
             g(scales).block_until_ready()
-        per_s = batch * repeats / (time.perf_counter() - t0)
+            best = min(best, time.perf_counter() - t0)
+        per_s = batch / best
         out[name] = dict(compile_s=compile_s, evaluations_per_s=per_s)
     return out
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batch", type=int, default=4096)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=65536)
+    ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--skip-accuracy", action="store_true")
     args = ap.parse_args(argv)
-    results = {}
+    path = HERE / "results.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
     for fidelity in ("roofline", "detailed"):
-        results[fidelity] = dict(speed=speed(fidelity, args.batch, args.repeats))
+        results.setdefault(fidelity, {})
+        results[fidelity]["speed"] = speed(fidelity, args.batch, args.repeats)
+        results[fidelity]["speed_batch"] = args.batch
         if not args.skip_accuracy:
             for kind in ("training", "inference"):
                 rep = validate_file(ROOT / "data" / f"{kind}_calibration.csv",
@@ -78,7 +84,7 @@ def main(argv=None):
                     by_source={k: v["mape"] for k, v in rep["by_source"].items()},
                 )  # fmt: skip
         print(fidelity, json.dumps(results[fidelity], indent=1), flush=True)
-    (HERE / "results.json").write_text(json.dumps(results, indent=1))
+    path.write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
