@@ -1,9 +1,10 @@
 """Speed and accuracy of the two fidelity tiers (roofline vs detailed).
 
 Speed: compile time and evaluations/s (best of `--repeats` calls) of
-`jax.jit(jax.vmap(train_step))` and of `serve` over a batch of clusters (HBM
-bandwidth scaled ±20%), Exact model, on this machine's CPU. Accuracy: `diffperf
-validate --fidelity T` MAPE on the bundled training and inference calibration data.
+`jax.jit(jax.vmap(train_step))` and of `serve` over a batch of clusters (peak
+FLOP/s, HBM and link bandwidths scaled ±20%), Exact model, on this machine's CPU.
+Accuracy: `diffperf validate --fidelity T` MAPE on the bundled training and inference
+calibration data.
 
 Usage:
     python experiments/calibrate_fidelity/run.py [--batch 65536] [--repeats 10]
@@ -44,8 +45,12 @@ def speed(fidelity: str, batch: int, repeats: int) -> dict:
     }
     for name, f in jobs.items():
 
-        def one(s, f=f):
-            return f(dp.scale_leaf(cluster, "chip.hbm_bandwidth", s))
+        def one(s, f=f):  # every resource varies: nothing can be hoisted
+            c = cluster
+            for path in ("chip.flops_bf16", "chip.hbm_bandwidth", "scale_up.bandwidth",
+                         "scale_out.bandwidth"):  # fmt: skip
+                c = dp.scale_leaf(c, path, s)
+            return f(c)
 
         g = jax.jit(jax.vmap(one))
         t0 = time.perf_counter()
