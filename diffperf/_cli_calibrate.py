@@ -103,7 +103,12 @@ def run_calibrate(args) -> dict:
         raise ValueError(f"--steps={args.steps} must be >= 1")
     cluster = io.load_hardware(args.hardware)
     kind, csv_rows = read_measurements(args.data)
-    rows, index, _ = measured_rows(kind, csv_rows)
+    member = {
+        g: _in_family(g, cluster.name) for g in {r.get("gpu", "") for r in csv_rows}
+    }
+    mine = [i for i, row in enumerate(csv_rows) if member[row.get("gpu", "")]]
+    rows, index, _ = measured_rows(kind, [csv_rows[i] for i in mine])
+    index = [mine[i] for i in index]  # back to the CSV's row numbers
     keep = [k for k, r in enumerate(rows) if cluster.name in spec_family(r.spec)]
     if not keep:
         raise ValueError(
@@ -148,6 +153,14 @@ def run_calibrate(args) -> dict:
         Path(args.out).write_text(fitted_toml(args.hardware, out, index))
         out["out"] = str(args.out)
     return out
+
+
+def _in_family(gpu: str, stem: str) -> bool:
+    """Whether a CSV `gpu` text names `stem` or a spec extending it."""
+    try:
+        return stem in spec_family(io._resolve("hardware", gpu).stem)
+    except ValueError:
+        return False
 
 
 def _base_ref(hardware: str) -> str:
