@@ -254,7 +254,7 @@ def kfold_folds(rows: list[Row], k: int, seed: int = 0) -> tuple[list[str], np.n
     return [f"fold {f + 1}/{k}" for f in range(k)], held
 
 
-def _fit(rows, groups, priors, weights, *, steps, lr, relax):
+def _fit(groups, priors, weights, *, steps, lr, relax):
     """Adam + box projection in log space, one optimization per row of `weights`."""
     paths = list(priors)
     folds = weights.shape[0]
