@@ -377,7 +377,7 @@ def calibrate(
     masks = np.vstack([np.ones((1, n), dtype=bool), ~held])
     weights = np.stack([source_balanced(rows, m) for m in masks])
     groups = _groups(rows)
-    u = _fit(rows, groups, priors, weights, steps=steps, lr=lr, relax=Smooth(32.0))
+    u = _fit(groups, priors, weights, steps=steps, lr=lr, relax=Smooth(32.0))
     inverse = np.array([r.inverse for r in rows])
     # the prior values ride along as one more fold: one compiled Exact evaluation
     u_all = {
