@@ -33,6 +33,7 @@ from jaxtyping import Array
 
 from ._collectives import p2p_time
 from ._dp import stage_params
+from ._fidelity import Fidelity, tier
 from ._hardware import Cluster
 from ._layer import LayerShape, layer_comm, layer_forward
 from ._mapping import Parallelism, Serving, check_serving
@@ -177,8 +178,13 @@ def prefill(
     serving: Serving,
     *,
     relax: AbstractRelax = _EXACT,
+    fidelity: Fidelity = "detailed",
 ) -> PhaseBreakdown:
-    """Prefill of B prompts of S_in tokens on one replica [s] (module docstring)."""
+    """Prefill of B prompts of S_in tokens on one replica [s] (module docstring).
+
+    `fidelity` picks the tier ("detailed" or "roofline", see `diffperf._fidelity`).
+    """
+    cluster, _ = tier(fidelity, cluster)
     s = _shape(
         model, serving, relax, q_len=serving.input_len, seq=serving.input_len,
         causal=True,
@@ -193,6 +199,7 @@ def decode_step(
     *,
     context=None,
     relax: AbstractRelax = _EXACT,
+    fidelity: Fidelity = "detailed",
 ) -> PhaseBreakdown:
     """One decode step (one new token for each of B sequences) [s].
 
@@ -203,7 +210,9 @@ def decode_step(
         context: tokens already in each sequence's KV cache; default the mean over
             the generation, S_in + S_out/2.
         relax: Exact() or Smooth(p).
+        fidelity: "detailed" (default) or "roofline" (`diffperf._fidelity`).
     """
+    cluster, _ = tier(fidelity, cluster)
     if context is None:
         context = serving.input_len + serving.output_len / 2.0
     s = _shape(model, serving, relax, q_len=1.0, seq=context, causal=False)
@@ -237,13 +246,17 @@ def serve(
     serving: Serving,
     *,
     relax: AbstractRelax = _EXACT,
+    fidelity: Fidelity = "detailed",
 ) -> ServeResult:
     """TTFT, TPOT, end-to-end latency, throughput, memory and max batch of a replica.
+
+    `fidelity` picks the tier ("detailed" or "roofline", see `diffperf._fidelity`).
 
     Raises:
         ValueError: a concrete serving mapping that does not fit the model.
     """
     check_serving(model, serving)
+    cluster, _ = tier(fidelity, cluster)
     pre = prefill(cluster, model, serving, relax=relax)
     dec = decode_step(cluster, model, serving, relax=relax)
     ttft, tpot = pre.total, dec.total

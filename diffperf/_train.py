@@ -15,6 +15,7 @@ with the bubble (p − 1)/v·t_mb of 1F1B / interleaved schedules.
 
 from ._breakdown import Breakdown
 from ._dp import dp_exposed, optimizer_time, p2p_exposed
+from ._fidelity import Fidelity, tier
 from ._hardware import Cluster
 from ._layer import LayerShape, head_time, layer_comm, layer_forward
 from ._mapping import Parallelism, check_mapping
@@ -54,6 +55,7 @@ def train_step(
     mapping: Parallelism,
     *,
     relax: AbstractRelax = _EXACT,
+    fidelity: Fidelity = "detailed",
 ) -> Breakdown:
     """Time, memory and FLOP of one optimizer step of a training job.
 
@@ -67,6 +69,8 @@ def train_step(
         model: the workload (`load_workload`); its `precision.math` picks the peak.
         mapping: the parallel mapping; chips used = tp·pp·dp·cp.
         relax: Exact() for reporting, Smooth(p) for gradients.
+        fidelity: "detailed" (per-operator efficiencies, fixed costs, overlap) or
+            "roofline" (each op at max(F/π, Q/β); see `diffperf._fidelity`).
 
     Returns:
         A `Breakdown` whose terms sum to `total`.
@@ -75,6 +79,7 @@ def train_step(
         ValueError: a concrete integer mapping that does not fit the model.
     """
     check_mapping(model, mapping)
+    cluster, mapping = tier(fidelity, cluster, mapping)
     s = training_shape(model, mapping, relax)
     p, v = mapping.pp, mapping.vpp
     m = mapping.microbatches()

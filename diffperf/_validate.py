@@ -25,11 +25,20 @@ import re
 import equinox as eqx
 
 from . import io
+from ._calibrate import Row
 from ._mapping import Parallelism, check_mapping
 from ._train import train_step
 from ._workload import Precision
 
-__all__ = ["validate_file", "validate_rows", "print_report"]
+__all__ = [
+    "validate_file",
+    "validate_rows",
+    "print_report",
+    "calibration_rows",
+    "spec_family",
+    "read_measurements",
+    "model_family",
+]
 
 _DTYPES = [
     (r"nvfp4|fp4", "fp4"),
@@ -132,17 +141,23 @@ def _source_flops(row, kind, model, mapping) -> float:
     return b * s * L * h**2 * (12 + 12 * g + 18 * f / h + 12 * s / h + 6 * V / (L * h))
 
 
-def predict_row(row: dict, *, hardware_override=None) -> dict:
-    """The prediction for one training row (ValueError if it cannot be resolved)."""
+def _resolve_row(row: dict, cluster=None):
+    """(kind, cluster, model with the row's precision, mapping, gpus) of a row."""
     kind = _source_kind(row.get("source", ""))
-    cluster = hardware_override or io.load_hardware(row["gpu"])
+    cluster = cluster or io.load_hardware(row["gpu"])
     model = _model(row)
     dtype = _dtype(row.get("dtype", "bf16"))
     if float(cluster.chip.peak_flops(dtype)) <= 0:
         raise ValueError(f"{cluster.name} has no {dtype} tensor throughput")
     model = eqx.tree_at(lambda m: m.precision, model, Precision.training(dtype))
     mapping, gpus = _mapping(row, kind, model)
-    b = train_step(cluster, model, mapping)
+    return kind, cluster, model, mapping, gpus
+
+
+def predict_row(row: dict, *, hardware_override=None, fidelity="detailed") -> dict:
+    """The prediction for one training row (ValueError if it cannot be resolved)."""
+    kind, cluster, model, mapping, gpus = _resolve_row(row, hardware_override)
+    b = train_step(cluster, model, mapping, fidelity=fidelity)
     step = float(b.total)
     tokens = float(b.tokens)
     tok, step_m = (
@@ -180,7 +195,45 @@ def predict_row(row: dict, *, hardware_override=None) -> dict:
     )
 
 
-def validate_rows(rows: list[dict]) -> dict:
+def spec_family(stem: str) -> tuple[str, ...]:
+    """The spec and the specs it extends, nearest first (dgx_a100 → a100_sxm4_80gb)."""
+    base = io.meta("hardware", stem).get("extends")
+    return (stem, *spec_family(base)) if base else (stem,)
+
+
+def calibration_rows(rows: list[dict]) -> tuple[list[Row], dict[int, str]]:
+    """Training rows resolved for calibration, and the reasons of those that are not.
+
+    The target is the step time the measurement implies: the model's step time scaled
+    by measured/predicted of the source's metric (inverted for throughputs).
+    """
+    out, skipped = [], {}
+    for i, row in enumerate(rows):
+        try:
+            res = predict_row(row)
+            _, cluster, model, mapping, _ = _resolve_row(row)
+        except ValueError as e:
+            skipped[i] = str(e).splitlines()[0]
+            continue
+        ratio = res["measured"] / res["predicted"]
+        inverse = res["metric"] != "step_time_s"
+        target = res["step_time_s"] * (1.0 / ratio if inverse else ratio)
+        source = _short_source(row.get("source", ""))
+        out.append(
+            Row(
+                cluster.name,
+                source,
+                cluster,
+                (model, mapping),
+                target,
+                "train",
+                inverse,
+            )
+        )
+    return out, skipped
+
+
+def validate_rows(rows: list[dict], *, fidelity: str = "detailed") -> dict:
     """Per-row predictions and the error summary of a list of training CSV rows."""
     results = []
     for i, row in enumerate(rows):
@@ -191,7 +244,7 @@ def validate_rows(rows: list[dict]) -> dict:
             model_name=row.get("model", ""),
         )
         try:
-            entry |= predict_row(row)
+            entry |= predict_row(row, fidelity=fidelity)
         except ValueError as e:
             entry["reason"] = str(e).splitlines()[0]
         results.append(entry)
@@ -225,33 +278,53 @@ def summarize(results: list[dict]) -> dict:
     )
 
 
+def model_family(name: str) -> str:
+    """The family of a CSV model name (mpt, llama, gpt3, ...) for per-family tables."""
+    n = name.lower()
+    for key in ("mpt", "llama", "gpt-2", "gpt3", "gpt oss", "qwen3", "deepseek",
+                "nemotron"):  # fmt: skip
+        if key in n:
+            return key
+    return re.sub(r"[-\s(].*", "", n) or n
+
+
 def _short_source(source: str) -> str:
     s = re.split(r"[\[(,]", source)[0].strip()
     return s[:60]
 
 
-def validate_file(path) -> dict:
-    """Validate against a measurement CSV; detects training vs inference columns."""
+def validate_file(path, *, fidelity: str = "detailed") -> dict:
+    """Validate against a measurement CSV; detects training vs inference columns.
+
+    `fidelity` picks the model tier ("detailed" or "roofline").
+    """
+    kind, rows = read_measurements(path)
+    if kind == "training":
+        return validate_rows(rows, fidelity=fidelity)
+    from ._validate_infer import validate_infer_rows
+
+    return validate_infer_rows(rows, fidelity=fidelity)
+
+
+def read_measurements(path) -> tuple[str, list[dict]]:
+    """("training" | "inference", rows) of a measurement CSV, by its columns."""
     columns, rows = io.read_csv(path)
     if (
         "measured_tflops_per_gpu" in columns
         or "measured_tokens_per_s_per_gpu" in columns
     ):
-        for col in ("gpu", "model", "num_gpus"):
-            if col not in columns:
-                raise ValueError(f"--data: training CSV lacks the column {col!r}")
-        return validate_rows(rows)
-    if {"metric", "value"} <= set(columns):
-        from ._validate_infer import validate_infer_rows
-
-        for col in ("gpu", "model", "num_gpus", "unit"):
-            if col not in columns:
-                raise ValueError(f"--data: inference CSV lacks the column {col!r}")
-        return validate_infer_rows(rows)
-    raise ValueError(
-        "--data: unrecognized CSV; expected the training columns "
-        "(measured_tokens_per_s_per_gpu, ...) or the inference ones (metric, value)"
-    )
+        kind, need = "training", ("gpu", "model", "num_gpus")
+    elif {"metric", "value"} <= set(columns):
+        kind, need = "inference", ("gpu", "model", "num_gpus", "unit")
+    else:
+        raise ValueError(
+            "--data: unrecognized CSV; expected the training columns "
+            "(measured_tokens_per_s_per_gpu, ...) or the inference ones (metric, value)"
+        )
+    for col in need:
+        if col not in columns:
+            raise ValueError(f"--data: {kind} CSV lacks the column {col!r}")
+    return kind, rows
 
 
 def print_report(out: dict):

@@ -30,12 +30,14 @@ import re
 import equinox as eqx
 
 from . import io
+from ._calibrate import Row
+from ._fidelity import tier
 from ._infer import OPS, layer_op_times, serve
 from ._mapping import Serving, check_serving
-from ._validate import _num, summarize
+from ._validate import _num, _short_source, summarize
 from ._workload import Precision
 
-__all__ = ["predict_infer_row", "validate_infer_rows"]
+__all__ = ["predict_infer_row", "validate_infer_rows", "calibration_infer_rows"]
 
 _LATENCY = {
     "ttft": "ttft",
@@ -62,17 +64,17 @@ def _precision(text: str) -> Precision:
     raise ValueError(f"dtype {text!r} is not a known precision")
 
 
-def predict_infer_row(row: dict) -> dict:
+def predict_infer_row(row: dict, *, fidelity: str = "detailed") -> dict:
     """Prediction for one inference row (ValueError with the reason if unresolvable)."""
     metric = row.get("metric", "").strip()
     if "_op_latency:" in metric:
-        return _predict_op_row(row, metric)
+        return _predict_op_row(row, metric, fidelity)
     if metric.startswith("server_"):
         raise ValueError("MLPerf Server statistics need an arrival-rate model")
     if metric not in _LATENCY and metric not in _MAX_LOAD + ("output_throughput",):
         raise ValueError(f"metric {metric!r} is not in the inference vocabulary")
     cluster, model, serving = resolve_infer_row(row)
-    r = serve(cluster, model, serving)
+    r = serve(cluster, model, serving, fidelity=fidelity)
     measured = float(row["value"])
     if metric in _LATENCY:
         predicted = 1e3 * float(getattr(r, _LATENCY[metric]))
@@ -122,12 +124,12 @@ def resolve_infer_row(row: dict):
     return cluster, model, serving
 
 
-def _predict_op_row(row: dict, metric: str) -> dict:
+def _predict_op_row(row: dict, metric: str, fidelity: str) -> dict:
     """A per-operator latency row: one layer's op on one chip (per-operator tier)."""
     phase_text, op = metric.split("_layer_op_latency:")
     if op not in OPS:
         raise ValueError(f"operator {op!r} is not one of {', '.join(OPS)}")
-    cluster = io.load_hardware(row["gpu"])
+    cluster, _ = tier(fidelity, io.load_hardware(row["gpu"]))
     name = re.split(r",\s*one transformer layer", row["model"])[0]
     model = io.load_workload(name)
     model = eqx.tree_at(lambda m: m.precision, model, _precision(row.get("dtype", "")))
@@ -198,7 +200,7 @@ def _inconsistent(rows: list[dict]) -> dict[int, str]:
 _TRIPLE = ("prefill_latency_median", "tpot_median", "e2e_latency_median")
 
 
-def validate_infer_rows(rows: list[dict]) -> dict:
+def validate_infer_rows(rows: list[dict], *, fidelity: str = "detailed") -> dict:
     """Per-row predictions and error summary of inference CSV rows."""
     results = []
     bad = _inconsistent(rows)
@@ -213,8 +215,50 @@ def validate_infer_rows(rows: list[dict]) -> dict:
         try:
             if i in bad:
                 raise ValueError(bad[i])
-            entry |= predict_infer_row(row)
+            entry |= predict_infer_row(row, fidelity=fidelity)
         except ValueError as e:
             entry["reason"] = str(e).splitlines()[0]
         results.append(entry)
     return summarize(results) | {"kind": "inference"}
+
+
+def calibration_infer_rows(rows: list[dict]) -> tuple[list[Row], dict[int, str]]:
+    """Serving rows resolved for calibration, and the reasons of those that are not.
+
+    Per-operator rows and rows that contradict their own source are not fitted. The
+    target is the row's metric in model units (latency, or 1/throughput) scaled by
+    measured/predicted, exactly as `validate` compares them.
+    """
+    out, skipped = [], {}
+    bad = _inconsistent(rows)
+    for i, row in enumerate(rows):
+        metric = row.get("metric", "").strip()
+        try:
+            if i in bad:
+                raise ValueError(bad[i])
+            if "_op_latency:" in metric:
+                raise ValueError("per-operator rows are not fitted")
+            res = predict_infer_row(row)
+            cluster, model, serving = resolve_infer_row(row)
+        except ValueError as e:
+            skipped[i] = str(e).splitlines()[0]
+            continue
+        r = serve(cluster, model, serving)
+        scale = res["measured"] / res["predicted"]
+        latency = metric in _LATENCY
+        name = _LATENCY[metric] if latency else "inv_throughput"
+        t = float(getattr(r, name)) if latency else 1.0 / float(r.output_tokens_per_s)
+        target = t * (scale if latency else 1.0 / scale)
+        source = _short_source(row.get("source", ""))
+        out.append(
+            Row(
+                cluster.name,
+                source,
+                cluster,
+                (model, serving),
+                target,
+                name,
+                not latency,
+            )
+        )
+    return out, skipped

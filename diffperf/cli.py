@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from . import io
 from ._cost import hourly_cost
+from ._fidelity import FIDELITIES, tier
 from ._infer import serve
 from ._mapping import Parallelism, Serving, check_mapping, check_serving
 from ._relax import Exact
@@ -52,9 +53,17 @@ def _positive_int(name):
     return parse
 
 
+def _fidelity_argument(p):
+    p.add_argument(
+        "--fidelity", choices=FIDELITIES, default="detailed",
+        help="detailed per-operator model, or the roofline tier",
+    )  # fmt: skip
+
+
 def _add_train(sub):
     p = sub.add_parser("train", help="time, memory and MFU of one training step")
     train_arguments(p)
+    _fidelity_argument(p)
     p.add_argument("--json", action="store_true")
     return p
 
@@ -101,6 +110,7 @@ def infer_arguments(p):
 def _add_infer(sub):
     p = sub.add_parser("infer", help="TTFT, TPOT, throughput and memory of serving")
     infer_arguments(p)
+    _fidelity_argument(p)
     p.add_argument(
         "--disaggregate",
         metavar="PREFILL_GPUS:DECODE_GPUS",
@@ -139,6 +149,7 @@ def _pools(text: str, replica: int) -> tuple[int, int]:
 def _add_validate(sub):
     p = sub.add_parser("validate", help="accuracy against a CSV of measured runs")
     p.add_argument("--data", required=True, help="training or inference CSV")
+    _fidelity_argument(p)
     p.add_argument("--json", action="store_true")
     return p
 
@@ -172,8 +183,10 @@ def train_result(cluster, model, mapping, *, dtype_peak: str | None = None) -> d
 
 def _train(args) -> dict:
     cluster, model, mapping = train_job(args)
+    cluster, mapping = tier(args.fidelity, cluster, mapping)
     out = train_result(cluster, model, mapping)
     out |= {
+        "fidelity": args.fidelity,
         "hardware": cluster.name,
         "model": model.name,
         "mapping": {
@@ -316,6 +329,7 @@ def infer_job(args):
 
 def _infer(args) -> dict:
     cluster, model, serving, prec = infer_job(args)
+    cluster, _ = tier(args.fidelity, cluster)
     replica = args.tp * args.pp
     pools = _pools(args.disaggregate, replica) if args.disaggregate else None
     if pools is None:
@@ -350,6 +364,7 @@ def _infer(args) -> dict:
             "speedup": float(out["tpot_s"] / tpot),
         }
     out |= {
+        "fidelity": args.fidelity,
         "hardware": cluster.name,
         "model": model.name,
         "mapping": {"gpus": args.gpus, "tp": args.tp, "pp": args.pp, "ep": args.ep,
@@ -439,6 +454,7 @@ def main(argv=None) -> int:
 
 def _commands() -> dict:
     """Command → (run(args) -> dict, print(dict) or None)."""
+    from ._cli_calibrate import print_calibrate, run_calibrate
     from ._cli_optimize import print_optimize, run_optimize
     from ._cli_study import print_sensitivity, print_sweep, run_sensitivity, run_sweep
     from ._cli_trace import print_roofline, print_trace, run_roofline, run_trace
@@ -452,7 +468,11 @@ def _commands() -> dict:
         "optimize": (run_optimize, print_optimize),
         "trace": (run_trace, print_trace),
         "roofline": (run_roofline, print_roofline),
-        "validate": (lambda args: validate_file(args.data), print_report),
+        "validate": (
+            lambda args: validate_file(args.data, fidelity=args.fidelity),
+            print_report,
+        ),
+        "calibrate": (run_calibrate, print_calibrate),
         "list": (_list, None),
     }
 
@@ -475,6 +495,9 @@ def _main(argv) -> int:
 
     add_trace(sub)
     add_roofline(sub)
+    from ._cli_calibrate import add_calibrate
+
+    add_calibrate(sub)
     try:
         args = parser.parse_args(argv)
         run, show = _commands()[args.command]

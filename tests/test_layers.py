@@ -13,6 +13,7 @@ LAYER = {
     "_workload": 2,
     "_mapping": 3,
     "_collectives": 3,
+    "_fidelity": 3,
     "_ops": 4,
     "_breakdown": 4,
     "_dp": 4,
@@ -27,6 +28,7 @@ LAYER = {
     "_sensitivity": 6,
     "_sweep": 6,
     "_optimize": 6,
+    "_calibrate": 6,
     "_validate": 7,
     "_validate_infer": 7,
     "io": 7,
@@ -34,6 +36,7 @@ LAYER = {
     "_cli_study": 7,
     "_cli_optimize": 7,
     "_cli_trace": 7,
+    "_cli_calibrate": 7,
     "plots": 7,
     "__init__": 8,
 }

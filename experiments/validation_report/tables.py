@@ -9,31 +9,13 @@ the rows with the largest errors, and writes report.json next to this file.
 
 import argparse
 import json
-import re
 from collections import defaultdict
 from pathlib import Path
 
-from diffperf._validate import _short_source, validate_file
+from diffperf._validate import _short_source, model_family, validate_file
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-
-
-def _family(name: str) -> str:
-    n = name.lower()
-    for key in (
-        "mpt",
-        "llama",
-        "gpt-2",
-        "gpt3",
-        "gpt oss",
-        "qwen3",
-        "deepseek",
-        "nemotron",
-    ):
-        if key in n:
-            return key
-    return re.sub(r"[-\s(].*", "", n) or n
 
 
 def _table(title, groups):
@@ -69,7 +51,7 @@ def main(argv=None):
         by["source"][src].append(r)
         by["source, GPU"][f"{src} · {r['hardware']}"].append(r)
         by["GPU"][r["hardware"]].append(r)
-        by["model family"][_family(r["model_name"])].append(r)
+        by["model family"][model_family(r["model_name"])].append(r)
     for title in ("source", "source, GPU", "GPU", "model family"):
         print(_table(title, by[title]) + "\n")
     worst = sorted(done, key=lambda r: -r["ape"])[:15]
