@@ -31,7 +31,7 @@ class Breakdown(eqx.Module):
 
     Terms (all [s] per step, on the critical path):
       matmul: GEMMs of all layers' forward and backward passes (incl. MoE experts)
-      attention: fused attention forward and backward
+      attention: token mixing forward and backward: fused attention and Mamba-2 scans
       elementwise: norms, residuals, activations, rotary, casts (HBM-bound)
       kernel_overhead: fixed per-kernel cost × kernels launched
       recompute: activation recomputation in the backward pass
@@ -63,6 +63,7 @@ class Breakdown(eqx.Module):
     overlapped_tp_comm: Array
     overlapped_cp_comm: Array
     overlapped_dp_comm: Array
+    overlapped_ep_comm: Array
     memory_per_gpu: Array  # B, peak HBM use of the busiest chip
     memory_capacity: Array  # B, HBM capacity of one chip
     model_flops: Array  # FLOP per step, 6·P_active·tokens + attention (no recompute)
@@ -95,6 +96,7 @@ class Breakdown(eqx.Module):
             "tp_comm": self.overlapped_tp_comm,
             "cp_comm": self.overlapped_cp_comm,
             "dp_comm": self.overlapped_dp_comm,
+            "ep_comm": self.overlapped_ep_comm,
         }
 
     @property

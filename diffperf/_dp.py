@@ -1,7 +1,7 @@
 """Data-parallel gradient/parameter collectives, pipeline sends and the optimizer step.
 
 Parameters on one chip of a stage (the stage with the embedding or the output layer):
-    P_dense = (L/p)·(attention + (1 − f_moe)·dense MLP + f_moe·(shared + router) + 2D)/t
+    P_dense = (L/p)·(non-expert weights of a layer, `nonexpert_layer_params`)/t
               + V·D/t·(1 + u/p)        (u = 1 for untied embeddings)
     P_expert = (L/p)·f_moe·E·expert / (ep·etp)
 Dense gradients are reduced over the dp·cp group (stride t); expert gradients over the
@@ -31,18 +31,17 @@ param, m, v (12 B) and the bf16 copy (2 B)."""
 def stage_params(model: Transformer, mapping: Parallelism):
     """(P_dense, P_expert): parameters on one chip of the largest stage [elements]."""
     m, t = model, mapping.tp
-    f = m.moe_fraction
-    shared = m.n_shared_experts * m.expert_params() + m.d_model * m.n_experts
-    per_layer = (
-        m.attention_params()
-        + (1.0 - f) * m.dense_mlp_params()
-        + f * shared
-        + 2.0 * m.d_model
-    )
+    per_layer = m.nonexpert_layer_params()
     untied = 0.0 if m.tied_embeddings else 1.0
     emb = m.vocab_size * m.d_model / t * (1.0 + untied / mapping.pp)
-    dense = m.n_layers / mapping.pp * per_layer / t + emb
-    expert = m.n_layers / mapping.pp * f * m.n_experts * m.expert_params()
+    # multi-token-prediction modules sit with the output layer (same stage)
+    mtp_expert = jnp.where(
+        m.n_experts > 0, m.n_mtp_layers * m.n_experts * m.expert_params(), 0.0
+    )
+    mtp_dense = m.mtp_params() - mtp_expert
+    dense = (m.n_layers / mapping.pp * per_layer + mtp_dense) / t + emb
+    expert = m.n_layers / mapping.pp * m.moe_fraction * m.n_experts * m.expert_params()
+    expert = expert + mtp_expert
     return dense, expert / (mapping.ep * mapping.etp)
 
 

@@ -22,7 +22,8 @@ misses by ~2×.
 Serving metrics (static batch, steady state):
   TTFT = t_prefill;  TPOT = t_decode at the mean context S_in + S_out/2;
   e2e = TTFT + (S_out − 1)·TPOT;  output tokens/s = B·S_out / e2e (per replica).
-Memory per chip: weights/(t·p) + KV cache B·(S_in + S_out)·L/p·kv/t + prefill
+Memory per chip: weights/(t·p) + KV cache B·(S_in + S_out)·L/p·kv/t (attention
+layers) + B·Mamba-2 state (constant per sequence, SSM layers) + prefill
 activations of one prompt (4·S_in·D·2 B; engines prefill prompts one chunk at a time)
 + reserved. max_batch is the largest batch whose KV caches fit beside the rest.
 """
@@ -154,7 +155,9 @@ def _phase(
     hop = p2p_time(cluster, s.tokens * model.d_model * b, serving.tp, relax=relax)
     gpu = dict(
         matmul=layers * lay["gemm"],
-        attention=layers * lay["attn"] if attention is None else attention,
+        attention=layers * (lay["attn"] + lay["ssm"])
+        if attention is None
+        else attention + layers * lay["ssm"],
         elementwise=layers * lay["elem"],
         kernel_overhead=layers * lay["kernels"] * chip.kernel_overhead,
         tp_comm=layers * com["tp"] / 2.0,  # forward half of fwd + bwd
@@ -222,15 +225,26 @@ def decode_step(
 def kv_bytes_per_token(model: Transformer, serving: Serving) -> Array:
     """KV-cache bytes per token on one chip, for all its layers [B].
 
-    Standard attention: 2·K·H·b_kv per layer (K/V heads sharded by t, replicated when
-    t > K); MLA: (kv_lora_rank + rope dim)·b_kv per layer, replicated over t.
+    Standard attention: 2·K·H·b_kv per attention layer (K/V heads sharded by t,
+    replicated when t > K); MLA: (kv_lora_rank + rope dim)·b_kv per layer, replicated
+    over t. Layers without attention (Mamba-2) cache no K/V (`ssm_state_bytes`).
     """
     b = model.precision.bytes("kv_cache")
-    layers = model.n_layers / serving.pp
+    layers = model.n_layers / serving.pp * model.attention_fraction
     if model.attention == "mla":
         return layers * (model.kv_lora_rank + model.qk_rope_head_dim) * b
     heads = jnp.maximum(model.n_kv_heads / serving.tp, 1.0)
     return layers * 2.0 * heads * model.head_dim * b
+
+
+def ssm_state_bytes(model: Transformer, serving: Serving) -> Array:
+    """Recurrent (Mamba-2) state of one sequence on one chip, all its layers [B].
+
+    L/p·s layers × `Transformer.ssm_state_bytes()` / t (heads sharded by t); constant
+    in the context length, 0 without SSM layers.
+    """
+    layers = model.n_layers / serving.pp * model.ssm_fraction
+    return layers * model.ssm_state_bytes() / serving.tp
 
 
 def weight_bytes(model: Transformer, serving: Serving) -> Array:
@@ -268,7 +282,7 @@ def serve(
     # prefill activations alive at once: a few D-wide tensors of the prompts in flight
     act_one = 4.0 * serving.input_len * model.d_model * 2.0
     free = chip.hbm_capacity - chip.reserved_memory - weights - act_one
-    per_seq = kv_token * context
+    per_seq = kv_token * context + ssm_state_bytes(model, serving)
     memory = weights + serving.batch * per_seq + act_one + chip.reserved_memory
     return ServeResult(
         prefill=pre,

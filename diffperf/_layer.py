@@ -10,7 +10,14 @@ import jax.numpy as jnp
 
 from ._collectives import collective_time, dispatch_time, p2p_time
 from ._hardware import Cluster
-from ._ops import attention_time, attention_work, gemm_time, gemm_work, memory_time
+from ._ops import (
+    attention_time,
+    attention_work,
+    gemm_time,
+    gemm_work,
+    memory_time,
+    ssm_scan_time,
+)
 from ._relax import AbstractRelax, as_float
 from ._workload import Transformer
 
@@ -61,10 +68,21 @@ class LayerShape:
         self.sp_tokens = self.tokens / tp if sequence_parallel else self.tokens
         self.moe = m.moe_fraction
         self.heads = m.n_heads / tp
-        self.kv_heads = relax.max(m.n_kv_heads / tp, 1.0)  # replicated below 1
         mla = m.attention == "mla"
-        self.h_qk = m.head_dim
-        self.h_v = m.v_head_dim if mla else m.head_dim
+        # MLA decode runs the absorbed form (DeepSeek-V3 inference, FlashMLA): queries
+        # are projected into the latent space, and every head attends to the shared
+        # latent cache of c + Hr elements per token (one "KV head", as in MQA).
+        self.absorbed = mla and not causal
+        self.recurrent = not causal  # SSM layers step their state one token at a time
+        if self.absorbed:
+            c, hr = m.kv_lora_rank, m.qk_rope_head_dim
+            self.kv_heads = as_float(1.0)
+            self.h_qk, self.h_v, self.kv_width = c + hr, c, c + hr
+        else:
+            self.kv_heads = relax.max(m.n_kv_heads / tp, 1.0)  # replicated below 1
+            self.h_qk = m.head_dim
+            self.h_v = m.v_head_dim if mla else m.head_dim
+            self.kv_width = self.h_qk + self.h_v
         window = jnp.where(m.sliding_window > 0, m.sliding_window, seq)
         mean = seq / 2.0 if causal else seq
         f = m.sliding_fraction
@@ -80,83 +98,114 @@ class LayerShape:
 def _gemm_shapes(model: Transformer, s: LayerShape):
     """(M, K, N, count, weight) of each forward GEMM of the representative layer.
 
-    `weight` is the share of layers that contain the op (MoE vs dense MLP layers).
+    `weight` is the share of layers that contain the op (attention, Mamba-2, dense MLP
+    and MoE layers by their fractions). The grouped expert GEMMs run `local` experts of
+    M = T/t·k·etp·load/local rows each at the busiest chip (load = capacity factor or
+    imbalance), so small per-expert batches fall down the efficiency curve.
     """
     m, t, T = model, s.t, s.tokens
     d, n, h = m.d_model, m.n_heads, m.head_dim
+    a = m.attention_fraction
     if m.attention == "mla":
-        c, q = m.kv_lora_rank, m.q_lora_rank
+        c, q, hr = m.kv_lora_rank, m.q_lora_rank, m.qk_rope_head_dim
         attn = [
-            (T, d, q, 1.0, 1.0),  # q down
-            (T, q, n * h / t, 1.0, 1.0),  # q up
-            (T, d, c + m.qk_rope_head_dim, 1.0, 1.0),  # kv down
-            (T, c, n * (h - m.qk_rope_head_dim + m.v_head_dim) / t, 1.0, 1.0),  # kv up
-            (T, n * m.v_head_dim / t, d, 1.0, 1.0),  # out
+            (T, d, q, 1.0, a),  # q down
+            (T, q, n * h / t, 1.0, a),  # q up
+            (T, d, c + hr, 1.0, a),  # kv down
         ]
+        if s.absorbed:  # W_UK into the query, W_UV after attention, per head
+            attn += [
+                (T, h - hr, c, n / t, a),  # q_nope · W_UK
+                (T, c, m.v_head_dim, n / t, a),  # latent output · W_UV
+            ]
+        else:
+            attn += [(T, c, n * (h - hr + m.v_head_dim) / t, 1.0, a)]  # kv up
+        attn += [(T, n * m.v_head_dim / t, d, 1.0, a)]  # out
     else:
         attn = [
-            (T, d, (n + 2.0 * m.n_kv_heads) * h / t, 1.0, 1.0),  # qkv
-            (T, n * h / t, d, 1.0, 1.0),  # out
+            (T, d, (n + 2.0 * m.n_kv_heads) * h / t, 1.0, a),  # qkv
+            (T, n * h / t, d, 1.0, a),  # out
         ]
+    ssm = m.ssm_fraction
+    mixer = [
+        (T, d, m.ssm_in_proj_width() / t, 1.0, ssm),  # Mamba-2 in_proj
+        (T, m.ssm_inner / t, d, 1.0, ssm),  # Mamba-2 out_proj
+    ]
     up = m.mlp_mats - 1.0
-    dense, moe = 1.0 - s.moe, s.moe
+    dense, moe = m.dense_mlp_fraction, s.moe
     local = m.n_experts / s.ep
-    routed = T / t * m.top_k * s.etp * m.expert_imbalance  # tokens at the busiest chip
+    routed = T / t * m.top_k * s.etp * m.expert_load  # tokens at the busiest chip
     per_expert = routed / jnp.maximum(local, 1.0)
-    fe, fs = m.d_ff_expert, m.d_ff_expert * m.n_shared_experts
+    fe, fs, ell = m.d_ff_expert, m.shared_width, m.expert_input_dim
+    latent = moe * jnp.where(m.moe_latent_dim > 0, 1.0, 0.0)
     mlp = [
         (T, d, up * m.d_ff / t, 1.0, dense),  # dense up (+gate)
         (T, m.d_ff / t, d, 1.0, dense),  # dense down
         (T / t, d, m.n_experts, 1.0, moe),  # router
-        (per_expert, d, up * fe / s.etp, local, moe),  # expert up (+gate), grouped
-        (per_expert, fe / s.etp, d, local, moe),  # expert down, grouped
+        (T / t, d, ell, 1.0, latent),  # LatentMoE projection into the latent
+        (per_expert, ell, up * fe / s.etp, local, moe),  # expert up (+gate), grouped
+        (per_expert, fe / s.etp, ell, local, moe),  # expert down, grouped
+        (T / t, ell, d, 1.0, latent),  # LatentMoE projection out of the latent
         (T, d, up * fs / t, 1.0, moe),  # shared experts up
         (T, fs / t, d, 1.0, moe),  # shared experts down
     ]
-    return [jnp.stack([as_float(r[i]) for r in attn + mlp]) for i in range(5)]
+    return [jnp.stack([as_float(r[i]) for r in attn + mixer + mlp]) for i in range(5)]
 
 
 def _elementwise_bytes(model: Transformer, s: LayerShape):
     """HBM bytes of the forward non-GEMM, non-attention ops of one layer on one chip.
 
-    Per token: 2 norms (read + write D) and 2 residual adds (3·D) on the SP shard;
-    the MLP activation (read up·F, write F); rotary on Q and K; with fp8/fp4 GEMMs,
-    a cast of each GEMM input (read b, write 1 byte).
+    Per token: a norm (read + write D) and a residual add (3·D) per block (attention,
+    Mamba-2, MLP) on the SP shard; the MLP activation (read up·F, write F); rotary on
+    Q and K; the Mamba-2 causal conv (read + write d_in + 2·G·Ns) and gated norm (read
+    y and z, write y); with fp8/fp4 GEMMs, a cast of each GEMM input (read b, write 1
+    byte).
     """
     m, t = model, s.t
     up = m.mlp_mats - 1.0
     mlp_dense = (up + 1.0) * m.d_ff / t
-    mlp_moe = (
-        (up + 1.0)
-        * m.d_ff_expert
-        * (m.top_k * m.expert_imbalance + m.n_shared_experts)
-        / t
-    )
-    act = (1.0 - s.moe) * mlp_dense + s.moe * mlp_moe
-    rope = 4.0 * (m.n_heads + m.n_kv_heads) * m.head_dim / t
+    routed = m.d_ff_expert * m.top_k * m.expert_load + m.shared_width
+    mlp_moe = (up + 1.0) * routed / t
+    act = m.dense_mlp_fraction * mlp_dense + s.moe * mlp_moe
+    rope = m.attention_fraction * 4.0 * (m.n_heads + m.n_kv_heads) * m.head_dim / t
+    conv = m.ssm_inner + 2.0 * m.ssm_groups * m.ssm_state_dim
+    ssm = m.ssm_fraction * (2.0 * conv + 3.0 * m.ssm_inner) / t
     b = s.b_act
-    total = s.sp_tokens * 10.0 * m.d_model * b + s.tokens * (act + rope) * b
+    norms = s.sp_tokens * 5.0 * m.d_model * b * m.sublayers
+    total = norms + s.tokens * (act + rope + ssm) * b
     if s.low:
-        gemm_inputs = 2.0 * m.d_model + m.n_heads * m.head_dim / t + m.d_ff / t
+        gemm_inputs = (
+            m.sublayers * m.d_model
+            + m.attention_fraction * m.n_heads * m.head_dim / t
+            + m.ssm_fraction * m.ssm_inner / t
+            + m.mlp_fraction * m.d_ff / t
+        )
         total = total + s.tokens * gemm_inputs * (b + 1.0)
     return total
 
 
-def _kernels_per_layer(s: LayerShape) -> tuple[float, float]:
+def _kernels_per_layer(model: Transformer, s: LayerShape) -> tuple[float, float]:
     """(GPU kernels, host-dispatched ops) of the representative layer's forward pass.
 
-    Dense layer: 4 GEMMs, attention, 2 norms, 2 residual adds, activation and rotary
-    (11 kernels; + 4 casts for fp8/fp4 GEMMs), each one host op. An MoE layer adds
-    router GEMM, top-k, permute, 2 grouped GEMMs and unpermute on the GPU (+6 kernels),
-    and about 40 small host-side ops (router softmax/top-k bookkeeping, auxiliary
+    Attention block: norm, QKV, rotary, attention, output, residual (6 kernels); MLP
+    block: norm, up, activation, down, residual (5); Mamba-2 block: norm, in_proj,
+    conv, 5 SSD scan kernels (chunk cumsum, chunk state, state passing, BMM, chunk
+    scan), gated norm, out_proj, residual (11); each one host op, + 2 casts per block
+    for fp8/fp4 GEMMs. A standard dense layer is 11 kernels. An MoE layer adds router
+    GEMM, top-k, permute, 2 grouped GEMMs and unpermute on the GPU (+6 kernels), and
+    about 40 small host-side ops (router softmax/top-k bookkeeping, auxiliary
     load-balancing loss, token-count histogram with its device-to-host sync,
     permutation indices, splits of the all-to-all), an estimate from the structure of
     Megatron-core's MoE layer. The backward pass launches about twice as many.
     """
-    base = 11.0 + (4.0 if s.low else 0.0)
-    gpu = base + 6.0 * s.moe
-    host = base + 46.0 * s.moe
-    return gpu, host
+    m = model
+    cast = 2.0 if s.low else 0.0
+    base = (
+        m.attention_fraction * (6.0 + cast)
+        + m.ssm_fraction * (11.0 + cast)
+        + m.mlp_fraction * (5.0 + cast)
+    )
+    return base + 6.0 * s.moe, base + 46.0 * s.moe
 
 
 def layer_forward(
@@ -188,37 +237,56 @@ def layer_forward(
         kv_heads=s.kv_heads,
         head_dim_qk=s.h_qk,
         head_dim_v=s.h_v,
+        kv_width=s.kv_width,
         peak=peak16,
         nbytes=s.b_act,
         kv_nbytes=s.b_kv,
         fused=s.flash,
     )
     attn, attn_flops = attention_time(chip, relax=relax, **shape)
+    m = model
+    ssm, ssm_flops = ssm_scan_time(
+        chip,
+        tokens=s.tokens,
+        seq=s.seq,
+        heads=m.ssm_heads / s.t,
+        head_dim=m.ssm_head_dim,
+        state=m.ssm_state_dim,
+        groups=relax.max(m.ssm_groups / s.t, 1.0),
+        chunk=m.ssm_chunk,
+        peak=peak16,
+        nbytes=s.b_act,
+        recurrent=s.recurrent,
+        relax=relax,
+    )
     elem = memory_time(chip, _elementwise_bytes(model, s))
     if s.b_weight < s.b_gemm:  # weight-only quantization: dequantize K×N per GEMM
         dequant = jnp.sum(kk * nn * count * weight) * 2.0 / chip.flops_fp32
         elem = elem + dequant
-    kernels, host_ops = _kernels_per_layer(s)
+    kernels, host_ops = _kernels_per_layer(model, s)
     flops = 2.0 * jnp.sum(mm * kk * nn * count * weight)
     g_flops, g_bytes, _ = gemm_work(
         chip, mm, kk, nn, count=count, nbytes=s.b_gemm, weight_nbytes=s.b_weight,
         relax=relax,
     )  # fmt: skip
     _, attn_bytes, _ = attention_work(chip, relax=relax, **shape)
+    a, f_ssm = m.attention_fraction, m.ssm_fraction
     return dict(
         gemm=gemm,
-        attn=attn,
+        attn=a * attn,
+        ssm=f_ssm * ssm,
         elem=elem,
         kernels=kernels,
         host_ops=host_ops,
         flops=flops,
-        attn_flops=attn_flops,
+        attn_flops=a * attn_flops,
+        ssm_flops=f_ssm * ssm_flops,
         # per-op view for the roofline (`diffperf roofline`): one row per GEMM of
         # `_gemm_shapes`, `share` the fraction of layers that contain it
         gemm_ops=dict(
             time=g, flops=g_flops, bytes=g_bytes, share=weight, dims=(mm, kk, nn)
         ),
-        attn_bytes=attn_bytes,
+        attn_bytes=a * attn_bytes,
     )
 
 
@@ -234,30 +302,37 @@ def layer_comm(
     TP (Korthikanti et al. 2022): with sequence parallelism, an all-gather before and a
     reduce-scatter after the attention and the dense MLP, forward and backward (8
     collectives of T·D·b bytes); without it, 4 all-reduces. MoE layers with etp = 1 have
-    TP collectives around attention only. CP: ring attention passes K/V (c − 1) times
-    forward and K/V plus their gradients backward. EP: dispatch and combine forward and
-    backward of the chip's T/t tokens to k experts each (`dispatch_time`).
+    TP collectives around attention only; a Mamba-2 block has one pair like attention.
+    CP: ring attention passes K/V (c − 1) times forward and K/V plus their gradients
+    backward. EP: dispatch and combine forward and backward of the chip's T/t tokens
+    to k experts each (`dispatch_time`), at the experts' input width ℓ, times the
+    capacity factor when token dropping pads the buffers.
     """
+    m = model
     b = s.b_act
-    buf = s.tokens * model.d_model * b
+    buf = s.tokens * m.d_model * b
     kind = "all_gather" if sequence_parallel else "all_reduce"
     one = collective_time(cluster, kind, buf, s.t, 1.0, relax=relax)
     if sequence_parallel:
         one = one + collective_time(
             cluster, "reduce_scatter", buf, s.t, 1.0, relax=relax
         )
-    n_tp = 2.0 * (1.0 - s.moe) + 1.0 * s.moe  # pairs per direction
+    # pairs per direction: one per attention, Mamba-2 and dense MLP block
+    n_tp = m.attention_fraction + m.ssm_fraction + m.dense_mlp_fraction
     tp = 2.0 * n_tp * one
     kv_elems = (
-        model.n_heads * (s.h_qk + s.h_v)
-        if model.attention == "mla"
-        else 2.0 * model.n_kv_heads * model.head_dim
+        m.n_heads * (s.h_qk + s.h_v)
+        if m.attention == "mla"
+        else 2.0 * m.n_kv_heads * m.head_dim
     )
     kv = s.tokens * kv_elems / s.t * b
-    hop = p2p_time(cluster, kv, s.t, relax=relax)
+    hop = m.attention_fraction * p2p_time(cluster, kv, s.t, relax=relax)
     cp_fwd, cp_bwd = (s.c - 1.0) * hop, 2.0 * (s.c - 1.0) * hop
-    token_bytes = s.tokens / s.t * model.d_model * b
-    a2a = dispatch_time(cluster, token_bytes, model.top_k, s.ep, s.etp, relax=relax)
+    # tokens travel at the experts' input width (the latent of a LatentMoE); token
+    # dropping pads every expert's buffer to capacity, so capacity·k copies move
+    sent = jnp.where(m.capacity_factor > 0, m.capacity_factor, 1.0)
+    token_bytes = s.tokens / s.t * m.expert_input_dim * b * sent
+    a2a = dispatch_time(cluster, token_bytes, m.top_k, s.ep, s.etp, relax=relax)
     ep = 4.0 * a2a * s.moe
     return dict(tp=tp, cp_fwd=cp_fwd, cp_bwd=cp_bwd, ep=ep)
 

@@ -31,7 +31,10 @@ class Parallelism(eqx.Module):
     Fields with a `_overlap` suffix are the fraction of that communication the framework
     hides behind compute (0 = fully exposed, 1 = hidden where compute is long enough).
     `flash_attention=False` models frameworks that materialize the attention scores
-    (Megatron-LM before 2022).
+    (Megatron-LM before 2022). `ep_overlap` is the share of the MoE dispatch/combine
+    all-to-all run concurrently with computation of another microbatch or of the shared
+    experts (Megatron-core `overlap_moe_expert_parallel_comm` / DeepEP-style 1F1B
+    overlap, `moe_shared_expert_overlap`); it hides at most the layer's compute.
     """
 
     tp: Array = eqx.field(**_F, default=1.0)
@@ -46,6 +49,7 @@ class Parallelism(eqx.Module):
     seq_len: Array = eqx.field(**_F, default=0.0)  # tokens; 0: the model's max_seq_len
     tp_overlap: Array = eqx.field(**_F, default=0.0)
     dp_overlap: Array = eqx.field(**_F, default=1.0)
+    ep_overlap: Array = eqx.field(**_F, default=0.0)
     recompute: Literal["none", "selective", "full"] = eqx.field(
         static=True, default="none"
     )
@@ -58,7 +62,7 @@ class Parallelism(eqx.Module):
             self,
             positive=("tp", "pp", "dp", "cp", "ep", "etp", "vpp", "microbatch"),
             nonneg=("global_batch", "seq_len"),
-            fraction=("tp_overlap", "dp_overlap"),
+            fraction=("tp_overlap", "dp_overlap", "ep_overlap"),
         )
         if self.recompute not in ("none", "selective", "full"):
             raise ValueError(

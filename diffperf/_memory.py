@@ -12,8 +12,12 @@ Activation Recomputation in Large Transformer Models", eqs. 1–5), generalized 
 gated MLPs and MoE, with fused attention (no s²-sized score matrix stored) and no
 dropout masks. Per token, in elements (up = 2 for gated MLPs, 1 for plain):
     attention: D (norm output) + (N + 2K)·H (Q, K, V) + N·H (output)
+    Mamba-2:   D (norm output) + in_proj output + conv output (d_in + 2·G·Ns)
+               + scan and gated-norm outputs 2·d_in
     MLP:       D (norm output) + up·F (up/gate output) + F (activation output)
-    norms:     2·D (inputs)
+    norms:     D per block (inputs)
+with each block weighted by its share of layers (hybrid models) and MoE F = k·load·Fe
++ shared width.
 The D-sized terms are sharded by t under sequence parallelism, the others by t always.
 No recompute and selective recompute store all of it (with fused attention selective
 recompute saves nothing more); full recompute stores only the layer input D·b. Without
@@ -56,17 +60,21 @@ def _activation_bytes_per_token(
     if recompute == "full":
         return b * d / sp
     up = m.mlp_mats - 1.0
-    f = m.moe_fraction
-    ffn = (1.0 - f) * m.d_ff + f * m.d_ff_expert * (
-        m.top_k * m.expert_imbalance + m.n_shared_experts
+    f, a, f_ssm = m.moe_fraction, m.attention_fraction, m.ssm_fraction
+    routed = m.d_ff_expert * m.top_k * m.expert_load + m.shared_width
+    ffn = m.dense_mlp_fraction * m.d_ff + f * routed
+    # One norm input (b) and one norm output = GEMM input (b_in) per block, SP-sharded;
+    # MoE layers also keep the k routed copies of the MLP input (at the latent width).
+    d_terms = (b + b_in) * m.sublayers * d / sp + f * m.top_k * m.expert_input_dim * (
+        b_in / t
     )
-    # Two norm inputs (b) and two norm outputs = GEMM inputs (b_in), SP-sharded;
-    # MoE layers also keep the k routed copies of the MLP input.
-    d_terms = (2.0 * b + 2.0 * b_in) * d / sp + f * m.top_k * d * b_in / t
-    other = ((n + 2.0 * k) * h * b + n * h * b_in + ffn * (up * b + b_in)) / t
+    attn = (n + 2.0 * k) * h * b + n * h * b_in
+    conv = m.ssm_inner + 2.0 * m.ssm_groups * m.ssm_state_dim
+    ssm = m.ssm_in_proj_width() * b + conv * b + 2.0 * m.ssm_inner * b_in
+    other = (a * attn + f_ssm * ssm + ffn * (up * b + b_in)) / t
     if not mapping.flash_attention and recompute == "none":
         # stored softmax output, dropout mask and output: (2b + 1)·N·S per token
-        other = other + (2.0 * b + 1.0) * n * mapping.tokens(model) / t
+        other = other + a * (2.0 * b + 1.0) * n * mapping.tokens(model) / t
     return d_terms + other
 
 

@@ -16,6 +16,15 @@ bounded below by reading each input once.
 Fused (Flash) attention (Dao et al. 2022): F = 2·B·Sq·Skv·N·(Hqk + Hv), efficiency ε(x)
 times `attention_efficiency`; traffic reads Q, K, V and writes O once, plus K/V re-reads
 per query block Br = core_sram / (4·H·b) for the share of K/V that misses the L2.
+
+Mamba-2 state-space scan (SSD, Dao & Gu 2024 §6, chunk length Q): per token
+    F = 2·G·Q·Ns + Hs·(2·Q·Ps + 4·Ns·Ps)
+(C·Bᵀ within a chunk per group, the masked scores times X, chunk states and the output
+from the carried state), at ε(x)·attention_efficiency; traffic reads x, B, C, dt and
+writes y once, plus the fp32 intermediates the kernels pass through HBM: C·Bᵀ per chunk
+(written and read) and the chunk states (written, read and rewritten by the state
+passing, read by the output kernel). A decode step updates the state recurrently:
+F = 6·Hs·Ps·Ns, traffic dominated by reading and writing the fp32 state.
 """
 
 import jax.numpy as jnp
@@ -24,7 +33,14 @@ from jaxtyping import Array
 from ._hardware import Chip
 from ._relax import AbstractRelax, as_float
 
-__all__ = ["gemm_time", "gemm_work", "memory_time", "attention_time", "attention_work"]
+__all__ = [
+    "gemm_time",
+    "gemm_work",
+    "memory_time",
+    "attention_time",
+    "attention_work",
+    "ssm_scan_time",
+]
 
 
 def _efficiency(chip: Chip, x) -> Array:
@@ -121,6 +137,7 @@ def attention_work(
     kv_heads,
     head_dim_qk,
     head_dim_v,
+    kv_width=None,
     peak,
     nbytes: float,
     kv_nbytes: float | None = None,
@@ -147,6 +164,9 @@ def attention_work(
         kv_heads: K/V heads on this chip.
         head_dim_qk: per-head dimension of Q and K.
         head_dim_v: per-head dimension of V.
+        kv_width: elements stored per cached token per KV head (default
+            head_dim_qk + head_dim_v; less when K and V share storage, as MLA's
+            latent cache does in the absorbed form).
         peak: tensor peak [FLOP/s].
         nbytes: bytes per element of Q and O.
         kv_nbytes: bytes per element of K and V (the KV cache); default `nbytes`.
@@ -154,13 +174,14 @@ def attention_work(
         fused: Flash-style fused kernel (True) or unfused GEMM-softmax-GEMM (False).
     """
     kvb = nbytes if kv_nbytes is None else kv_nbytes
+    width = head_dim_qk + head_dim_v if kv_width is None else kv_width
     if not fused:
         scores = q_tokens * seq * heads  # full S × S per query block, no causal skip
         flops = 2.0 * scores * (head_dim_qk + head_dim_v)
         x = 3.0 / (2.0 / jnp.maximum(seq, 1.0) + 1.0 / head_dim_qk)
         t_compute = flops / (peak * _efficiency(chip, x) * chip.attention_efficiency)
         q_o = q_tokens * heads * (head_dim_qk + head_dim_v) * nbytes
-        k_v = q_tokens * kv_heads * (head_dim_qk + head_dim_v) * kvb
+        k_v = q_tokens * kv_heads * width * kvb
         traffic = 6.0 * scores * nbytes + q_o + k_v
         return flops, traffic, t_compute
     flops = 2.0 * q_tokens * kv_tokens * heads * (head_dim_qk + head_dim_v)
@@ -170,9 +191,71 @@ def attention_work(
     block = chip.core_sram / (4.0 * head_dim_qk * nbytes)
     q_blocks = relax.max(q_tokens / (batch * block), 1.0)
     in_flight = relax.min(kv_heads, relax.max(chip.cores / q_blocks, 1.0))
-    working_set = seq * (head_dim_qk + head_dim_v) * kvb * in_flight
+    working_set = seq * width * kvb * in_flight
     miss = relax.min(working_set / chip.sram_capacity, 1.0)
-    kv_bytes = batch * kv_tokens * kv_heads * (head_dim_qk + head_dim_v) * kvb
+    kv_bytes = batch * kv_tokens * kv_heads * width * kvb
     q_o_bytes = q_tokens * heads * (head_dim_qk + head_dim_v) * nbytes
     traffic = q_o_bytes + kv_bytes * (1.0 + (q_blocks - 1.0) * miss)
     return flops, traffic, t_compute
+
+
+def ssm_scan_time(
+    chip: Chip,
+    *,
+    tokens,
+    seq,
+    heads,
+    head_dim,
+    state,
+    groups,
+    chunk,
+    peak,
+    nbytes: float,
+    recurrent: bool,
+    relax: AbstractRelax,
+) -> tuple[Array, Array]:
+    """Forward time and FLOP of the Mamba-2 scan of one layer on one chip [s], [FLOP].
+
+    Chunked (training, prefill), with Q = min(chunk, seq):
+        F = T·(2·G·Q·Ns + Hs·(2·Q·Ps + 4·Ns·Ps))
+        bytes = T·((2·Hs·Ps + 2·G·Ns + Hs)·b + 8·G·Q + 16·Hs·Ps·Ns/Q)
+    (fp32 C·Bᵀ written and read; fp32 chunk states moved four times)
+    Recurrent (one decode token per sequence, T sequences):
+        F = 6·T·Hs·Ps·Ns,  bytes = T·(8·Hs·Ps·Ns + (2·Hs·Ps + 2·G·Ns + Hs)·b)
+    T = max(F / (π·ε(x)·ε_attn), bytes / (β·η)), x = 3/(1/Q + 1/Ns + 1/Ps).
+    Source: Dao & Gu 2024, "Transformers are SSMs" (SSD algorithm, §6); the kernels of
+    mamba_ssm. Zero when the layer has no SSM heads.
+
+    Args:
+        chip: the accelerator.
+        tokens: T, tokens through the layer on this chip.
+        seq: S, tokens per sequence (bounds the chunk).
+        heads: Hs, SSM heads on this chip.
+        head_dim: Ps, channels per SSM head.
+        state: Ns, state size per channel.
+        groups: G, B/C groups on this chip.
+        chunk: Q, the scan's chunk length.
+        peak: tensor peak [FLOP/s].
+        nbytes: bytes per activation element.
+        recurrent: one-token state update (decode) instead of the chunked scan.
+        relax: Exact() or Smooth(p).
+    """
+    tokens, heads, state = as_float(tokens), as_float(heads), as_float(state)
+    io = (2.0 * heads * head_dim + 2.0 * groups * state + heads) * nbytes
+    states = heads * head_dim * state  # elements of one sequence's state
+    if recurrent:
+        flops = 6.0 * tokens * states
+        traffic = tokens * (8.0 * states + io)
+        q = as_float(1.0)
+    else:
+        q = relax.min(chunk, seq)
+        flops = tokens * (
+            2.0 * groups * q * state
+            + heads * (2.0 * q * head_dim + 4.0 * state * head_dim)
+        )
+        traffic = tokens * (io + 8.0 * groups * q + 16.0 * states / q)
+    x = 3.0 / (
+        1.0 / q + 1.0 / jnp.maximum(state, 1.0) + 1.0 / jnp.maximum(head_dim, 1.0)
+    )
+    t_compute = flops / (peak * _efficiency(chip, x) * chip.attention_efficiency)
+    return relax.max(t_compute, memory_time(chip, traffic)), flops

@@ -43,6 +43,7 @@ from ._infer import (
     _shape,
     decode_step,
     kv_bytes_per_token,
+    ssm_state_bytes,
     weight_bytes,
 )
 from ._infer import prefill as prefill_step
@@ -177,8 +178,12 @@ def disaggregated(
     dec_hw = cluster if decode_cluster is None else decode_cluster
     t_pre = prefill_step(cluster, model, prefill, relax=relax).total
     tpot = decode_step(dec_hw, model, decode, relax=relax).total
-    per_layer_all = kv_bytes_per_token(model, Serving(tp=1.0, pp=1.0))
-    kv_bytes = prefill.input_len * per_layer_all * prefill.batch
+    whole = Serving(tp=1.0, pp=1.0)
+    per_layer_all = kv_bytes_per_token(model, whole)
+    # the prompt's KV cache, plus the recurrent state of Mamba-2 layers
+    kv_bytes = (prefill.input_len * per_layer_all + ssm_state_bytes(model, whole)) * (
+        prefill.batch
+    )
     pool = prefill_chips + decode_chips
     w_up = cluster.scale_up.bandwidth * cluster.scale_up.efficiency * prefill.tp
     w_out = cluster.scale_out_bandwidth() * cluster.scale_out.efficiency * prefill.tp
@@ -206,7 +211,8 @@ def disaggregated(
     context = prefill.input_len + decode.output_len
     dec_mem = (
         weight_bytes(model, decode)
-        + decode.batch * kv_bytes_per_token(model, decode) * context
+        + decode.batch
+        * (kv_bytes_per_token(model, decode) * context + ssm_state_bytes(model, decode))
         + dec_hw.chip.reserved_memory
     )
     return Disaggregation(

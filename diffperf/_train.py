@@ -5,12 +5,15 @@ microbatch on one chip and multiplied by the L/p layers of a pipeline stage; no 
 loop runs over layers, so compile time does not grow with depth.
 
 Per microbatch (B sequences of S tokens; T = B·S/c tokens on a chip, t = tp):
-  forward  = GEMMs + fused attention + elementwise + kernels + TP/CP/EP collectives
-  backward = 2 × forward GEMMs (dgrad, wgrad) + 2.5 × attention + 2 × elementwise
+  forward  = GEMMs + fused attention + Mamba-2 scan + elementwise + kernels
+             + TP/CP/EP collectives (EP partly hidden with `ep_overlap`)
+  backward = 2 × forward GEMMs (dgrad, wgrad) + 2.5 × attention + 2.5 × scan
+             + 2 × elementwise  (fused attention and the SSD scan recompute forward)
   recompute: full = one more forward; selective = one more attention forward
 Step (m microbatches, p stages, v virtual stages; Narayanan et al. SC'21):
   T = m·t_mb + (p − 1)/v · t_mb + p2p + exposed DP + optimizer + host
-with the bubble (p − 1)/v·t_mb of 1F1B / interleaved schedules.
+with the bubble (p − 1)/v·t_mb of 1F1B / interleaved schedules. The last stage also runs
+the model's multi-token-prediction blocks (one layer and one more head each).
 """
 
 from ._breakdown import Breakdown
@@ -92,31 +95,39 @@ def train_step(
     cp_fwd = relax.exceed(com["cp_fwd"], lay["attn"])
     cp_bwd = relax.exceed(com["cp_bwd"], bwd_attn)
     tp = (1.0 - mapping.tp_overlap) * com["tp"]
+    compute = lay["gemm"] + lay["attn"] + lay["ssm"] + lay["elem"]
+    # EP overlap: the overlapped share of the all-to-all is hidden behind up to one
+    # pass's compute of the layer (another microbatch's, or the shared experts')
+    ep_on = mapping.ep_overlap * com["ep"]
+    ep = com["ep"] - ep_on + relax.exceed(ep_on, 3.0 * compute)
     full = mapping.recompute == "full"
     recompute = {
         "none": 0.0,
         "selective": lay["attn"],
-        "full": lay["gemm"] + lay["attn"] + lay["elem"] + tp / 2.0,
+        "full": compute + tp / 2.0,
     }[mapping.recompute]
     passes = 4.0 if full else 3.0  # forward + backward (2×) + recomputed forward
     kernels = lay["kernels"] * passes
     per_layer = dict(
         matmul=3.0 * lay["gemm"],
-        attention=lay["attn"] + bwd_attn,
+        attention=lay["attn"] + bwd_attn + 3.5 * lay["ssm"],
         elementwise=3.0 * lay["elem"],
         kernel_overhead=kernels * chip.kernel_overhead,
         recompute=recompute,
         tp_comm=tp,
         cp_comm=cp_fwd + cp_bwd,
-        ep_comm=com["ep"],
+        ep_comm=ep,
     )
-    stage = {k: ls * val for k, val in per_layer.items()}
+    # the last stage also runs the multi-token-prediction blocks (DeepSeek-V3 MTP)
+    last = ls + model.n_mtp_layers
+    stage = {k: last * val for k, val in per_layer.items()}
     t_layers = sum(stage.values())
-    head = head_time(cluster, model, s, relax)
+    head = head_time(cluster, model, s, relax) * (1.0 + model.n_mtp_layers)
     t_mb = t_layers + head  # the last stage, which also runs the head, sets the pace
-    host_mb = ls * lay["host_ops"] * passes * cluster.host.dispatch_overhead
-    # dropless MoE syncs device→host once per MoE layer and pass (token counts)
-    syncs = ls * s.moe * (passes - 1.0) * cluster.host.sync_overhead
+    host_mb = last * lay["host_ops"] * passes * cluster.host.dispatch_overhead
+    # dropless MoE syncs device→host once per MoE layer and pass (token counts);
+    # token dropping pads to capacity (static shapes) and does not
+    syncs = last * s.moe * model.dropless * (passes - 1.0) * cluster.host.sync_overhead
     # DP collectives overlap with the layers as they really run: GPU time plus the
     # time the GPU waits for a host-bound CPU.
     t_busy = t_layers + relax.exceed(host_mb, t_mb)
@@ -131,23 +142,27 @@ def train_step(
         step_overhead=cluster.host.step_overhead,
     )
     tokens = mapping.batch() * s.seq
-    attn_model = 6.0 * s.seq * model.n_heads * (s.h_qk + s.h_v) * model.n_layers
-    model_flops = (6.0 * model.active_params() + attn_model) * tokens
+    a = model.attention_fraction
+    attn_model = 6.0 * s.seq * model.n_heads * (s.h_qk + s.h_v) * model.n_layers * a
+    ssm_model = 3.0 * lay["ssm_flops"] * s.t / s.tokens * model.n_layers
+    model_flops = (6.0 * model.active_params() + attn_model + ssm_model) * tokens
     extra = {
         "none": 0.0,
         "selective": lay["attn_flops"],
-        "full": lay["flops"] + lay["attn_flops"],
+        "full": lay["flops"] + lay["attn_flops"] + lay["ssm_flops"],
     }[mapping.recompute]
     attn_passes = 3.5 if s.flash else 3.0
-    per_chip = m * (ls * (3.0 * lay["flops"] + attn_passes * lay["attn_flops"] + extra))
+    mixer = attn_passes * lay["attn_flops"] + 3.5 * lay["ssm_flops"]
+    per_chip = m * (last * (3.0 * lay["flops"] + mixer + extra))
     per_chip = per_chip + m * 6.0 * s.tokens * model.d_model * model.vocab_size / (
         s.t * p
-    )
+    ) * (1.0 + model.n_mtp_layers)
     return Breakdown(
         **terms,
-        overlapped_tp_comm=mapping.tp_overlap * com["tp"] * ls * m,
-        overlapped_cp_comm=ls * m * (com["cp_fwd"] + com["cp_bwd"] - cp_fwd - cp_bwd),
+        overlapped_tp_comm=mapping.tp_overlap * com["tp"] * last * m,
+        overlapped_cp_comm=last * m * (com["cp_fwd"] + com["cp_bwd"] - cp_fwd - cp_bwd),
         overlapped_dp_comm=dp_hidden,
+        overlapped_ep_comm=last * m * (com["ep"] - ep),
         memory_per_gpu=train_memory(model, mapping, chip, relax=relax),
         memory_capacity=chip.hbm_capacity,
         model_flops=model_flops,

@@ -17,7 +17,10 @@ Defaults for columns a source leaves blank (documented in VALIDATION.md):
     overlap of the gradient all-reduce with the backward pass (all predate 2022).
   - MosaicML llm-foundry: FSDP FULL_SHARD (ZeRO-3), tp = pp = 1.
   - NVIDIA NeMo / Megatron-Bridge: distributed optimizer (ZeRO-1), sequence
-    parallelism when tp > 1, no recompute.
+    parallelism when tp > 1, no recompute; MoE all-to-all overlapped with compute for
+    the layouts whose published recipe enables it (`_A2A_OVERLAP`); "(tokendrop)"
+    rows route with capacity factor 1 (padded, no host sync), others dropless;
+    "(w/ MTP)" adds one multi-token-prediction module.
 """
 
 import re
@@ -85,12 +88,39 @@ def _model(row):
             "LoRA fine-tuning is not modeled "
             "(frozen base weights skip weight gradients)"
         )
-    mtp = "mtp" in name.lower()
+    lower = name.lower()
     base = re.sub(_SUFFIXES, "", name, flags=re.I)
     model = io.load_workload(base)
-    if mtp:  # DeepSeek-V3 multi-token prediction: one more transformer block
-        model = eqx.tree_at(lambda m: m.n_layers, model, model.n_layers + 1)
+    if "mtp" in lower:  # DeepSeek-V3 multi-token prediction: one MTP module
+        model = eqx.tree_at(lambda m: m.n_mtp_layers, model, 1.0)
+    if (
+        "tokendrop" in lower
+    ):  # Megatron-Bridge token dropping: capacity factor 1, padded
+        model = eqx.tree_at(lambda m: m.capacity_factor, model, 1.0)
     return model
+
+
+# Layouts whose Megatron-Bridge performance recipe overlaps the MoE all-to-all with
+# computation (`moe_a2a_overlap=True`: overlap_moe_expert_parallel_comm and delayed
+# expert wgrad), keyed by (workload, gpu, tp, pp, vpp, ep). Source:
+# github:NVIDIA-NeMo/Megatron-Bridge scripts/performance/configs/{deepseek,qwen}/
+# *_workload_base_configs.py (DEEPSEEK_V3_PRETRAIN_CONFIG_B200_FP8_MX_V2,
+# QWEN3_235B_A22B_PRETRAIN_CONFIG_H100_*_V1/V2, and the Qwen3-30B-A3B H100 PP2/VPP12
+# launch with --moe_a2a_overlap True); every other MoE recipe there sets it False.
+_A2A_OVERLAP = {
+    ("deepseek_v3", "b200", 1, 8, 2, 32),
+    ("qwen3_235b_a22b", "h100_sxm", 2, 8, 4, 32),
+    ("qwen3_30b_a3b", "h100_sxm", 1, 2, 12, 8),
+    ("qwen3_30b_a3b", "h100_sxm", 1, 2, 24, 8),
+}
+
+
+def _ep_overlap(row, kind: str, model, degrees: tuple) -> float:
+    """1.0 for a Megatron-Bridge layout with the all-to-all overlap, else 0.0."""
+    if kind != "nvidia" or not float(model.n_experts):
+        return 0.0
+    key = (model.name, io.load_hardware(row["gpu"]).name, *degrees)
+    return 1.0 if key in _A2A_OVERLAP else 0.0
 
 
 def _mapping(row, kind: str, model) -> tuple[Parallelism, int]:
@@ -109,13 +139,15 @@ def _mapping(row, kind: str, model) -> tuple[Parallelism, int]:
         sp = tp > 1 and kind in ("nvidia",)
     zero = {"mosaic": 3, "nvidia": 1}.get(kind, 0)
     legacy = kind in ("sc21", "megatron2020")
+    ep, vpp = _num(row, "ep") or 1, _num(row, "vpp") or 1
+    overlap = _ep_overlap(row, kind, model, (tp, pp, round(vpp), round(ep)))
     mapping = Parallelism(
         tp=tp,
         pp=pp,
         dp=dp,
         cp=cp,
-        ep=_num(row, "ep") or 1,
-        vpp=_num(row, "vpp") or 1,
+        ep=ep,
+        vpp=vpp,
         microbatch=_num(row, "microbatch") or 1,
         global_batch=_num(row, "global_batch"),
         seq_len=_num(row, "seq_len") or 0,
@@ -124,6 +156,7 @@ def _mapping(row, kind: str, model) -> tuple[Parallelism, int]:
         zero=zero,
         flash_attention=not legacy,
         dp_overlap=0.0 if legacy else 1.0,
+        ep_overlap=overlap,
     )
     check_mapping(model, mapping, gpus=gpus)
     return mapping, gpus
