@@ -301,8 +301,9 @@ def layer_comm(
 
     TP (Korthikanti et al. 2022): with sequence parallelism, an all-gather before and a
     reduce-scatter after the attention and the dense MLP, forward and backward (8
-    collectives of T·D·b bytes); without it, 4 all-reduces. MoE layers with etp = 1 have
-    TP collectives around attention only; a Mamba-2 block has one pair like attention.
+    collectives of T·D·b bytes); without it, 4 all-reduces. MoE blocks have theirs over
+    the etp ranks that shard each expert (none at etp = 1); a Mamba-2 block has one
+    pair like attention.
     CP: ring attention passes K/V (c − 1) times forward and K/V plus their gradients
     backward. EP: dispatch and combine forward and backward of the chip's T/t tokens
     to k experts each (`dispatch_time`), at the experts' input width ℓ, times the
@@ -312,14 +313,19 @@ def layer_comm(
     b = s.b_act
     buf = s.tokens * m.d_model * b
     kind = "all_gather" if sequence_parallel else "all_reduce"
-    one = collective_time(cluster, kind, buf, s.t, 1.0, relax=relax)
-    if sequence_parallel:
-        one = one + collective_time(
-            cluster, "reduce_scatter", buf, s.t, 1.0, relax=relax
-        )
-    # pairs per direction: one per attention, Mamba-2 and dense MLP block
+
+    def pair(n):
+        one = collective_time(cluster, kind, buf, n, 1.0, relax=relax)
+        if sequence_parallel:
+            one = one + collective_time(
+                cluster, "reduce_scatter", buf, n, 1.0, relax=relax
+            )
+        return one
+
+    # pairs per direction: one per attention, Mamba-2 and dense MLP block over the t
+    # ranks, and one per MoE block over the etp ranks sharing its experts (0 at etp = 1)
     n_tp = m.attention_fraction + m.ssm_fraction + m.dense_mlp_fraction
-    tp = 2.0 * n_tp * one
+    tp = 2.0 * (n_tp * pair(s.t) + s.moe * pair(s.etp))
     kv_elems = (
         m.n_heads * (s.h_qk + s.h_v)
         if m.attention == "mla"

@@ -201,8 +201,9 @@ def published_params(name: str) -> float | None:
 def from_hf_config(path: str | Path) -> Transformer:
     """A `Transformer` from a Hugging Face `config.json`.
 
-    Understands Llama, Mistral, Qwen, GPT-2, Mixtral, Qwen-MoE, GPT-OSS and
-    DeepSeek-V3 style keys.
+    Understands Llama, Mistral, Qwen, GPT-2, Mixtral, Qwen-MoE, GPT-OSS, DeepSeek-V3
+    and Nemotron-H (hybrid Mamba-2 / attention / MoE, LatentMoE) style keys. Multi-token
+    prediction modules (`num_nextn_predict_layers`) are left out, as at inference.
 
     Raises:
         ValueError: the file is not JSON or lacks the hidden size / layer / head keys.
@@ -224,7 +225,9 @@ def from_hf_config(path: str | Path) -> Transformer:
 
     d = get("hidden_size", "n_embd", "d_model")
     heads = get("num_attention_heads", "n_head")
-    act = str(get("hidden_act", "activation_function", default="silu"))
+    act = str(
+        get("mlp_hidden_act", "hidden_act", "activation_function", default="silu")
+    )
     gated = (
         act in ("silu", "swiglu", "gelu_pytorch_tanh")
         or "llama" in str(cfg.get("model_type", ""))
@@ -264,6 +267,7 @@ def from_hf_config(path: str | Path) -> Transformer:
         n_dense_layers=get("first_k_dense_replace", default=0) if experts else 0,
         sliding_window=get("sliding_window", default=0) or 0,
     )
+    table |= _hybrid_keys(cfg, get)
     if mla:
         table |= dict(
             attention="mla",
@@ -275,6 +279,45 @@ def from_hf_config(path: str | Path) -> Transformer:
         )
     name = re.sub(r"\W+", "_", str(cfg.get("_name_or_path", path.parent.name)))
     return _build(Transformer, table, path.name, fixed={"name": name or "hf_config"})
+
+
+_PATTERN = {"M": "mamba", "*": "attention", "-": "mlp", "E": "moe"}
+
+
+def _hybrid_keys(cfg: dict, get) -> dict:
+    """Transformer keys of a Nemotron-H style hybrid (layer pattern, Mamba-2, LatentMoE).
+
+    Each layer of `hybrid_override_pattern` (M Mamba-2, * attention, - MLP, E MoE) or
+    `layers_block_type` is one block; their shares become the mix fractions.
+    """
+    kinds = cfg.get("layers_block_type")
+    if not kinds and cfg.get("hybrid_override_pattern"):
+        kinds = [_PATTERN.get(c, "mamba") for c in cfg["hybrid_override_pattern"]]
+    out = {}
+    if cfg.get("moe_shared_expert_intermediate_size"):
+        out["d_ff_shared"] = cfg["moe_shared_expert_intermediate_size"]
+    if cfg.get("moe_latent_size"):
+        out["moe_latent_dim"] = cfg["moe_latent_size"]
+    if not kinds:
+        return out
+    n = len(kinds)
+    count = {k: sum(1 for x in kinds if x == k) for k in ("mamba", "attention")}
+    out |= dict(
+        n_layers=n,
+        attention_fraction=count["attention"] / n,
+        ssm_fraction=count["mamba"] / n,
+        mlp_fraction=sum(1 for x in kinds if x in ("mlp", "moe")) / n,
+    )
+    if count["mamba"]:
+        out |= dict(
+            ssm_heads=get("mamba_num_heads"),
+            ssm_head_dim=get("mamba_head_dim"),
+            ssm_state_dim=get("ssm_state_size"),
+            ssm_groups=get("n_groups"),
+            ssm_conv_width=get("conv_kernel", default=4),
+            ssm_chunk=get("chunk_size", default=128),
+        )
+    return out
 
 
 def hardware_names() -> list[str]:

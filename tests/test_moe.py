@@ -1,0 +1,313 @@
+"""Mixture-of-experts, hybrid (Mamba-2) layers, LatentMoE, MTP and attention variants."""
+
+import json
+import subprocess
+import sys
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import diffperf as dp
+from diffperf._infer import kv_bytes_per_token, ssm_state_bytes
+
+from .helpers import tree_allclose
+
+H100 = dp.load_hardware("h100_sxm")
+EXACT, SMOOTH = dp.Exact(), dp.Smooth()
+
+
+def _no_fixed_costs(cluster):
+    """A cluster without per-kernel, dispatch and host-sync costs."""
+    return eqx.tree_at(
+        lambda c: (
+            c.chip.kernel_overhead,
+            c.host.dispatch_overhead,
+            c.host.sync_overhead,
+        ),
+        cluster,
+        (0.0, 0.0, 0.0),
+    )
+
+
+def _one_expert(dense: dp.Transformer) -> dp.Transformer:
+    """The dense model with its MLP as a single routed expert chosen by top-1."""
+    return eqx.tree_at(
+        lambda m: (m.n_experts, m.top_k, m.d_ff_expert),
+        dense,
+        (1.0, 1.0, dense.d_ff),
+    )
+
+
+@pytest.mark.parametrize("mapping", [dict(tp=1, dp=8), dict(tp=2, etp=2, pp=2, dp=2)])
+def test_one_expert_top1_trains_like_the_dense_model(mapping):
+    dense = dp.load_workload("llama3_8b")
+    moe = _one_expert(dense)
+    # the only extra weights are the router's D·1 per layer
+    np.testing.assert_allclose(
+        float(moe.params() - dense.params()),
+        float(dense.n_layers * dense.d_model),
+        rtol=1e-9,
+    )
+    mp = dp.Parallelism(**mapping, global_batch=64, seq_len=4096)
+    cluster = _no_fixed_costs(H100)
+    bd, bm = dp.train_step(cluster, dense, mp), dp.train_step(cluster, moe, mp)
+    # FLOPs differ by the router GEMM only: 3 passes × 2·T·D·1 per layer
+    router = 6.0 * float(bd.tokens * dense.d_model * dense.n_layers)
+    np.testing.assert_allclose(
+        float(bm.model_flops - bd.model_flops), router, rtol=1e-6
+    )
+    # time: the same GEMMs, attention, elementwise work and TP collectives (the
+    # expert sharded over etp = tp ranks), plus a small router GEMM
+    np.testing.assert_allclose(float(bm.total), float(bd.total), rtol=0.02)
+    np.testing.assert_allclose(float(bm.matmul), float(bd.matmul), rtol=0.02)
+    assert float(bm.tp_comm) == pytest.approx(float(bd.tp_comm), rel=1e-9)
+    assert float(bm.attention) == pytest.approx(float(bd.attention), rel=1e-12)
+
+
+def test_one_expert_top1_serves_like_the_dense_model():
+    dense = dp.load_workload("llama3_8b")
+    moe = _one_expert(dense)
+    sv = dp.Serving(tp=1, batch=16, input_len=1024, output_len=256)
+    cluster = _no_fixed_costs(H100)
+    rd, rm = dp.serve(cluster, dense, sv), dp.serve(cluster, moe, sv)
+    np.testing.assert_allclose(float(rm.ttft), float(rd.ttft), rtol=0.02)
+    np.testing.assert_allclose(float(rm.tpot), float(rd.tpot), rtol=0.02)
+    assert float(rm.kv_bytes_per_token) == float(rd.kv_bytes_per_token)
+    extra = float(rm.memory_per_gpu - rd.memory_per_gpu)  # the routers' weights
+    assert extra == pytest.approx(float(dense.n_layers * dense.d_model) * 2.0)
+
+
+def _hybrid():
+    return dp.load_workload("nemotron3_nano")
+
+
+def test_nemotron_h_mix_counts_and_caches():
+    m = _hybrid()
+    assert float(m.n_layers * m.attention_fraction) == pytest.approx(6.0)
+    assert float(m.n_layers * m.ssm_fraction) == pytest.approx(23.0)
+    assert float(m.n_layers * m.moe_fraction) == pytest.approx(23.0)
+    sv = dp.Serving(tp=1, batch=1)
+    # KV cache only for the 6 attention layers: 6 · 2·K·H·2 B per token
+    assert float(kv_bytes_per_token(m, sv)) == pytest.approx(6 * 2 * 2 * 128 * 2.0)
+    # Mamba-2 state: 23 layers × (fp32 Hs·Ps·Ns + conv window (d_in + 2GNs)·3·2 B)
+    state = 4.0 * 64 * 64 * 128 + (4096 + 2 * 8 * 128) * 3 * 2.0
+    assert float(ssm_state_bytes(m, sv)) == pytest.approx(23 * state)
+
+
+def test_pure_ssm_decode_does_not_grow_with_context():
+    m = eqx.tree_at(
+        lambda m: (m.attention_fraction, m.ssm_fraction, m.mlp_fraction),
+        _hybrid(),
+        (0.0, 0.5, 0.5),
+    )
+    sv = dp.Serving(tp=1, batch=8, input_len=1024, output_len=64)
+    short = dp.decode_step(H100, m, sv, context=1024.0)
+    long = dp.decode_step(H100, m, sv, context=262144.0)
+    assert float(long.total) == pytest.approx(float(short.total), rel=1e-9)
+    assert float(kv_bytes_per_token(m, sv)) == 0.0
+    # with attention layers, decode grows with the context
+    a = _hybrid()
+    assert float(dp.decode_step(H100, a, sv, context=262144.0).total) > float(
+        dp.decode_step(H100, a, sv, context=1024.0).total
+    )
+
+
+def test_mla_decode_reads_the_latent_cache():
+    """Absorbed MLA: per cached token and layer, (c + Hr)·b bytes, shared by all heads."""
+    m = dp.load_workload("deepseek_v3")
+    sv = dp.Serving(tp=8, ep=8, batch=64, input_len=4096, output_len=1)
+    t1 = dp.decode_step(H100, m, sv, context=8192.0).attention
+    t2 = dp.decode_step(H100, m, sv, context=16384.0).attention
+    per_token = (t2 - t1) / 8192.0 / float(m.n_layers) / 64  # s per cached token
+    latent = float(m.kv_lora_rank + m.qk_rope_head_dim) * 2.0  # bf16 bytes
+    bw = float(H100.chip.hbm_bandwidth * H100.chip.memory_efficiency)
+    # reading the latent once per token; the decompressed K/V would be 128·(192+128)
+    np.testing.assert_allclose(float(per_token), latent / bw, rtol=0.05)
+
+
+def test_mtp_module_parameters_and_cost():
+    m = dp.load_workload("deepseek_v3")
+    mtp = eqx.tree_at(lambda m: m.n_mtp_layers, m, 1.0)
+    # DeepSeek-V3 report: 14B MTP weights in the 685B checkpoint, of which the
+    # embedding and output head copies (2·V·D = 1.85B) are shared with the model
+    extra = float(mtp.params() - m.params())
+    assert 11e9 < extra < 13e9
+    mp = dp.Parallelism(pp=16, dp=16, ep=8, global_batch=2048, seq_len=4096)
+    b200 = dp.load_hardware("b200")
+    base, more = dp.train_step(b200, m, mp), dp.train_step(b200, mtp, mp)
+    assert float(more.total) > float(base.total)
+    # one more layer and head on the last stage of 61/16 layers: under 2× the stage
+    assert float(more.total - base.total) < 0.6 * float(base.total)
+
+
+def test_capacity_factor_caps_the_busiest_expert_and_removes_the_sync():
+    m = dp.load_workload("qwen3_30b_a3b")
+    skewed = eqx.tree_at(lambda m: m.expert_imbalance, m, 1.5)
+    dropping = eqx.tree_at(lambda m: m.capacity_factor, skewed, 1.25)
+    mp = dp.Parallelism(dp=8, ep=8, global_batch=512, seq_len=4096)
+    b_less, b_drop = dp.train_step(H100, skewed, mp), dp.train_step(H100, dropping, mp)
+    assert float(b_drop.matmul) < float(b_less.matmul)
+    assert float(b_drop.host_stall) < float(b_less.host_stall)
+    # with balanced routing and no sync cost, capacity 1 costs what dropless does
+    balanced = _no_fixed_costs(H100)
+    cf1 = eqx.tree_at(lambda m: m.capacity_factor, m, 1.0)
+    assert tree_allclose(
+        dp.train_step(balanced, m, mp).total, dp.train_step(balanced, cf1, mp).total
+    )
+
+
+def test_ep_overlap_hides_the_all_to_all_up_to_the_compute():
+    m = dp.load_workload("deepseek_v3")
+    b200 = dp.load_hardware("b200")
+    base = dict(pp=8, vpp=2, dp=32, ep=32, global_batch=4096, seq_len=4096)
+    exposed = dp.train_step(b200, m, dp.Parallelism(**base))
+    hidden = dp.train_step(b200, m, dp.Parallelism(**base, ep_overlap=1.0))
+    assert float(hidden.ep_comm) < float(exposed.ep_comm)
+    np.testing.assert_allclose(
+        float(hidden.ep_comm + hidden.overlapped_ep_comm),
+        float(exposed.ep_comm),
+        rtol=1e-9,
+    )
+    assert float(exposed.overlapped_ep_comm) == 0.0
+    assert tree_allclose(hidden.total, sum(hidden.terms().values()))
+
+
+def test_latent_moe_dispatches_the_latent():
+    m = dp.load_workload("nemotron3_super")
+    full = eqx.tree_at(lambda m: m.moe_latent_dim, m, 0.0)
+    mp = dp.Parallelism(dp=64, ep=64, global_batch=512, seq_len=8192)
+    b200 = dp.load_hardware("b200")
+    lat, wide = dp.train_step(b200, m, mp), dp.train_step(b200, full, mp)
+    # tokens cross the network at 1024 instead of 4096 elements
+    assert float(lat.ep_comm) < 0.3 * float(wide.ep_comm)
+    assert float(m.params()) < float(full.params())
+
+
+def test_gradients_are_finite_for_every_new_leaf():
+    model = eqx.tree_at(
+        lambda m: (m.capacity_factor, m.n_mtp_layers, m.expert_imbalance),
+        dp.load_workload("nemotron3_super"),
+        (1.25, 1.0, 1.2),
+    )
+    mp = dp.Parallelism(tp=2, dp=32, ep=64, global_batch=512, seq_len=8192)
+    mp = eqx.tree_at(lambda p: p.ep_overlap, mp, 0.5)
+    b200 = dp.load_hardware("b200")
+    new = (
+        "capacity_factor d_ff_shared moe_latent_dim n_mtp_layers attention_fraction "
+        "ssm_fraction mlp_fraction ssm_heads ssm_head_dim ssm_state_dim ssm_groups "
+        "ssm_conv_width ssm_chunk expert_imbalance"
+    ).split()
+
+    def step(mdl, mpg):
+        return dp.train_step(b200, mdl, mpg, relax=SMOOTH).total
+
+    g_model, g_map = jax.grad(step, argnums=(0, 1))(model, mp)
+    for name in new:
+        v = getattr(g_model, name)
+        assert jnp.isfinite(v), name
+    for name in ("ssm_heads", "ssm_fraction", "moe_latent_dim", "n_mtp_layers"):
+        assert float(getattr(g_model, name)) != 0.0, name
+    assert jnp.isfinite(g_map.ep_overlap) and float(g_map.ep_overlap) < 0.0
+
+    def tpot(mdl):
+        sv = dp.Serving(tp=2, ep=8, batch=32, input_len=2048, output_len=256)
+        return dp.serve(b200, mdl, sv, relax=SMOOTH).tpot
+
+    g_serve = jax.grad(tpot)(model)
+    for name in new:
+        assert jnp.isfinite(getattr(g_serve, name)), name
+    assert float(g_serve.ssm_state_dim) > 0.0
+
+
+def test_jit_and_vmap_over_hybrid_leaves():
+    m = _hybrid()
+    mp = dp.Parallelism(dp=16, ep=8, global_batch=1024, seq_len=8192)
+
+    def f(frac):
+        mdl = eqx.tree_at(lambda x: x.ssm_fraction, m, frac)
+        return dp.train_step(H100, mdl, mp).total
+
+    xs = jnp.array([0.3, 0.4423076923076923, 0.5])
+    batched = jax.vmap(f)(xs)
+    for i, x in enumerate(xs):
+        assert tree_allclose(batched[i], jax.jit(f)(x))
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (dict(top_k=9.0, n_experts=8.0), r"top_k=9\) must be in 1..n_experts=8"),
+        (dict(capacity_factor=0.5), r"capacity_factor=0.5\) must be 0"),
+        (dict(ssm_fraction=0.5, ssm_heads=0.0), r"ssm_fraction=0.5\) needs ssm_heads"),
+        (dict(mlp_fraction=1.5), r"mlp_fraction=1.5\) must be in \[0, 1\]"),
+        (dict(moe_latent_dim=-1.0), r"moe_latent_dim=-1\) must be >= 0"),
+        (dict(n_dense_layers=30.0), r"n_dense_layers=30\) must be <="),
+    ],
+)
+def test_bad_moe_and_hybrid_fields_are_one_line_errors(change, match):
+    base = {
+        k: getattr(_hybrid(), k)
+        for k in _hybrid().__dataclass_fields__
+        if k not in ("precision", "name", "mlp", "tied_embeddings", "attention")
+    }
+    with pytest.raises(ValueError, match=match) as e:
+        dp.Transformer(**(base | change), mlp="plain")
+    assert "\n" not in str(e.value)
+
+
+def test_ep_must_divide_the_experts():
+    m = dp.load_workload("qwen3_30b_a3b")
+    with pytest.raises(ValueError, match=r"--ep=6 must divide n_experts=128"):
+        dp.train_step(H100, m, dp.Parallelism(dp=12, ep=6))
+    with pytest.raises(ValueError, match=r"--ep=6 must divide n_experts=128"):
+        dp.serve(H100, m, dp.Serving(tp=1, ep=6))
+    with pytest.raises(ValueError, match=r"ep_overlap=2\) must be in \[0, 1\]"):
+        dp.Parallelism(ep_overlap=2.0)
+
+
+def test_cli_bad_ep_exits_2_with_one_line():
+    cmd = [sys.executable, "-m", "diffperf.cli", "train", "--hardware", "h100_sxm",
+           "--model", "qwen3_30b_a3b", "--gpus", "12", "--ep", "6"]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "--ep=6" in r.stderr
+
+
+def test_hf_nemotron_h_config_matches_the_toml(tmp_path):
+    """A Nemotron-H config.json (Nano's values) loads as the bundled spec."""
+    cfg = dict(
+        model_type="nemotron_h",
+        hidden_size=2688,
+        num_hidden_layers=52,
+        hybrid_override_pattern="MEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEMEM*EMEMEMEME",
+        num_attention_heads=32,
+        num_key_value_heads=2,
+        head_dim=128,
+        intermediate_size=1856,
+        moe_intermediate_size=1856,
+        moe_shared_expert_intermediate_size=3712,
+        n_routed_experts=128,
+        n_shared_experts=1,
+        num_experts_per_tok=6,
+        mamba_num_heads=64,
+        mamba_head_dim=64,
+        n_groups=8,
+        ssm_state_size=128,
+        conv_kernel=4,
+        chunk_size=128,
+        mlp_hidden_act="relu2",
+        vocab_size=131072,
+        max_position_embeddings=262144,
+        tie_word_embeddings=False,
+    )
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    hf, toml = dp.load_workload(path), _hybrid()
+    assert hf.mlp == "plain"
+    for f in ("params", "active_params"):
+        np.testing.assert_allclose(
+            float(getattr(hf, f)()), float(getattr(toml, f)()), rtol=1e-9
+        )
