@@ -285,7 +285,7 @@ _PATTERN = {"M": "mamba", "*": "attention", "-": "mlp", "E": "moe"}
 
 
 def _hybrid_keys(cfg: dict, get) -> dict:
-    """Transformer keys of a Nemotron-H style hybrid (layer pattern, Mamba-2, LatentMoE).
+    """Transformer keys of a Nemotron-H hybrid (layer pattern, Mamba-2, LatentMoE).
 
     Each layer of `hybrid_override_pattern` (M Mamba-2, * attention, - MLP, E MoE) or
     `layers_block_type` is one block; their shares become the mix fractions.

@@ -1,4 +1,4 @@
-"""Mixture-of-experts, hybrid (Mamba-2) layers, LatentMoE, MTP and attention variants."""
+"""Mixture-of-experts, hybrid (Mamba-2) layers, LatentMoE, MTP, attention variants."""
 
 import json
 import subprocess
@@ -116,7 +116,7 @@ def test_pure_ssm_decode_does_not_grow_with_context():
 
 
 def test_mla_decode_reads_the_latent_cache():
-    """Absorbed MLA: per cached token and layer, (c + Hr)·b bytes, shared by all heads."""
+    """Absorbed MLA: (c + Hr)·b bytes per cached token and layer, for all heads."""
     m = dp.load_workload("deepseek_v3")
     sv = dp.Serving(tp=8, ep=8, batch=64, input_len=4096, output_len=1)
     t1 = dp.decode_step(H100, m, sv, context=8192.0).attention
