@@ -5,6 +5,7 @@ success and 2 on bad input, with a one-line message on stderr naming the field.
 """
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -73,9 +74,21 @@ def train_arguments(p):
     p.add_argument("--hardware", required=True, help="name, alias or TOML path")
     p.add_argument("--model", required=True, help="name, alias, TOML or config.json")
     p.add_argument("--gpus", required=True, type=_positive_int("--gpus"))
-    for axis in ("tp", "pp", "cp", "ep", "vpp"):
+    for axis in ("tp", "pp", "cp", "ep", "etp", "vpp"):
         p.add_argument(f"--{axis}", type=_positive_int(f"--{axis}"), default=1)
     p.add_argument("--dp", type=_positive_int("--dp"), help="default gpus/(tp·pp·cp)")
+    p.add_argument(
+        "--ep-overlap",
+        type=float,
+        default=0.0,
+        help="share of the MoE all-to-all overlapped with compute, 0..1",
+    )
+    p.add_argument(
+        "--capacity-factor",
+        type=float,
+        help="MoE token dropping at this capacity factor (>= 1); default: the "
+        "model's (0 = dropless)",
+    )
     p.add_argument("--microbatch", type=_positive_int("--microbatch"), default=1)
     p.add_argument("--global-batch", type=_positive_int("--global-batch"))
     p.add_argument("--seq-len", type=_positive_int("--seq-len"))
@@ -95,7 +108,7 @@ def infer_arguments(p):
     p.add_argument("--hardware", required=True, help="name, alias or TOML path")
     p.add_argument("--model", required=True, help="name, alias, TOML or config.json")
     p.add_argument("--gpus", required=True, type=_positive_int("--gpus"))
-    for axis in ("tp", "pp", "ep"):
+    for axis in ("tp", "pp", "ep", "etp"):
         p.add_argument(f"--{axis}", type=_positive_int(f"--{axis}"), default=1)
     p.add_argument("--batch", type=_positive_int("--batch"), default=1)
     p.add_argument("--input-len", type=_positive_int("--input-len"), default=1024)
@@ -196,6 +209,8 @@ def _train(args) -> dict:
             "dp": int(mapping.dp),
             "cp": args.cp,
             "ep": args.ep,
+            "etp": args.etp,
+            "ep_overlap": args.ep_overlap,
             "vpp": args.vpp,
             "microbatch": args.microbatch,
             "global_batch": float(mapping.batch()),
@@ -214,6 +229,9 @@ def train_job(args):
     cluster = io.load_hardware(args.hardware)
     model = io.load_workload(args.model)
     model = _with_precision(model, Precision.training(args.dtype))
+    if args.capacity_factor is not None:
+        # dataclasses.replace re-runs the workload's checks on the new value
+        model = dataclasses.replace(model, capacity_factor=args.capacity_factor)
     if float(cluster.chip.peak_flops(args.dtype)) <= 0:
         raise UsageError(
             f"--dtype={args.dtype}: {cluster.name} has no {args.dtype} tensor "
@@ -230,7 +248,9 @@ def train_job(args):
         dp=dp,
         cp=args.cp,
         ep=args.ep,
+        etp=args.etp,
         vpp=args.vpp,
+        ep_overlap=args.ep_overlap,
         microbatch=args.microbatch,
         global_batch=args.global_batch or dp * args.microbatch,
         seq_len=args.seq_len or 0,
@@ -321,7 +341,7 @@ def infer_job(args):
             f"throughput (flops_{math_dtype} = 0)"
         )
     serving = Serving(
-        tp=args.tp, pp=args.pp, ep=args.ep, batch=args.batch,
+        tp=args.tp, pp=args.pp, ep=args.ep, etp=args.etp, batch=args.batch,
         input_len=args.input_len, output_len=args.output_len, graphs=args.graphs,
     )  # fmt: skip
     return cluster, model, serving, prec

@@ -311,3 +311,24 @@ def test_hf_nemotron_h_config_matches_the_toml(tmp_path):
         np.testing.assert_allclose(
             float(getattr(hf, f)()), float(getattr(toml, f)()), rtol=1e-9
         )
+
+
+def _cli(*args):
+    cmd = [sys.executable, "-m", "diffperf.cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def test_cli_moe_flags():
+    job = ["train", "--hardware", "b200", "--model", "deepseek_v3", "--gpus", "256",
+           "--pp", "8", "--vpp", "2", "--ep", "32", "--global-batch", "4096",
+           "--seq-len", "4096", "--dtype", "fp8", "--json"]  # fmt: skip
+    plain = json.loads(_cli(*job).stdout)
+    r = _cli(*job, "--ep-overlap", "1", "--capacity-factor", "1")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["overlapped"]["ep_comm"] > 0 and plain["overlapped"]["ep_comm"] == 0
+    assert out["step_time_s"] < plain["step_time_s"]
+    assert out["mapping"]["ep_overlap"] == 1.0
+    bad = _cli(*job, "--capacity-factor", "0.5")
+    assert bad.returncode == 2
+    assert "capacity_factor=0.5" in bad.stderr and bad.stderr.count("\n") == 1
