@@ -225,6 +225,7 @@ def predict_row(row: dict, *, hardware_override=None, fidelity="detailed") -> di
         memory_per_gpu_bytes=float(b.memory_per_gpu),
         hardware=cluster.name,
         model=model.name,
+        moe=bool(float(model.n_experts) > 0),
     )
 
 
@@ -285,7 +286,7 @@ def validate_rows(rows: list[dict], *, fidelity: str = "detailed") -> dict:
 
 
 def summarize(results: list[dict]) -> dict:
-    """rows, rows_predicted, mape, median_ape overall and by source (and by GPU)."""
+    """rows, rows_predicted, mape, median_ape overall, by source, GPU and model, MoE."""
     done = [r for r in results if "ape" in r]
 
     def stats(rs):
@@ -294,10 +295,12 @@ def summarize(results: list[dict]) -> dict:
         med = (apes[(n - 1) // 2] + apes[n // 2]) / 2 if n else None
         return dict(rows=n, mape=sum(apes) / n if n else None, median_ape=med)
 
-    by_source, by_gpu = {}, {}
+    by_source, by_gpu, by_model = {}, {}, {}
     for r in done:
         by_source.setdefault(_short_source(r["source"]), []).append(r)
         by_gpu.setdefault(r["hardware"], []).append(r)
+        by_model.setdefault(r["model"], []).append(r)
+    moe = [r for r in done if r.get("moe")]
     overall = stats(done)
     return dict(
         kind="training",
@@ -307,6 +310,8 @@ def summarize(results: list[dict]) -> dict:
         median_ape=overall["median_ape"],
         by_source={k: stats(v) for k, v in sorted(by_source.items())},
         by_gpu={k: stats(v) for k, v in sorted(by_gpu.items())},
+        by_model={k: stats(v) for k, v in sorted(by_model.items())},
+        moe=stats(moe),
         results=results,
     )
 

@@ -3,8 +3,9 @@
     python experiments/validation_report/tables.py [--data
     data/training_calibration.csv]
 
-Prints the overall figures, MAPE per source, per (source, GPU), per model family, and
-the rows with the largest errors, and writes report.json next to this file.
+Prints the overall figures, MAPE per source, per (source, GPU), per model family, per
+MoE model (and GPU), and the rows with the largest errors, and writes report.json next
+to this file.
 """
 
 import argparse
@@ -52,8 +53,15 @@ def main(argv=None):
         by["source, GPU"][f"{src} · {r['hardware']}"].append(r)
         by["GPU"][r["hardware"]].append(r)
         by["model family"][model_family(r["model_name"])].append(r)
-    for title in ("source", "source, GPU", "GPU", "model family"):
+        if r.get("moe"):
+            by["MoE model, GPU"][f"{r['model']} · {r['hardware']}"].append(r)
+            by["MoE model"][r["model"]].append(r)
+    for title in ("source", "source, GPU", "GPU", "model family", "MoE model"):
         print(_table(title, by[title]) + "\n")
+    moe = [r for r in done if r.get("moe")]
+    if moe:
+        print(f"MoE rows: {len(moe)}, MAPE {100 * rep['moe']['mape']:.1f}%\n")
+        print(_table("MoE model, GPU", by["MoE model, GPU"]) + "\n")
     worst = sorted(done, key=lambda r: -r["ape"])[:15]
     print("| row | model | GPU | metric | measured | predicted | APE |")
     print("|---:|---|---|---|---:|---:|---:|")
