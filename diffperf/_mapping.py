@@ -205,7 +205,8 @@ def check_serving(model: Transformer, serving: Serving, gpus: int | None = None)
     """Raises ValueError if a concrete serving mapping does not fit the model.
 
     Checks: whole degrees; tp divides the query heads, and the KV heads divide tp or tp
-    divides them; pp ≤ layers; ep divides the experts; the context input + output fits
+    divides them; pp ≤ layers; ep divides the experts and ep·etp divides tp; the
+    context input + output fits
     the model's maximum; and, if `gpus` is given, gpus = tp·pp.
     """
     names = ("tp", "pp", "ep", "etp", "batch")
@@ -221,6 +222,11 @@ def check_serving(model: Transformer, serving: Serving, gpus: int | None = None)
         raise ValueError(f"--pp={deg['pp']} must be <= n_layers={layers}")
     if experts and experts % deg["ep"]:
         raise ValueError(f"--ep={deg['ep']} must divide n_experts={experts}")
+    if experts and t % (deg["ep"] * deg["etp"]):
+        raise ValueError(
+            f"--ep·etp={deg['ep'] * deg['etp']} must divide tp={t} (a replica's "
+            "experts are spread over its tensor-parallel ranks)"
+        )
     if not experts and deg["ep"] != 1:
         raise ValueError(f"--ep={deg['ep']} must be 1 for a dense model")
     ctx = concrete(serving.input_len + serving.output_len)
