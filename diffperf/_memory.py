@@ -12,8 +12,10 @@ Activation Recomputation in Large Transformer Models", eqs. 1–5), generalized 
 gated MLPs and MoE, with fused attention (no s²-sized score matrix stored) and no
 dropout masks. Per token, in elements (up = 2 for gated MLPs, 1 for plain):
     attention: D (norm output) + (N + 2K)·H (Q, K, V) + N·H (output)
-    Mamba-2:   D (norm output) + in_proj output + conv output (d_in + 2·G·Ns)
-               + scan and gated-norm outputs 2·d_in
+    Mamba-2:   D (norm output) + in_proj output (2·d_in + 2·G·Ns + Hs) + scan output
+               d_in; the conv and gated-norm outputs are recomputed (mamba_ssm's
+               `mamba_split_conv1d_scan_combined`, checkpoint_lvl 1, which
+               Megatron-core's MambaMixer uses)
     MLP:       D (norm output) + up·F (up/gate output) + F (activation output)
     norms:     D per block (inputs)
 with each block weighted by its share of layers (hybrid models) and MoE F = k·load·Fe
@@ -69,8 +71,9 @@ def _activation_bytes_per_token(
         b_in / t
     )
     attn = (n + 2.0 * k) * h * b + n * h * b_in
-    conv = m.ssm_inner + 2.0 * m.ssm_groups * m.ssm_state_dim
-    ssm = m.ssm_in_proj_width() * b + conv * b + 2.0 * m.ssm_inner * b_in
+    # Mamba-2's fused memory-efficient path keeps the in_proj output and the scan
+    # output and recomputes the conv and the gated norm in the backward pass
+    ssm = (m.ssm_in_proj_width() + m.ssm_inner) * b
     other = (a * attn + f_ssm * ssm + ffn * (up * b + b_in)) / t
     if not mapping.flash_attention and recompute == "none":
         # stored softmax output, dropout mask and output: (2b + 1)·N·S per token
