@@ -125,9 +125,11 @@ def train_step(
     head = head_time(cluster, model, s, relax) * (1.0 + model.n_mtp_layers)
     t_mb = t_layers + head  # the last stage, which also runs the head, sets the pace
     host_mb = last * lay["host_ops"] * passes * cluster.host.dispatch_overhead
-    # dropless MoE syncs device→host once per MoE layer and pass (token counts);
-    # token dropping pads to capacity (static shapes) and does not
-    syncs = last * s.moe * model.dropless * (passes - 1.0) * cluster.host.sync_overhead
+    # the MoE layer's host round trip (token counts device→host, then the CPU issues
+    # the rest of the layer) once per MoE layer and pass; charged with token dropping
+    # too: Megatron-Bridge's token-dropping runs are not systematically faster
+    # (VALIDATION.md), although padded static shapes could avoid the sync
+    syncs = last * s.moe * (passes - 1.0) * cluster.host.sync_overhead
     # DP collectives overlap with the layers as they really run: GPU time plus the
     # time the GPU waits for a host-bound CPU.
     t_busy = t_layers + relax.exceed(host_mb, t_mb)

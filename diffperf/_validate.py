@@ -19,7 +19,7 @@ Defaults for columns a source leaves blank (documented in VALIDATION.md):
   - NVIDIA NeMo / Megatron-Bridge: distributed optimizer (ZeRO-1), sequence
     parallelism when tp > 1, no recompute; MoE all-to-all overlapped with compute for
     the layouts whose published recipe enables it (`_A2A_OVERLAP`); "(tokendrop)"
-    rows route with capacity factor 1 (padded, no host sync), others dropless;
+    rows route with capacity factor 1 (padded), others dropless;
     "(w/ MTP)" adds one multi-token-prediction module.
 """
 

@@ -246,18 +246,13 @@ class Transformer(eqx.Module):
         """Tokens at the busiest expert over the mean: capacity factor, else imbalance.
 
         Token dropping (capacity_factor c ≥ 1) pads every expert's buffer to c·mean
-        tokens (Megatron-core `moe_pad_expert_input_to_capacity`: static shapes), and
-        drops what exceeds it; dropless routing sends the busiest expert
-        `expert_imbalance`·mean tokens.
+        tokens (Megatron-core `moe_pad_expert_input_to_capacity`) and drops what
+        exceeds it; dropless routing sends the busiest expert `expert_imbalance`·mean
+        tokens.
         """
         return jnp.where(
             self.capacity_factor > 0, self.capacity_factor, self.expert_imbalance
         )
-
-    @property
-    def dropless(self) -> Array:
-        """1 if dropless (dynamic shapes: a host sync per MoE layer), else 0."""
-        return jnp.where(self.capacity_factor > 0, 0.0, 1.0)
 
     @property
     def ssm_inner(self) -> Array:
