@@ -96,7 +96,7 @@ class LayerShape:
 
 
 def _gemm_shapes(model: Transformer, s: LayerShape):
-    """(M, K, N, count, weight) of each forward GEMM of the representative layer.
+    """(M, K, N, count, weight) arrays and the names of the layer's forward GEMMs.
 
     `weight` is the share of layers that contain the op (attention, Mamba-2, dense MLP
     and MoE layers by their fractions). The grouped expert GEMMs run `local` experts of
@@ -109,27 +109,27 @@ def _gemm_shapes(model: Transformer, s: LayerShape):
     if m.attention == "mla":
         c, q, hr = m.kv_lora_rank, m.q_lora_rank, m.qk_rope_head_dim
         attn = [
-            (T, d, q, 1.0, a),  # q down
-            (T, q, n * h / t, 1.0, a),  # q up
-            (T, d, c + hr, 1.0, a),  # kv down
+            ("q_down", T, d, q, 1.0, a),
+            ("q_up", T, q, n * h / t, 1.0, a),
+            ("kv_down", T, d, c + hr, 1.0, a),
         ]
         if s.absorbed:  # W_UK into the query, W_UV after attention, per head
             attn += [
-                (T, h - hr, c, n / t, a),  # q_nope · W_UK
-                (T, c, m.v_head_dim, n / t, a),  # latent output · W_UV
+                ("q_absorb", T, h - hr, c, n / t, a),  # q_nope · W_UK
+                ("v_absorb", T, c, m.v_head_dim, n / t, a),  # latent output · W_UV
             ]
         else:
-            attn += [(T, c, n * (h - hr + m.v_head_dim) / t, 1.0, a)]  # kv up
-        attn += [(T, n * m.v_head_dim / t, d, 1.0, a)]  # out
+            attn += [("kv_up", T, c, n * (h - hr + m.v_head_dim) / t, 1.0, a)]
+        attn += [("attn_out", T, n * m.v_head_dim / t, d, 1.0, a)]
     else:
         attn = [
-            (T, d, (n + 2.0 * m.n_kv_heads) * h / t, 1.0, a),  # qkv
-            (T, n * h / t, d, 1.0, a),  # out
+            ("qkv", T, d, (n + 2.0 * m.n_kv_heads) * h / t, 1.0, a),
+            ("attn_out", T, n * h / t, d, 1.0, a),
         ]
     ssm = m.ssm_fraction
     mixer = [
-        (T, d, m.ssm_in_proj_width() / t, 1.0, ssm),  # Mamba-2 in_proj
-        (T, m.ssm_inner / t, d, 1.0, ssm),  # Mamba-2 out_proj
+        ("ssm_in", T, d, m.ssm_in_proj_width() / t, 1.0, ssm),
+        ("ssm_out", T, m.ssm_inner / t, d, 1.0, ssm),
     ]
     up = m.mlp_mats - 1.0
     dense, moe = m.dense_mlp_fraction, s.moe
@@ -139,17 +139,19 @@ def _gemm_shapes(model: Transformer, s: LayerShape):
     fe, fs, ell = m.d_ff_expert, m.shared_width, m.expert_input_dim
     latent = moe * jnp.where(m.moe_latent_dim > 0, 1.0, 0.0)
     mlp = [
-        (T, d, up * m.d_ff / t, 1.0, dense),  # dense up (+gate)
-        (T, m.d_ff / t, d, 1.0, dense),  # dense down
-        (T / t, d, m.n_experts, 1.0, moe),  # router
-        (T / t, d, ell, 1.0, latent),  # LatentMoE projection into the latent
-        (per_expert, ell, up * fe / s.etp, local, moe),  # expert up (+gate), grouped
-        (per_expert, fe / s.etp, ell, local, moe),  # expert down, grouped
-        (T / t, ell, d, 1.0, latent),  # LatentMoE projection out of the latent
-        (T, d, up * fs / t, 1.0, moe),  # shared experts up
-        (T, fs / t, d, 1.0, moe),  # shared experts down
+        ("mlp_up", T, d, up * m.d_ff / t, 1.0, dense),  # (+gate)
+        ("mlp_down", T, m.d_ff / t, d, 1.0, dense),
+        ("router", T / t, d, m.n_experts, 1.0, moe),
+        ("latent_down", T / t, d, ell, 1.0, latent),  # LatentMoE
+        ("expert_up", per_expert, ell, up * fe / s.etp, local, moe),  # grouped
+        ("expert_down", per_expert, fe / s.etp, ell, local, moe),  # grouped
+        ("latent_up", T / t, ell, d, 1.0, latent),  # LatentMoE
+        ("shared_up", T, d, up * fs / t, 1.0, moe),
+        ("shared_down", T, fs / t, d, 1.0, moe),
     ]
-    return [jnp.stack([as_float(r[i]) for r in attn + mixer + mlp]) for i in range(5)]
+    rows = attn + mixer + mlp
+    arrays = [jnp.stack([as_float(r[i]) for r in rows]) for i in range(1, 6)]
+    return arrays, tuple(r[0] for r in rows)
 
 
 def _elementwise_bytes(model: Transformer, s: LayerShape):
@@ -222,7 +224,7 @@ def layer_forward(
     if s.low:  # sub-16-bit GEMMs reach a smaller share of their (higher) peak
         peak = peak * chip.low_precision_efficiency
     peak16 = chip.peak_flops("bf16")
-    mm, kk, nn, count, weight = _gemm_shapes(model, s)
+    (mm, kk, nn, count, weight), names = _gemm_shapes(model, s)
     g = gemm_time(
         chip, mm, kk, nn, count=count, peak=peak, nbytes=s.b_gemm,
         weight_nbytes=s.b_weight, relax=relax,
@@ -284,7 +286,12 @@ def layer_forward(
         # per-op view for the roofline (`diffperf roofline`): one row per GEMM of
         # `_gemm_shapes`, `share` the fraction of layers that contain it
         gemm_ops=dict(
-            time=g, flops=g_flops, bytes=g_bytes, share=weight, dims=(mm, kk, nn)
+            time=g,
+            flops=g_flops,
+            bytes=g_bytes,
+            share=weight,
+            dims=(mm, kk, nn),
+            names=names,
         ),
         attn_bytes=a * attn_bytes,
     )

@@ -23,17 +23,6 @@ __all__ = ["roofline_points", "ceilings", "PHASES"]
 
 _EXACT = Exact()
 PHASES = ("train", "prefill", "decode")
-_ATTN = ("qkv", "attn_out")
-_ATTN_MLA = ("q_down", "q_up", "kv_down", "kv_up", "attn_out")
-_MLP = (
-    "mlp_up",
-    "mlp_down",
-    "router",
-    "expert_up",
-    "expert_down",
-    "shared_up",
-    "shared_down",
-)
 _PEAKS = ("fp32", "tf32", "bf16", "fp8", "int8", "fp4")
 
 
@@ -79,10 +68,8 @@ def roofline_points(
     for phase in phases:
         lay = layer_forward(cluster, model, _phase_shape(model, serving, phase), _EXACT)
         ops = lay["gemm_ops"]
-        names = (_ATTN_MLA if model.attention == "mla" else _ATTN) + _MLP
-        n = len(ops["flops"])
-        if len(names) != n:  # the layer grew ops this table does not name
-            names = tuple(f"gemm{i}" for i in range(n))
+        names = ops["names"]
+        n = len(names)
         # an op of zero width (no shared experts, say) is absent, not a 1×1 GEMM
         present = [min(float(d[i]) for d in ops["dims"]) >= 1.0 for i in range(n)]
         rows = [

@@ -55,7 +55,7 @@ REQUIRED_MOE_MAPE = 0.15  # issue #5: MoE rows within the dense rows' tolerance
 
 
 def test_moe_rows_resolve_and_meet_the_tolerance(report):
-    """Every MoE / hybrid row (Megatron-Bridge DeepSeek-V3, Qwen3, GPT-OSS, Nemotron 3)."""
+    """MoE / hybrid rows: Megatron-Bridge DeepSeek-V3, Qwen3, GPT-OSS, Nemotron 3."""
     moe_names = ("deepseek", "qwen3", "gpt oss", "nemotron_3")
     rows = [
         r
