@@ -331,8 +331,11 @@ class Host(eqx.Module):
         return relax.min(link, shared)
 
     def host_bandwidth(self, relax: AbstractRelax = _EXACT) -> Array:
-        """A chip's bandwidth to host memory [B/s per direction]: its PCIe link, or
-        its share of the PCIe switch uplink when a switch sits in between."""
+        """A chip's bandwidth to host memory [B/s per direction].
+
+        Its PCIe link, or its share of the PCIe switch uplink when a switch sits in
+        between: min(link, uplink / pcie_switch_chips).
+        """
         return self._uplink_share(relax, self.pcie_link())
 
     def nic_bandwidth(self, nic, relax: AbstractRelax = _EXACT) -> Array:
