@@ -23,8 +23,9 @@ Thakur et al. 2005 (IJHPCA 19(1)) and Chan et al. 2007; a bidirectional ring of 
 chips with W per direction summed over its two links runs the ring algorithm on half
 the data each way, the same (e − 1)/e·S/W. Direct all-to-all on a ring sends S/e to
 every peer over min(j, e − j) hops: S·⌊e²/4⌋ hop-bytes per chip over 2e directed
-links of W/2 gives g = e/4 for even e (the scaling book, "All-to-all on a ring"); the code uses
-g = (e − 1)/e · max(1, e²/(4·max(e − 1, 1))), exact for even e and e ≤ 3.
+links of W/2 gives g = e/4 for even e (the scaling book, "All-to-all on a ring");
+the code uses g = (e − 1)/e · max(1, e²/(4·max(e − 1, 1))), exact for even e and
+e ≤ 3.
 
 Several dimensions (a 2D/3D torus) run the bucket algorithm (Chan et al. 2007): a
 reduce-scatter along dim 1, then along dim 2 on 1/e_1 of the data, and so on. With k
