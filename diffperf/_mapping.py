@@ -31,7 +31,9 @@ class Parallelism(eqx.Module):
     Fields with a `_overlap` suffix are the fraction of that communication the framework
     hides behind compute (0 = fully exposed, 1 = hidden where compute is long enough).
     `flash_attention=False` models frameworks that materialize the attention scores
-    (Megatron-LM before 2022).
+    (Megatron-LM before 2022). `offload_optimizer` and `offload_activations` are the
+    fractions of the optimizer state and of the stored activations kept in the
+    cluster's `MemoryTier` (host DRAM / CXL / Grace) instead of HBM (`_offload.py`).
     """
 
     tp: Array = eqx.field(**_F, default=1.0)
@@ -46,6 +48,8 @@ class Parallelism(eqx.Module):
     seq_len: Array = eqx.field(**_F, default=0.0)  # tokens; 0: the model's max_seq_len
     tp_overlap: Array = eqx.field(**_F, default=0.0)
     dp_overlap: Array = eqx.field(**_F, default=1.0)
+    offload_optimizer: Array = eqx.field(**_F, default=0.0)  # fraction to host
+    offload_activations: Array = eqx.field(**_F, default=0.0)  # fraction to host
     recompute: Literal["none", "selective", "full"] = eqx.field(
         static=True, default="none"
     )
@@ -58,7 +62,12 @@ class Parallelism(eqx.Module):
             self,
             positive=("tp", "pp", "dp", "cp", "ep", "etp", "vpp", "microbatch"),
             nonneg=("global_batch", "seq_len"),
-            fraction=("tp_overlap", "dp_overlap"),
+            fraction=(
+                "tp_overlap",
+                "dp_overlap",
+                "offload_optimizer",
+                "offload_activations",
+            ),
         )
         if self.recompute not in ("none", "selective", "full"):
             raise ValueError(

@@ -10,6 +10,7 @@ Per microbatch (B sequences of S tokens; T = B·S/c tokens on a chip, t = tp):
   recompute: full = one more forward; selective = one more attention forward
 Step (m microbatches, p stages, v virtual stages; Narayanan et al. SC'21):
   T = m·t_mb + (p − 1)/v · t_mb + p2p + exposed DP + optimizer + host
+      + exposed offload + input-pipeline stall   (`_host.py`)
 with the bubble (p − 1)/v·t_mb of 1F1B / interleaved schedules.
 """
 
@@ -17,6 +18,7 @@ from ._breakdown import Breakdown
 from ._dp import dp_exposed, optimizer_time, p2p_exposed
 from ._fidelity import Fidelity, tier
 from ._hardware import Cluster
+from ._host import input_exposed, offload_exposed, train_nic_bytes
 from ._layer import LayerShape, head_time, layer_comm, layer_forward
 from ._mapping import Parallelism, check_mapping
 from ._memory import train_memory
@@ -121,6 +123,9 @@ def train_step(
     # time the GPU waits for a host-bound CPU.
     t_busy = t_layers + relax.exceed(host_mb, t_mb)
     dp, dp_hidden = dp_exposed(cluster, model, mapping, s, t_busy, ls, relax=relax)
+    off, off_hidden, off_bytes = offload_exposed(
+        cluster, model, mapping, t_busy + head, relax=relax
+    )
     terms = {k: m * val for k, val in stage.items()} | dict(
         head=m * head,
         pp_bubble=(p - 1.0) / v * t_layers,
@@ -128,9 +133,13 @@ def train_step(
         dp_comm=dp,
         optimizer=optimizer_time(cluster, model, mapping),
         host_stall=m * (relax.exceed(host_mb, t_mb) + syncs),
+        offload=off,
         step_overhead=cluster.host.step_overhead,
     )
     tokens = mapping.batch() * s.seq
+    terms["input_stall"] = input_exposed(
+        cluster, tokens / mapping.chips, sum(terms.values()), relax=relax
+    )
     attn_model = 6.0 * s.seq * model.n_heads * (s.h_qk + s.h_v) * model.n_layers
     model_flops = (6.0 * model.active_params() + attn_model) * tokens
     extra = {
@@ -148,10 +157,14 @@ def train_step(
         overlapped_tp_comm=mapping.tp_overlap * com["tp"] * ls * m,
         overlapped_cp_comm=ls * m * (com["cp_fwd"] + com["cp_bwd"] - cp_fwd - cp_bwd),
         overlapped_dp_comm=dp_hidden,
+        overlapped_offload=off_hidden,
         memory_per_gpu=train_memory(model, mapping, chip, relax=relax),
         memory_capacity=chip.hbm_capacity,
         model_flops=model_flops,
         hardware_flops=per_chip * mapping.chips,
         tokens=tokens,
         chips=mapping.chips,
+        nic_bytes=train_nic_bytes(cluster, model, mapping, s, relax=relax),
+        offload_memory=off_bytes,
+        offload_capacity=cluster.offload_tier(relax).capacity,
     )

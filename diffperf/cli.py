@@ -60,6 +60,19 @@ def _fidelity_argument(p):
     )  # fmt: skip
 
 
+def _fraction(name):
+    def parse(text):
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number") from None
+        if not 0.0 <= v <= 1.0:
+            raise argparse.ArgumentTypeError(f"{name}={v:g} must be in [0, 1]")
+        return v
+
+    return parse
+
+
 def _add_train(sub):
     p = sub.add_parser("train", help="time, memory and MFU of one training step")
     train_arguments(p)
@@ -88,6 +101,13 @@ def train_arguments(p):
     )
     p.add_argument("--zero", type=int, choices=(0, 1, 2, 3), default=1)
     p.add_argument("--dtype", choices=DTYPES, default="bf16", help="GEMM math dtype")
+    for what in ("optimizer", "activations"):
+        p.add_argument(
+            f"--offload-{what}",
+            type=_fraction(f"--offload-{what}"),
+            default=0.0,
+            help=f"fraction of the {what} kept in the memory tier (host / CXL / C2C)",
+        )
 
 
 def infer_arguments(p):
@@ -178,6 +198,14 @@ def train_result(cluster, model, mapping, *, dtype_peak: str | None = None) -> d
         "feasible": bool(b.feasible),
         "breakdown": {k: float(v) for k, v in b.terms().items()},
         "overlapped": {k: float(v) for k, v in b.overlapped().items()},
+        "nic_bytes_per_step_per_gpu": float(b.nic_bytes),
+        "nic_demand_bytes_per_s_per_gpu": float(b.nic_demand),
+        "nic_demand_bytes_per_s_per_node": float(
+            b.nic_demand * cluster.host.chips_per_node
+        ),
+        "nic_bandwidth_bytes_per_s_per_gpu": float(cluster.scale_out_bandwidth()),
+        "offload_memory_per_gpu_bytes": float(b.offload_memory),
+        "offload_capacity_per_gpu_bytes": float(b.offload_capacity),
     }
 
 
@@ -204,6 +232,8 @@ def _train(args) -> dict:
             "sequence_parallel": mapping.sequence_parallel,
             "zero": args.zero,
             "dtype": args.dtype,
+            "offload_optimizer": args.offload_optimizer,
+            "offload_activations": args.offload_activations,
         },
     }
     return out
@@ -237,6 +267,8 @@ def train_job(args):
         recompute=args.recompute,
         sequence_parallel=sp,
         zero=args.zero,
+        offload_optimizer=args.offload_optimizer,
+        offload_activations=args.offload_activations,
     )
     check_mapping(model, mapping, gpus=args.gpus)
     return cluster, model, mapping
