@@ -7,7 +7,8 @@ data-parallel collectives (`_dp.dp_collectives`) and the pipeline sends:
     N = m·L/p·(N_tp + N_cp + N_ep) + N_dp + 2·m·N_pp            [B per chip per step]
     demand = N / T_step                                         [B/s per chip]
 It is zero when every group fits in one scale-up domain; above the chip's scale-out
-bandwidth (`Cluster.scale_out_bandwidth`) it is the network that binds.
+bandwidth (`Cluster.scale_out_bandwidth`) it is the network that binds. Serving
+(`phase_nic_bytes`) counts the forward half of the same traffic per engine step.
 
 Offload (ZeRO-Offload, Ren et al. 2021; Megatron-LM activation offloading) over the
 cluster's `MemoryTier` with bandwidth W_h per chip per direction and latency α_h:
@@ -42,7 +43,7 @@ from ._memory import train_memory_parts
 from ._relax import AbstractRelax
 from ._workload import Transformer
 
-__all__ = ["train_nic_bytes", "offload_exposed", "input_exposed"]
+__all__ = ["train_nic_bytes", "phase_nic_bytes", "offload_exposed", "input_exposed"]
 
 
 def _layer_nic_bytes(cluster: Cluster, model: Transformer, s: LayerShape, relax, sp):
@@ -91,6 +92,20 @@ def train_nic_bytes(
     stride = mapping.tp * mapping.cp * mapping.dp
     pp = 2.0 * m * p2p_scale_out_bytes(cluster, act, stride, relax=relax)
     return layers + dp + pp * relax.min(mapping.pp - 1.0, 1.0)
+
+
+def phase_nic_bytes(
+    cluster: Cluster, model: Transformer, serving, s: LayerShape, *, relax
+) -> Array:
+    """Bytes one chip sends over its NICs in one inference forward pass [B].
+
+    The forward half of each layer's TP all-reduces and EP dispatch + combine, and
+    the chip's share (p − 1)/p of the pipeline sends of the step's activations.
+    """
+    layers = model.n_layers * _layer_nic_bytes(cluster, model, s, relax, False) / 2.0
+    act = s.tokens * model.d_model * s.b_act
+    hop = p2p_scale_out_bytes(cluster, act, serving.tp, relax=relax)
+    return layers + (serving.pp - 1.0) / serving.pp * hop
 
 
 def offload_exposed(
