@@ -1,4 +1,4 @@
-"""Networks, host and offload: closed forms, NIC demand, monotonicity, gradients, errors."""
+"""Networks, host and offload: closed forms, NIC demand, gradients, errors."""
 
 import equinox as eqx
 import jax
