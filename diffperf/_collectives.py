@@ -15,11 +15,13 @@ gathered size; for all-to-all the bytes each rank sends in total):
 | dimension | reduce-scatter = all-gather | all-to-all |
 |---|---|---|
 | ring (torus axis) | (e − 1)·α + (e − 1)/e·S/W | min(e − 1, e/2)·α + g·S/W |
-| switch | (e − 1)·α + (e − 1)/e·S/W | (e − 1)·α + (e − 1)/e·S/W |
+| switch | (e − 1)·α + (e − 1)/e·S/W | min(e − 1, 1)·α + (e − 1)/e·S/W |
 | full mesh | min(e − 1, 1)·α + (e − 1)/e·S/W | min(e − 1, 1)·α + (e − 1)/e·S/W |
 
-Ring reduce-scatter / all-gather and pairwise-exchange all-to-all on a switch are
-Thakur et al. 2005 (IJHPCA 19(1)) and Chan et al. 2007; a bidirectional ring of e
+Ring reduce-scatter / all-gather are Thakur et al. 2005 (IJHPCA 19(1)) and Chan et al.
+2007. All-to-all through a non-blocking switch or a full mesh is direct: every rank
+posts its e − 1 sends at once (NCCL grouped send/recv, DeepEP), so it pays one α, not
+the e − 1 steps of Thakur's single-port pairwise exchange; a bidirectional ring of e
 chips with W per direction summed over its two links runs the ring algorithm on half
 the data each way, the same (e − 1)/e·S/W. Direct all-to-all on a ring sends S/e to
 every peer over min(j, e − j) hops: S·⌊e²/4⌋ hop-bytes per chip over 2e directed
@@ -102,13 +104,11 @@ def _max_all(values, relax: AbstractRelax) -> Array:
 
 def _hops(dim, e, relax: AbstractRelax):
     """(latency steps of RS/AG, of all-to-all, all-to-all hop factor) of one dim."""
-    if dim.topology == "full_mesh":
-        one = relax.min(e - 1.0, 1.0)
-        return one, one, 1.0
-    if dim.topology == "ring":
-        far = relax.min(e - 1.0, e / 2.0)
-        return e - 1.0, far, relax.max(1.0, e * e / (4.0 * relax.max(e - 1.0, 1.0)))
-    return e - 1.0, e - 1.0, 1.0
+    if dim.topology in ("full_mesh", "switch"):
+        one = relax.min(e - 1.0, 1.0)  # all peers at once (direct all-to-all)
+        return (one if dim.topology == "full_mesh" else e - 1.0), one, 1.0
+    far = relax.min(e - 1.0, e / 2.0)  # ring: the farthest peer is e/2 hops away
+    return e - 1.0, far, relax.max(1.0, e * e / (4.0 * relax.max(e - 1.0, 1.0)))
 
 
 def _tier_time(tier, kind, nbytes, n, stride, share, relax, taper=1.0) -> Array:
@@ -287,7 +287,7 @@ def dispatch_time(cluster: Cluster, token_bytes, k, n, stride, *, relax: Abstrac
         inter = S · (n_out − 1) · (1 − (1 − 1/n_out)^k)          [B over the NICs]
         intra = S · k · (n − 1)/n                                [B over NVLink / ICI]
         T = max(Σ lat_up + max_i h_i·intra / W_up,i,
-                inter·taper / W_out + (n_out − 1)·α_out)
+                inter·taper / W_out + min(n_out − 1, 1)·α_out)
     (the expected number of distinct remote domains among k uniform picks is
     (n_out − 1)·(1 − (1 − 1/n_out)^k)); h_i is the all-to-all hop factor of a ring
     dimension (1 on a switch or full mesh; module docstring) and lat_up the tier's
@@ -307,7 +307,8 @@ def dispatch_time(cluster: Cluster, token_bytes, k, n, stride, *, relax: Abstrac
     ]
     t_up = _max_all(bw, relax) + lat
     w_out = cluster.scale_out_bandwidth(relax) * out.efficiency
-    t_out = inter * _taper(out, n_out, relax) / w_out + (n_out - 1.0) * out.latency
+    t_out = inter * _taper(out, n_out, relax) / w_out
+    t_out = t_out + relax.min(n_out - 1.0, 1.0) * out.latency
     return relax.max(t_up, t_out)
 
 

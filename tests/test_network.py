@@ -45,7 +45,7 @@ def _ring(e):
 @pytest.mark.parametrize(
     "topology, lat, bw",
     [
-        ("switch", lambda e: (e - 1) * ALPHA, lambda e: (e - 1) / e * S / W),
+        ("switch", lambda e: ALPHA, lambda e: (e - 1) / e * S / W),
         ("full_mesh", lambda e: ALPHA, lambda e: (e - 1) / e * S / W),
         ("ring", lambda e: e / 2 * ALPHA, lambda e: e / 4 * S / W),
     ],
