@@ -78,7 +78,9 @@ def main():
     fixed = {k: tr[k] for k in ("pp", "dp", "ep", "microbatch", "global_batch")}
     mappings = {
         f: dp.Parallelism(
-            **fixed, seq_len=tr["seq_len"], recompute=tr["recompute"],
+            **fixed,
+            seq_len=tr["seq_len"],
+            recompute=tr["recompute"],
             offload_optimizer=f,
         )  # fmt: skip
         for f in tr["offload_optimizer"]
@@ -95,8 +97,7 @@ def main():
             step_time_s=b.total,
             tokens_per_s_per_gpu=b.tokens_per_s_per_gpu,
             nic_demand_bytes_per_s_per_gpu=b.nic_demand,
-            nic_demand_bytes_per_s_per_node=b.nic_demand
-            * cluster.host.chips_per_node,
+            nic_demand_bytes_per_s_per_node=b.nic_demand * cluster.host.chips_per_node,
             nic_bandwidth_bytes_per_s_per_gpu=cluster.scale_out_bandwidth(),
             memory_per_gpu_bytes=b.memory_per_gpu,
             feasible=b.feasible,
@@ -118,7 +119,9 @@ def main():
             * 1e6,
         )
 
-    train_fn = {f: jax.jit(lambda c, m=m: train_metrics(c, m)) for f, m in mappings.items()}
+    train_fn = {
+        f: jax.jit(lambda c, m=m: train_metrics(c, m)) for f, m in mappings.items()
+    }
     serve_fn = jax.jit(serve_metrics)
     start = time.time()
     rows = []
@@ -186,7 +189,11 @@ def plot(cfg, rows):
         axes,
         [
             ("train", "step_time_s", "training step [s] (optimizer in HBM)"),
-            ("train_offload_1", "step_time_s", "training step [s] (optimizer offloaded)"),
+            (
+                "train_offload_1",
+                "step_time_s",
+                "training step [s] (optimizer offloaded)",
+            ),
             ("serve", "tpot_s", "serving TPOT [ms]"),
         ],
         strict=True,
