@@ -181,7 +181,8 @@ class Serving(eqx.Module):
     A replica uses tp·pp chips and runs `batch` sequences at once, each with
     `input_len` prompt tokens and `output_len` generated tokens. `graphs=True` replays
     each decode step as one captured graph (CUDA graphs / XLA), so the CPU does not
-    launch kernels one by one.
+    launch kernels one by one. `offload_kv` is the fraction of the KV cache kept in the
+    cluster's `MemoryTier` and streamed in every step (`_infer._phase`).
     """
 
     tp: Array = eqx.field(**_F, default=1.0)
@@ -191,6 +192,7 @@ class Serving(eqx.Module):
     batch: Array = eqx.field(**_F, default=1.0)
     input_len: Array = eqx.field(**_F, default=128.0)
     output_len: Array = eqx.field(**_F, default=128.0)
+    offload_kv: Array = eqx.field(**_F, default=0.0)  # KV fraction in the memory tier
     graphs: bool = eqx.field(static=True, default=False)
     flash_attention: bool = eqx.field(static=True, default=True)
 
@@ -198,6 +200,7 @@ class Serving(eqx.Module):
         check_fields(
             self,
             positive=("tp", "pp", "ep", "etp", "batch", "input_len", "output_len"),
+            fraction=("offload_kv",),
         )
 
     @property

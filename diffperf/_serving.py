@@ -91,7 +91,10 @@ def continuous_batching(
         layer_forward(cluster, model, dec, relax)["attn"]
         + layer_forward(cluster, model, pre, relax)["attn"]
     )
-    step: PhaseBreakdown = _phase(cluster, model, mixed, s, relax, attention=attention)
+    kv_tokens = b * context + b / s_out * s_in  # decodes read, prompts write
+    step: PhaseBreakdown = _phase(
+        cluster, model, mixed, s, relax, attention=attention, kv_tokens=kv_tokens
+    )
     t = step.total
     chunks = relax.max(s_out / b, 1.0)  # steps to prefill one prompt, at least one
     nic = phase_nic_bytes(cluster, model, mixed, s, relax=relax) / t

@@ -125,6 +125,12 @@ def infer_arguments(p):
     p.add_argument(
         "--graphs", action="store_true", help="decode steps replayed as CUDA graphs"
     )
+    p.add_argument(
+        "--offload-kv",
+        type=_fraction("--offload-kv"),
+        default=0.0,
+        help="fraction of the KV cache kept in the memory tier (host / CXL / C2C)",
+    )
 
 
 def _add_infer(sub):
@@ -301,6 +307,7 @@ def infer_result(cluster, model, serving, *, gpus=None, ttft_slo=None,
         "memory_capacity_bytes": float(r.memory_capacity),
         "feasible": bool(r.feasible),
         "kv_cache_bytes_per_token_per_gpu": float(r.kv_bytes_per_token),
+        "offload_memory_per_gpu_bytes": float(r.offload_memory),
         "breakdown": {
             "prefill": {k: float(v) for k, v in r.prefill.terms().items()},
             "decode_step": {k: float(v) for k, v in r.decode.terms().items()},
@@ -357,6 +364,7 @@ def infer_job(args):
     serving = Serving(
         tp=args.tp, pp=args.pp, ep=args.ep, batch=args.batch,
         input_len=args.input_len, output_len=args.output_len, graphs=args.graphs,
+        offload_kv=args.offload_kv,
     )  # fmt: skip
     return cluster, model, serving, prec
 

@@ -421,3 +421,21 @@ def test_bad_dims_in_a_hardware_file_exit_2(capsys, tmp_path, dims, pattern):
         capsys, "train", "--hardware", str(p), "--model", "llama3_8b", "--gpus", "8"
     )
     assert rc == 2 and pattern in err and err.count("\n") == 1, err
+
+
+def test_kv_offload_trades_hbm_for_link_time_and_c2c_beats_pcie():
+    llama = dp.load_workload("llama3_1_70b")
+    s = dp.Serving(tp=4, batch=64, input_len=16384, output_len=1024)
+    half = eqx.tree_at(lambda x: x.offload_kv, s, f64(0.5))
+    base, off = dp.serve(NVL72, llama, s), dp.serve(NVL72, llama, half)
+    assert float(off.memory_per_gpu) < float(base.memory_per_gpu)
+    assert float(off.max_batch) > float(base.max_batch)
+    assert float(off.decode.kv_offload) > 0 and float(base.decode.kv_offload) == 0
+    # T_link = f·B·S·kv / W_tier, exposed beyond the GPU work of the step
+    kv = 0.5 * 64 * (16384 + 512) * off.kv_bytes_per_token
+    t_link = kv / NVL72.offload_tier().bandwidth
+    gpu = sum(v for k, v in off.decode.terms().items() if k not in (
+        "host_stall", "kv_offload", "step_overhead"))  # fmt: skip
+    np.testing.assert_allclose(off.decode.kv_offload, t_link - gpu, rtol=1e-6)
+    pcie = eqx.tree_at(lambda c: c.host.pcie_bandwidth, NVL72, f64(64e9))
+    assert float(dp.serve(pcie, llama, half).tpot) > float(off.tpot)

@@ -85,9 +85,10 @@ def main():
         )  # fmt: skip
         for f in tr["offload_optimizer"]
     }
-    sv = cfg["serve"]
-    serving = dp.Serving(**sv)
-    dp.check_serving(model, serving)
+    sv = {k: v for k, v in cfg["serve"].items() if k != "offload_kv"}
+    servings = {f: dp.Serving(**sv, offload_kv=f) for f in cfg["serve"]["offload_kv"]}
+    for serving in servings.values():
+        dp.check_serving(model, serving)
 
     def train_metrics(cluster, mapping):
         b = dp.train_step(cluster, model, mapping)
@@ -106,7 +107,7 @@ def main():
             usd_per_million_tokens=usd_h / (3600.0 * tok_s) * 1e6,
         )
 
-    def serve_metrics(cluster):
+    def serve_metrics(cluster, serving):
         cb = dp.continuous_batching(cluster, model, serving)
         per_gpu = cb["output_tokens_per_s"] / serving.chips
         usd_h = dp.hourly_cost(cluster, serving.chips)
@@ -117,12 +118,15 @@ def main():
             usd_per_million_output_tokens=usd_h
             / (3600.0 * cb["output_tokens_per_s"])
             * 1e6,
+            kv_offload_s=cb["step"].kv_offload,
         )
 
     train_fn = {
         f: jax.jit(lambda c, m=m: train_metrics(c, m)) for f, m in mappings.items()
     }
-    serve_fn = jax.jit(serve_metrics)
+    serve_fn = {
+        f: jax.jit(lambda c, s=s: serve_metrics(c, s)) for f, s in servings.items()
+    }
     start = time.time()
     rows = []
     for size, nics, link in itertools.product(
@@ -133,7 +137,9 @@ def main():
         for f, fn in train_fn.items():
             key = "train" if f == 0 else f"train_offload_{f:g}"
             row[key] = {k: _py(v) for k, v in fn(c).items()}
-        row["serve"] = {k: _py(v) for k, v in serve_fn(c).items()}
+        for f, fn in serve_fn.items():
+            key = "serve" if f == 0 else f"serve_offload_kv_{f:g}"
+            row[key] = {k: _py(v) for k, v in fn(c).items()}
         rows.append(row)
     elapsed = time.time() - start
     out = dict(
@@ -145,7 +151,8 @@ def main():
     )
     (HERE / "results.json").write_text(json.dumps(out, indent=1) + "\n")
     plot(cfg, rows)
-    print(f"{len(rows)} hardware points x 3 jobs in {elapsed:.1f} s")
+    jobs = len(train_fn) + len(serve_fn)
+    print(f"{len(rows)} hardware points x {jobs} jobs in {elapsed:.1f} s")
     for r in rows:
         if r["host_link"] == "c2c":
             t, s = r["train"], r["serve"]
@@ -184,7 +191,7 @@ def _lines(ax, cfg, rows, job, metric, scale=1.0, links=("pcie", "c2c")):
 
 def plot(cfg, rows):
     """step_time.png, nic_demand.png and cost.png."""
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
     for ax, (job, metric, label) in zip(
         axes,
         [
@@ -194,11 +201,16 @@ def plot(cfg, rows):
                 "step_time_s",
                 "training step [s] (optimizer offloaded)",
             ),
-            ("serve", "tpot_s", "serving TPOT [ms]"),
+            ("serve", "tpot_s", "serving TPOT [ms] (KV in HBM)"),
+            (
+                "serve_offload_kv_0.5",
+                "tpot_s",
+                "serving TPOT [ms] (half the KV offloaded)",
+            ),
         ],
         strict=True,
     ):
-        _lines(ax, cfg, rows, job, metric, 1e3 if job == "serve" else 1.0)
+        _lines(ax, cfg, rows, job, metric, 1e3 if job.startswith("serve") else 1.0)
         ax.set_title(label)
     axes[0].legend(fontsize=7)
     fig.suptitle("DeepSeek-V3 on B200: step time vs NVLink domain, NICs and host link")
