@@ -51,7 +51,7 @@ Send/recv = α + S/(W·η) on the tier it crosses.
 a chip sends over its NICs for the same operations (the NIC demand of a mapping).
 """
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import jax.numpy as jnp
 from jaxtyping import Array
@@ -95,6 +95,21 @@ def _extents(tier: NetworkTier, n, stride, relax: AbstractRelax) -> list:
     return out
 
 
+class _Dim(NamedTuple):
+    size: Array
+    bandwidth: Array
+    latency: Array
+    topology: str
+
+
+def _dims(tier: NetworkTier) -> list[_Dim]:
+    """The tier's dimensions (`NetworkTier.dimensions`, without building modules)."""
+    if tier.dims:
+        return [_Dim(d.size, d.bandwidth, d.latency, d.topology) for d in tier.dims]
+    topo = "ring" if tier.topology == "torus" else tier.topology
+    return [_Dim(tier.size, tier.bandwidth, tier.latency, topo)]
+
+
 def _max_all(values, relax: AbstractRelax) -> Array:
     out = values[0]
     for v in values[1:]:
@@ -117,7 +132,7 @@ def _tier_time(tier, kind, nbytes, n, stride, share, relax, taper=1.0) -> Array:
     `share` scales every dimension's bandwidth (a chip's share of the NICs per NIC);
     `taper` divides the all-to-all bandwidth (fat-tree oversubscription).
     """
-    dims = tier.dimensions()
+    dims = _dims(tier)
     e = _extents(tier, n, stride, relax)
     eta = tier.efficiency * share
     hops = [_hops(d, x, relax) for d, x in zip(dims, e, strict=True)]
@@ -297,7 +312,7 @@ def dispatch_time(cluster: Cluster, token_bytes, k, n, stride, *, relax: Abstrac
         cluster, token_bytes, k, n, stride, relax
     )
     up, out = cluster.scale_up, cluster.scale_out
-    dims = up.dimensions()
+    dims = _dims(up)
     e = _extents(up, n_in, stride, relax)
     hops = [_hops(d, x, relax) for d, x in zip(dims, e, strict=True)]
     lat = sum(h[1] * d.latency for d, h in zip(dims, hops, strict=True))

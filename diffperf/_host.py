@@ -28,8 +28,10 @@ Input pipeline: the node's CPUs prepare the next batches while the GPUs run the 
     exposed = max(T_in, T_rest) − T_rest                                     [s]
 """
 
+import jax.numpy as jnp
 from jaxtyping import Array
 
+from ._checks import concrete
 from ._collectives import (
     dispatch_scale_out_bytes,
     p2p_scale_out_bytes,
@@ -117,9 +119,12 @@ def offload_exposed(
     relax: AbstractRelax,
 ):
     """(exposed s, hidden s, offloaded B per chip) of optimizer/activation offload."""
+    f_o, f_a = mapping.offload_optimizer, mapping.offload_activations
+    if concrete(f_o) == 0.0 and concrete(f_a) == 0.0:  # nothing offloaded: all zero
+        zero = jnp.zeros(())
+        return zero, zero, zero
     tier = cluster.offload_tier(relax)
     parts = train_memory_parts(model, mapping, cluster.chip, relax=relax)
-    f_o, f_a = mapping.offload_optimizer, mapping.offload_activations
     m, p, v = mapping.microbatches(), mapping.pp, mapping.vpp
     opt = f_o * parts["optimizer"]
     t_opt = tier.latency + opt / tier.bandwidth  # each way
