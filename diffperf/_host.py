@@ -131,8 +131,9 @@ def offload_exposed(
     # activations of one microbatch on the busiest stage (parts hold min(p, m) of them)
     in_flight = relax.min(p, m) * (1.0 + (p - 1.0) / (p * v) * relax.step(v - 1.5))
     act = f_a * parts["activations"] / in_flight
-    t_act = tier.latency * relax.step(f_a, scale=1e-3) + act / tier.bandwidth
-    t_opt = t_opt * relax.step(f_o, scale=1e-3)
+    # the per-transfer latency vanishes with the fraction (exactly 0 at f = 0)
+    t_act = tier.latency * f_a / (f_a + 1e-6) + act / tier.bandwidth
+    t_opt = t_opt * f_o / (f_o + 1e-6)
     exposed = (
         relax.exceed(t_opt, 2.0 * t_mb / 3.0)
         + relax.exceed(t_opt, t_mb / 3.0)
