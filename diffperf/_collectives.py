@@ -173,7 +173,8 @@ def _split(cluster: Cluster, n, stride, relax: AbstractRelax):
     """(n_in, n_out, stride of the group in units of domains)."""
     n_in = ranks_in_domain(cluster, n, stride, relax=relax)
     stride_out = relax.max(as_float(stride) / cluster.scale_up.size, 1.0)
-    return n_in, n / n_in, stride_out
+    n_out = jnp.maximum(n / n_in, 1.0)  # the smooth clip may overshoot n by rounding
+    return n_in, n_out, stride_out
 
 
 def collective_time(
@@ -288,7 +289,10 @@ def _dispatch_bytes(cluster: Cluster, token_bytes, k, n, stride, relax):
     token_bytes, n, k = as_float(token_bytes), as_float(n), as_float(k)
     n_in, n_out, s_out = _split(cluster, n, stride, relax)
     intra = token_bytes * k * (n - 1.0) / n
-    inter = token_bytes * (n_out - 1.0) * (1.0 - (1.0 - 1.0 / n_out) ** k)
+    miss = 1.0 - 1.0 / n_out  # P(a pick is not a given remote domain), 0 at n_out = 1
+    safe = jnp.where(miss > 0, miss, 1.0)  # double where: 0**k has a NaN gradient
+    none = jnp.where(miss > 0, safe**k, jnp.where(k > 0, 0.0, 1.0))
+    inter = token_bytes * (n_out - 1.0) * (1.0 - none)
     return intra, inter, n_in, n_out, s_out
 
 

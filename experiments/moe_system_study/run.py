@@ -5,9 +5,9 @@ For every (domain size, NICs per GPU, host link) of config.toml, on B200 GPUs:
     step time, tokens/s per GPU, NIC demand per GPU and per node, $ per million tokens;
   - serving (one continuous-batching replica, TP = EP = 32): TPOT, output tokens/s per
     GPU, NIC demand per GPU, $ per million output tokens.
-$ is `dp.hourly_cost` (chip + host share amortized over 4 years, power at PUE 1.3 and
-0.10 $/kWh) with the host price raised by `nic_usd` per NIC; the cost of a larger NVLink
-domain itself is not varied (the project's cost model will add it).
+$ is `dp.hourly_cost` (the project's cost model: chip, host share, NICs and their
+switch ports, scale-up links, amortized over `cluster.cost.lifetime`, plus power); it
+prices the NICs per GPU but not the size of the NVLink domain.
 
 The varied quantities are float leaves, so each mapping is compiled once (`jax.jit`)
 and evaluated for all hardware points.
@@ -38,24 +38,26 @@ NIC_COLOR = {0.5: "tab:red", 1.0: "tab:blue", 2.0: "tab:green"}
 
 def base_cluster(cfg) -> dp.Cluster:
     """The chip and tray of `hardware`, with the study's NIC and PCIe figures."""
-    c = dp.load_hardware(cfg["hardware"])
-    host = eqx.tree_at(lambda h: h.pcie_bandwidth, c.host, cfg["gpu_pcie_bandwidth"])
-    out = eqx.tree_at(lambda t: t.bandwidth, c.scale_out, cfg["nic_bandwidth"])
-    tier = dp.MemoryTier(**cfg["host_links"]["pcie"])
-    return dp.Cluster(
-        chip=c.chip, scale_up=c.scale_up, scale_out=out, host=host,
-        name=c.name, memory_tier=tier,
-    )  # fmt: skip
+    c = dp.load_hardware(cfg["hardware"])  # with its anchored cost leaves
+    return eqx.tree_at(
+        lambda c: (c.host.pcie_bandwidth, c.scale_out.bandwidth, c.memory_tier),
+        c,
+        (
+            cfg["gpu_pcie_bandwidth"],
+            cfg["nic_bandwidth"],
+            dp.MemoryTier(**cfg["host_links"]["pcie"]),
+        ),
+        is_leaf=lambda x: x is None,
+    )
 
 
-def variant(base: dp.Cluster, size, nics_per_gpu, link: dict, nic_usd) -> dp.Cluster:
+def variant(base: dp.Cluster, size, nics_per_gpu, link: dict) -> dp.Cluster:
     """`base` with a domain of `size` GPUs, its NICs and its host memory link."""
     per_node = base.host.chips_per_node
     return eqx.tree_at(
         lambda c: (
             c.scale_up.size,
             c.host.nics_per_node,
-            c.host.price,
             c.memory_tier.bandwidth,
             c.memory_tier.capacity,
         ),
@@ -63,7 +65,6 @@ def variant(base: dp.Cluster, size, nics_per_gpu, link: dict, nic_usd) -> dp.Clu
         (
             size,
             nics_per_gpu * per_node,
-            base.host.price + nic_usd * nics_per_gpu * per_node,
             link["bandwidth"],
             link["capacity"],
         ),
@@ -132,7 +133,7 @@ def main():
     for size, nics, link in itertools.product(
         cfg["domain_sizes"], cfg["nics_per_gpu"], cfg["host_links"]
     ):
-        c = variant(base, size, nics, cfg["host_links"][link], cfg["nic_usd"])
+        c = variant(base, size, nics, cfg["host_links"][link])
         row = dict(domain_size=size, nics_per_gpu=nics, host_link=link)
         for f, fn in train_fn.items():
             key = "train" if f == 0 else f"train_offload_{f:g}"
@@ -144,8 +145,7 @@ def main():
     elapsed = time.time() - start
     out = dict(
         config=cfg,
-        note="SI units; $ from dp.hourly_cost with the host price raised by "
-        "nic_usd per NIC",
+        note="SI units; $ from dp.hourly_cost (the project's cost model)",
         seconds=elapsed,
         rows=rows,
     )
