@@ -439,3 +439,24 @@ def test_kv_offload_trades_hbm_for_link_time_and_c2c_beats_pcie():
     np.testing.assert_allclose(off.decode.kv_offload, t_link - gpu, rtol=1e-6)
     pcie = eqx.tree_at(lambda c: c.host.pcie_bandwidth, NVL72, f64(64e9))
     assert float(dp.serve(pcie, llama, half).tpot) > float(off.tpot)
+
+
+def test_traces_show_offload_and_input_stall_on_the_critical_path():
+    from diffperf._trace import infer_trace, train_trace
+
+    from .test_trace import _complete, _critical_checks
+
+    slow_cpu = eqx.tree_at(lambda c: c.host.cpu_time_per_token, DGX, f64(1e-2))
+    m = dp.Parallelism(tp=8, global_batch=8, seq_len=4096, offload_activations=1.0)
+    trace, b = train_trace(slow_cpu, LLAMA8, m)
+    assert float(b.input_stall) > 0 and float(b.offload) > 0
+    terms = {k: float(v) for k, v in b.terms().items()}
+    _critical_checks(_complete(trace), terms, float(b.total))
+    s = dp.Serving(tp=4, batch=64, input_len=4096, output_len=512, offload_kv=0.5)
+    trace, pre, dec = infer_trace(NVL72, LLAMA8, s)
+    assert float(dec.kv_offload) > 0
+    events = [e for e in _complete(trace) if e["args"].get("phase") == "decode"]
+    t0 = float(pre.total)
+    shifted = [dict(e, ts=e["ts"] - t0 * 1e6) for e in events]
+    terms = {k: float(v) for k, v in dec.terms().items()}
+    _critical_checks(shifted, terms, float(dec.total))
