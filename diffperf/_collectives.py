@@ -42,6 +42,9 @@ Across tiers: RS(S) = RS_up(S) + RS_out(S/n_in), AG likewise; all-reduce =
 RS_up + AR_out(S/n_in) + AG_up, where a switched scale-out tier picks the faster of
 two ring passes and the double binary tree (NCCL's tree; Sanders et al. 2009):
     AR_tree = 2·log2(n_out)·α + 2·S/W                                          [s]
+and a scale-up switch with in-network reduction (NVLS; NCCL docs) takes one latency step
+per reduce-scatter / all-gather and, for the all-reduce inside it, the faster of the
+ring and AR_nvls = 2·α + (n_in − 1)/n_in·S/W (each byte crosses a link once each way).
 All-to-all splits its bytes between tiers by the fraction of peers in the domain and
 the tiers run concurrently (max); the scale-out part of all-to-all traffic pays the
 fat-tree taper: W_out / (1 + (o − 1)·relu(1 − leaf / n_out)).
@@ -100,14 +103,27 @@ class _Dim(NamedTuple):
     bandwidth: Array
     latency: Array
     topology: str
+    nvls: bool  # the dimension's switch reduces in the network
 
 
 def _dims(tier: NetworkTier) -> list[_Dim]:
     """The tier's dimensions (`NetworkTier.dimensions`, without building modules)."""
+    nvls = tier.in_network_reduction
     if tier.dims:
-        return [_Dim(d.size, d.bandwidth, d.latency, d.topology) for d in tier.dims]
+        return [
+            _Dim(
+                d.size,
+                d.bandwidth,
+                d.latency,
+                d.topology,
+                nvls and d.topology == "switch",
+            )
+            for d in tier.dims
+        ]
     topo = "ring" if tier.topology == "torus" else tier.topology
-    return [_Dim(tier.size, tier.bandwidth, tier.latency, topo)]
+    return [
+        _Dim(tier.size, tier.bandwidth, tier.latency, topo, nvls and topo == "switch")
+    ]
 
 
 def _max_all(values, relax: AbstractRelax) -> Array:
@@ -121,7 +137,8 @@ def _hops(dim, e, relax: AbstractRelax):
     """(latency steps of RS/AG, of all-to-all, all-to-all hop factor) of one dim."""
     if dim.topology in ("full_mesh", "switch"):
         one = relax.min(e - 1.0, 1.0)  # all peers at once (direct all-to-all)
-        return (one if dim.topology == "full_mesh" else e - 1.0), one, 1.0
+        direct = dim.topology == "full_mesh" or dim.nvls
+        return (one if direct else e - 1.0), one, 1.0
     far = relax.min(e - 1.0, e / 2.0)  # ring: the farthest peer is e/2 hops away
     return e - 1.0, far, relax.max(1.0, e * e / (4.0 * relax.max(e - 1.0, 1.0)))
 
@@ -222,12 +239,20 @@ def collective_time(
     )
     if kind in ("all_gather", "reduce_scatter"):
         return rs_up + rs_out
+    ar_up = 2.0 * rs_up
+    if up.in_network_reduction and up.topology == "switch" and not up.dims:
+        w = up.bandwidth * up.efficiency  # NVLS: each byte in once, reduced, out once
+        one = relax.min(n_in - 1.0, 1.0)
+        nvls = one * 2.0 * up.latency + (n_in - 1.0) / n_in * nbytes / w
+        # only a whole all-reduce inside the domain (n_out = 1); across domains the
+        # hierarchy needs the reduce-scattered shards: ring cost (+ (n_out − 1)·ar_up)
+        ar_up = relax.min(ar_up, nvls + (n_out - 1.0) * ar_up)
     ar_out = 2.0 * rs_out
     if out.topology == "switch" and not out.dims:
         w = cluster.scale_out_bandwidth(relax) * out.efficiency
         tree = 2.0 * jnp.log2(n_out) * out.latency + 2.0 * nbytes / n_in / w
         ar_out = relax.min(ar_out, tree)
-    return 2.0 * rs_up + ar_out
+    return ar_up + ar_out
 
 
 def scale_out_bytes(

@@ -157,6 +157,11 @@ class NetworkTier(eqx.Module):
     and `bandwidth`, joined as `topology` says ("torus" then means one ring). The
     product of the dims' sizes must equal `size`.
 
+    `in_network_reduction` (NVLink SHARP / NVLS, InfiniBand SHARP) lets the switches of
+    the tier's switch dimensions reduce and multicast: reduce-scatter / all-gather
+    take one latency step instead of e − 1, and an all-reduce inside the tier moves
+    each byte once, 2·α + (e − 1)/e·S/W instead of the ring's 2·(e − 1)/e·S/W.
+
     Scale-out fabrics are fat trees: `leaf_size` domains hang below one leaf (rail)
     switch at full bandwidth, and traffic that leaves a leaf shares uplinks tapered by
     `oversubscription` (1 = full bisection, 2 = 2:1). Only all-to-all traffic pays the
@@ -170,6 +175,7 @@ class NetworkTier(eqx.Module):
     oversubscription: Array = eqx.field(**_F, default=1.0)  # fat-tree taper (≥ 1)
     leaf_size: Array = eqx.field(**_F, default=1.0)  # domains below one leaf switch
     topology: Topology = eqx.field(static=True, default="switch")
+    in_network_reduction: bool = eqx.field(static=True, default=False)  # NVLS
     dims: tuple[Dimension, ...] = ()
 
     def __check_init__(self):

@@ -110,7 +110,7 @@ def _merged(kind: str, path: Path, seen: tuple = ()) -> dict:
 
 
 _TEXT_KEYS = {"mlp", "attention", "topology", "name", "kind"}
-_BOOL_KEYS = {"tied_embeddings"}
+_BOOL_KEYS = {"tied_embeddings", "in_network_reduction"}
 _INT_KEYS = {"pcie_gen"}
 
 

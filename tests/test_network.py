@@ -460,3 +460,43 @@ def test_traces_show_offload_and_input_stall_on_the_critical_path():
     shifted = [dict(e, ts=e["ts"] - t0 * 1e6) for e in events]
     terms = {k: float(v) for k, v in dec.terms().items()}
     _critical_checks(shifted, terms, float(dec.total))
+
+
+def test_in_network_reduction_closed_forms():
+    c = _domain(topology="switch", size=8.0)
+    nvls = eqx.tree_at(
+        lambda x: x.scale_up,
+        c,
+        dp.NetworkTier(
+            bandwidth=W,
+            latency=ALPHA,
+            efficiency=1.0,
+            size=8.0,
+            in_network_reduction=True,
+        ),  # fmt: skip
+    )
+    ar = collective_time(nvls, "all_reduce", S, 8.0, 1.0, relax=EXACT)
+    np.testing.assert_allclose(ar, 2 * ALPHA + 7 / 8 * S / W, rtol=1e-12)
+    rs = collective_time(nvls, "reduce_scatter", S, 8.0, 1.0, relax=EXACT)
+    np.testing.assert_allclose(rs, ALPHA + 7 / 8 * S / W, rtol=1e-12)
+    assert ar < collective_time(c, "all_reduce", S, 8.0, 1.0, relax=EXACT)
+    # across domains the hierarchy keeps RS + AG inside (one latency step each)
+    big = collective_time(nvls, "all_reduce", S, 64.0, 1.0, relax=EXACT)
+    rs_big = collective_time(nvls, "reduce_scatter", S, 64.0, 1.0, relax=EXACT)
+    rs_out = rs_big - (ALPHA + 7 / 8 * S / W)
+    w_out = float(nvls.scale_out_bandwidth() * nvls.scale_out.efficiency)
+    tree = 6 * float(nvls.scale_out.latency) + 2 * S / 8 / w_out
+    np.testing.assert_allclose(
+        big, 2 * (ALPHA + 7 / 8 * S / W) + min(2 * rs_out, tree), rtol=1e-12
+    )
+    g = jax.grad(
+        lambda w: collective_time(
+            eqx.tree_at(lambda x: x.scale_up.bandwidth, nvls, w),
+            "all_reduce",
+            S,
+            64.0,
+            1.0,
+            relax=SMOOTH,
+        )  # fmt: skip
+    )(f64(W))
+    assert np.isfinite(float(g))

@@ -39,6 +39,13 @@ NIC_COLOR = {0.5: "tab:red", 1.0: "tab:blue", 2.0: "tab:green"}
 def base_cluster(cfg) -> dp.Cluster:
     """The chip and tray of `hardware`, with the study's NIC and PCIe figures."""
     c = dp.load_hardware(cfg["hardware"])  # with its anchored cost leaves
+    up = c.scale_up
+    up = dp.NetworkTier(
+        bandwidth=up.bandwidth, latency=up.latency, efficiency=up.efficiency,
+        size=up.size, topology=up.topology,
+        in_network_reduction=cfg["in_network_reduction"],
+    )  # fmt: skip
+    c = eqx.tree_at(lambda c: c.scale_up, c, up)
     return eqx.tree_at(
         lambda c: (c.host.pcie_bandwidth, c.scale_out.bandwidth, c.memory_tier),
         c,
