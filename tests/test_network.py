@@ -232,7 +232,10 @@ NEW_LEAVES = [
     "scale_out.leaf_size",
     "host.pcie_lanes",
     "host.pcie_switch_uplink",
+    "host.pcie_switch_chips",
+    "host.pcie_switch_nics",
     "host.cpu_time_per_token",
+    "scale_up.dims.0.size",
     "host.nics_per_node",
     "memory_tier.bandwidth",
     "memory_tier.latency",
@@ -500,3 +503,14 @@ def test_in_network_reduction_closed_forms():
         )  # fmt: skip
     )(f64(W))
     assert np.isfinite(float(g))
+
+
+def test_kv_offload_gradient_is_finite_and_positive():
+    llama = dp.load_workload("llama3_1_70b")
+
+    def tpot(f):
+        s = dp.Serving(tp=4, batch=64, input_len=16384, output_len=1024, offload_kv=f)
+        return dp.decode_step(NVL72, llama, s, relax=SMOOTH).total
+
+    g = jax.grad(tpot)(f64(0.5))
+    assert np.isfinite(float(g)) and float(g) > 0
