@@ -59,6 +59,7 @@ from typing import Literal, NamedTuple
 import jax.numpy as jnp
 from jaxtyping import Array
 
+from ._checks import concrete
 from ._hardware import Cluster, NetworkTier
 from ._relax import AbstractRelax, as_float
 
@@ -182,6 +183,8 @@ def _out_share(cluster: Cluster, relax: AbstractRelax) -> Array:
 
 def _taper(tier: NetworkTier, n_out, relax: AbstractRelax) -> Array:
     """1 + (o − 1)·relu(1 − leaf / n_out): slowdown of all-to-all across leaves."""
+    if concrete(tier.oversubscription) == 1.0:  # full bisection: no taper
+        return 1.0
     beyond = relax.relu(1.0 - tier.leaf_size / n_out, scale=1.0)
     return 1.0 + (tier.oversubscription - 1.0) * beyond
 

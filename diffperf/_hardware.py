@@ -331,6 +331,8 @@ class Host(eqx.Module):
 
     def _uplink_share(self, relax: AbstractRelax, link) -> Array:
         """min(link, uplink / chips behind the switch), or link without a switch."""
+        if concrete(self.pcie_switch_uplink) == 0.0:  # no switch (a static fact here)
+            return link
         has = self.pcie_switch_uplink > 0
         chips = jnp.where(has, self.pcie_switch_chips, 1.0)
         shared = jnp.where(has, self.pcie_switch_uplink, link) / chips
@@ -353,6 +355,8 @@ class Host(eqx.Module):
         link = self.pcie_link()
         share = relax.min(nic, link) * self.nics_per_node / self.chips_per_node
         share = relax.min(share, link)
+        if concrete(self.pcie_switch_uplink) == 0.0:  # no switch: nothing shared
+            return share
         far = (self.pcie_switch_uplink > 0) & (self.pcie_switch_nics <= 0)
         return jnp.where(far, self._uplink_share(relax, share), share)
 

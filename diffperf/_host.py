@@ -145,4 +145,6 @@ def offload_exposed(
 
 def input_exposed(cluster: Cluster, tokens_per_chip, t_rest, *, relax: AbstractRelax):
     """Input-pipeline seconds a step waits for: max(T_in, T_rest) − T_rest [s]."""
+    if concrete(cluster.host.cpu_time_per_token) == 0.0:  # no input cost modelled
+        return jnp.zeros(())
     return relax.exceed(cluster.host.input_time(tokens_per_chip), t_rest)
