@@ -440,7 +440,10 @@ def test_kv_offload_trades_hbm_for_link_time_and_c2c_beats_pcie():
     gpu = sum(v for k, v in off.decode.terms().items() if k not in (
         "host_stall", "kv_offload", "step_overhead"))  # fmt: skip
     np.testing.assert_allclose(off.decode.kv_offload, t_link - gpu, rtol=1e-6)
-    pcie = eqx.tree_at(lambda c: c.host.pcie_bandwidth, NVL72, f64(64e9))
+    assert NVL72.memory_tier.kind == "c2c"
+    pcie = eqx.tree_at(
+        lambda c: c.memory_tier, NVL72, dp.MemoryTier(capacity=240e9, bandwidth=64e9)
+    )
     assert float(dp.serve(pcie, llama, half).tpot) > float(off.tpot)
 
 
