@@ -287,7 +287,7 @@ def serve(
     free = chip.hbm_capacity - chip.reserved_memory - weights - act_one
     per_seq = kv_token * context * (1.0 - serving.offload_kv)  # in HBM
     memory = weights + serving.batch * per_seq + act_one + chip.reserved_memory
-    tier = cluster.offload_tier(relax).capacity  # the offloaded share's limit
+    tier_capacity = cluster.offload_tier(relax).capacity  # the offloaded share's limit
     off_seq = kv_token * context * serving.offload_kv
     return ServeResult(
         prefill=pre,
@@ -302,11 +302,11 @@ def serve(
         max_batch=jnp.floor(
             jnp.minimum(
                 jnp.maximum(free, 0.0) / jnp.maximum(per_seq, 1e-30),
-                tier / jnp.maximum(off_seq, 1e-30),
+                tier_capacity / jnp.maximum(off_seq, 1e-30),
             )
         ),
         offload_memory=serving.batch * off_seq,
-        offload_capacity=tier,
+        offload_capacity=tier_capacity,
         kv_bytes_per_token=kv_token,
     )
 
