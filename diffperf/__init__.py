@@ -12,6 +12,8 @@ b.total  # seconds per optimizer step
 from ._breakdown import TERMS as TERMS
 from ._breakdown import Breakdown as Breakdown
 from ._collectives import collective_time as collective_time
+from ._collectives import dispatch_time as dispatch_time
+from ._collectives import scale_out_bytes as scale_out_bytes
 from ._cost import capex_per_chip as capex_per_chip
 from ._cost import chip_cost as chip_cost
 from ._cost import chip_price as chip_price
@@ -23,7 +25,9 @@ from ._cost import step_power as step_power
 from ._hardware import Chip as Chip
 from ._hardware import Cluster as Cluster
 from ._hardware import Cost as Cost
+from ._hardware import Dimension as Dimension
 from ._hardware import Host as Host
+from ._hardware import MemoryTier as MemoryTier
 from ._hardware import NetworkTier as NetworkTier
 from ._infer import decode_step as decode_step
 from ._infer import prefill as prefill

@@ -21,6 +21,8 @@ TERMS = (
     "dp_comm",
     "optimizer",
     "host_stall",
+    "input_stall",
+    "offload",
     "step_overhead",
 )
 """Exposed-time terms of a step, in the order they are reported; they sum to `total`."""
@@ -41,8 +43,12 @@ class Breakdown(eqx.Module):
       dp_comm: exposed data-parallel gradient / parameter collectives
       optimizer: the optimizer update (HBM-bound)
       host_stall: time the GPUs wait for the CPU (kernel dispatch, host syncs)
+      input_stall: time the GPUs wait for the input pipeline (tokenization, loading)
+      offload: exposed transfers of offloaded optimizer state / activations
       step_overhead: fixed per-step host cost (data loading, logging, sync)
     `overlapped_*` are communication seconds hidden behind compute (not in `total`).
+    `nic_bytes` is what one chip sends over its NICs per step (`nic_demand` per
+    second); `offload_memory` what it keeps in the memory tier.
     """
 
     matmul: Array
@@ -59,17 +65,23 @@ class Breakdown(eqx.Module):
     dp_comm: Array
     optimizer: Array
     host_stall: Array
+    input_stall: Array
+    offload: Array
     step_overhead: Array
     overlapped_tp_comm: Array
     overlapped_cp_comm: Array
     overlapped_dp_comm: Array
     overlapped_ep_comm: Array
+    overlapped_offload: Array
     memory_per_gpu: Array  # B, peak HBM use of the busiest chip
     memory_capacity: Array  # B, HBM capacity of one chip
     model_flops: Array  # FLOP per step, 6·P_active·tokens + attention (no recompute)
     hardware_flops: Array  # FLOP per step actually executed (with recompute)
     tokens: Array  # tokens per step
     chips: Array  # chips in the job
+    nic_bytes: Array  # B one chip sends over its NICs per step
+    offload_memory: Array  # B per chip kept in the memory tier (offload)
+    offload_capacity: Array  # B per chip of the memory tier
 
     @property
     def total(self) -> Array:
@@ -83,8 +95,15 @@ class Breakdown(eqx.Module):
 
     @property
     def feasible(self) -> Array:
-        """True when the step fits in HBM."""
-        return self.memory_per_gpu <= self.memory_capacity
+        """True when the step fits in HBM and its offloaded bytes in the memory tier."""
+        return (self.memory_per_gpu <= self.memory_capacity) & (
+            self.offload_memory <= self.offload_capacity
+        )
+
+    @property
+    def nic_demand(self) -> Array:
+        """Bytes per second one chip moves over its NICs, averaged over the step."""
+        return self.nic_bytes / self.total
 
     def terms(self) -> dict[str, Array]:
         """The exposed-time terms by name [s]."""
@@ -97,6 +116,7 @@ class Breakdown(eqx.Module):
             "cp_comm": self.overlapped_cp_comm,
             "dp_comm": self.overlapped_dp_comm,
             "ep_comm": self.overlapped_ep_comm,
+            "offload": self.overlapped_offload,
         }
 
     @property

@@ -21,7 +21,13 @@ from ._ops import memory_time
 from ._relax import AbstractRelax
 from ._workload import Transformer
 
-__all__ = ["stage_params", "dp_exposed", "optimizer_time", "p2p_exposed"]
+__all__ = [
+    "stage_params",
+    "dp_collectives",
+    "dp_exposed",
+    "optimizer_time",
+    "p2p_exposed",
+]
 
 ADAM_BYTES = 30.0
 """HBM bytes per parameter of an Adam step: read fp32 param, grad, m, v (16 B), write
@@ -52,6 +58,30 @@ def _groups(mapping: Parallelism):
     return (d * c, t), (n_expert, mapping.ep * mapping.etp)
 
 
+def dp_collectives(model, mapping: Parallelism):
+    """The data-parallel collectives of one step: (kind, bytes, n, stride, count).
+
+    Per ZeRO stage (module docstring), for the dense and the expert parameters.
+    """
+    prec = model.precision
+    b_g, b_w = prec.bytes("grads"), prec.bytes("weights")
+    out = []
+    for params, (n, stride) in zip(
+        stage_params(model, mapping), _groups(mapping), strict=True
+    ):
+        grads, weights = params * b_g, params * b_w
+        if mapping.zero == 0:
+            out.append(("all_reduce", grads, n, stride, 1.0))
+        elif mapping.zero in (1, 2):
+            out.append(("reduce_scatter", grads, n, stride, 1.0))
+            out.append(("all_gather", weights, n, stride, 1.0))
+        else:
+            m = mapping.microbatches()
+            out.append(("all_gather", weights, n, stride, 2.0 * m))
+            out.append(("reduce_scatter", grads, n, stride, m))
+    return out
+
+
 def dp_exposed(
     cluster: Cluster,
     model,
@@ -70,24 +100,10 @@ def dp_exposed(
     layer's bucket (T_comm / layers per stage) can never overlap.
         exposed = max(T_comm·(1 − 1/Ls), window) − window + T_comm/Ls  [s]
     """
-    prec = model.precision
-    b_g, b_w = prec.bytes("grads"), prec.bytes("weights")
-    dense, expert = stage_params(model, mapping)
     comm = 0.0
-    for params, (n, stride) in zip((dense, expert), _groups(mapping), strict=True):
-        grads = params * b_g
-        weights = params * b_w
-
-        def coll(kind, nbytes, n=n, stride=stride):
-            return collective_time(cluster, kind, nbytes, n, stride, relax=relax)
-
-        if mapping.zero == 0:
-            comm = comm + coll("all_reduce", grads)
-        elif mapping.zero in (1, 2):
-            comm = comm + coll("reduce_scatter", grads) + coll("all_gather", weights)
-        else:
-            per_mb = 2.0 * coll("all_gather", weights) + coll("reduce_scatter", grads)
-            comm = comm + per_mb * mapping.microbatches()
+    for kind, nbytes, n, stride, count in dp_collectives(model, mapping):
+        t = collective_time(cluster, kind, nbytes, n, stride, relax=relax)
+        comm = comm + count * t
     if mapping.zero == 3:
         window = t_layers * mapping.microbatches()
     else:

@@ -14,9 +14,10 @@ operand read once, the output written once) and β the datasheet HBM bandwidth;
 collectives move their bytes at the datasheet link bandwidth with no latency; there
 are no fixed per-kernel, per-sync or per-step costs and no overlap (communication adds
 to computation). It is obtained by evaluating the detailed tier on the ideal device
-(`roofline_device`: efficiencies 1, fixed costs and latencies 0, SRAM large enough for
-one pass over every operand) and mapping (`dp_overlap = tp_overlap = 0`), so both
-tiers share every type, the API and the `Breakdown` terms.
+(`roofline_device`: efficiencies 1, fixed costs and latencies 0, per network dimension
+and memory tier too, SRAM large enough for one pass over every operand) and mapping
+(`dp_overlap = tp_overlap = 0`), so both tiers share every type, the API and the
+`Breakdown` terms.
 """
 
 from typing import Literal
@@ -52,7 +53,7 @@ def check_fidelity(fidelity: str):
 
 def _get(tree, path):
     for part in path.split("."):
-        tree = getattr(tree, part)
+        tree = tree[int(part)] if part.isdigit() else getattr(tree, part)
     return tree
 
 
@@ -65,7 +66,19 @@ def roofline_device(cluster: Cluster) -> Cluster:
     consts = [
         jnp.full_like(_get(cluster, p), v) for p, v in zip(paths, values, strict=True)
     ]
-    return eqx.tree_at(leaves, cluster, consts)
+    ideal = eqx.tree_at(leaves, cluster, consts)
+    # latencies of the per-dimension network description and of the memory tier
+    paths = [
+        f"{t}.dims.{i}.latency"
+        for t in ("scale_up", "scale_out")
+        for i in range(len(getattr(ideal, t).dims))
+    ]
+    if ideal.memory_tier is not None:
+        paths.append("memory_tier.latency")
+    for path in paths:
+        zero = jnp.zeros_like(_get(ideal, path))
+        ideal = eqx.tree_at(lambda c, path=path: _get(c, path), ideal, zero)
+    return ideal
 
 
 def tier(fidelity: str, cluster: Cluster, mapping=None):

@@ -55,6 +55,7 @@ PHASE_TERMS = (
     "pp_p2p",
     "head",
     "host_stall",
+    "kv_offload",
     "step_overhead",
 )
 
@@ -71,6 +72,7 @@ class PhaseBreakdown(eqx.Module):
     pp_p2p: Array
     head: Array
     host_stall: Array
+    kv_offload: Array  # exposed KV-cache traffic to/from the memory tier
     step_overhead: Array
 
     def terms(self) -> dict[str, Array]:
@@ -97,11 +99,15 @@ class ServeResult(eqx.Module):
     memory_capacity: Array
     max_batch: Array
     kv_bytes_per_token: Array  # per chip, all its layers
+    offload_memory: Array  # B per chip of KV cache in the memory tier
+    offload_capacity: Array  # B per chip of the memory tier
 
     @property
     def feasible(self) -> Array:
-        """True when the batch's weights, KV cache and activations fit in HBM."""
-        return self.memory_per_gpu <= self.memory_capacity
+        """True when weights, KV cache and activations fit in HBM and tier."""
+        return (self.memory_per_gpu <= self.memory_capacity) & (
+            self.offload_memory <= self.offload_capacity
+        )
 
     @property
     def output_tokens_per_s_per_gpu(self) -> Array:
@@ -128,12 +134,18 @@ def _shape(model, serving, relax, *, q_len, seq, causal) -> LayerShape:
 
 
 def _phase(
-    cluster, model, serving, s: LayerShape, relax, attention=None
+    cluster, model, serving, s: LayerShape, relax, attention=None, kv_tokens=None
 ) -> PhaseBreakdown:
     """One forward pass of the whole model for the tokens of `s` (module docstring).
 
     `attention`, if given, replaces the attention seconds of all layers (for steps that
     mix decode and prefill tokens, whose attention differs per token class).
+
+    KV offload: the fraction f = `serving.offload_kv` of the KV cache lives in the
+    memory tier; the step streams it layer by layer (the KV cache of `kv_tokens`
+    tokens, default B·S, read in decode, written in prefill), overlapped with the GPU
+    work: kv_offload = max(T_link, T_gpu) − T_gpu with
+    T_link = f·kv_tokens·kv_bytes_per_token / W_tier  [s] (FlexGen, Sheng et al. 2023).
     """
     chip, host = cluster.chip, cluster.host
     lay = layer_forward(cluster, model, s, relax)
@@ -168,9 +180,14 @@ def _phase(
     t_gpu = sum(gpu.values())
     ops = 0.0 if serving.graphs else layers * lay["host_ops"]
     t_host = ops * host.dispatch_overhead
+    if kv_tokens is None:
+        kv_tokens = serving.batch * s.seq
+    kv = serving.offload_kv * kv_tokens * kv_bytes_per_token(model, serving)
+    t_link = kv / cluster.offload_tier(relax).bandwidth
     return PhaseBreakdown(
         **gpu,
         host_stall=relax.exceed(t_host, t_gpu),
+        kv_offload=relax.exceed(t_link, t_gpu),
         step_overhead=host.serve_overhead,
     )
 
@@ -282,8 +299,12 @@ def serve(
     # prefill activations alive at once: a few D-wide tensors of the prompts in flight
     act_one = 4.0 * serving.input_len * model.d_model * 2.0
     free = chip.hbm_capacity - chip.reserved_memory - weights - act_one
-    per_seq = kv_token * context + ssm_state_bytes(model, serving)
+    per_seq = kv_token * context * (1.0 - serving.offload_kv) + ssm_state_bytes(
+        model, serving
+    )  # in HBM
     memory = weights + serving.batch * per_seq + act_one + chip.reserved_memory
+    tier_capacity = cluster.offload_tier(relax).capacity  # the offloaded share's limit
+    off_seq = kv_token * context * serving.offload_kv
     return ServeResult(
         prefill=pre,
         decode=dec,
@@ -294,7 +315,14 @@ def serve(
         chips=serving.chips,
         memory_per_gpu=memory,
         memory_capacity=chip.hbm_capacity,
-        max_batch=jnp.floor(jnp.maximum(free, 0.0) / per_seq),
+        max_batch=jnp.floor(
+            jnp.minimum(
+                jnp.maximum(free, 0.0) / jnp.maximum(per_seq, 1e-30),
+                tier_capacity / jnp.maximum(off_seq, 1e-30),
+            )
+        ),
+        offload_memory=serving.batch * off_seq,
+        offload_capacity=tier_capacity,
         kv_bytes_per_token=kv_token,
     )
 

@@ -35,6 +35,9 @@ class Parallelism(eqx.Module):
     all-to-all run concurrently with computation of another microbatch or of the shared
     experts (Megatron-core `overlap_moe_expert_parallel_comm` / DeepEP-style 1F1B
     overlap, `moe_shared_expert_overlap`); it hides at most the layer's compute.
+    `offload_optimizer` and `offload_activations` are the
+    fractions of the optimizer state and of the stored activations kept in the
+    cluster's `MemoryTier` (host DRAM / CXL / Grace) instead of HBM (`_offload.py`).
     """
 
     tp: Array = eqx.field(**_F, default=1.0)
@@ -50,6 +53,8 @@ class Parallelism(eqx.Module):
     tp_overlap: Array = eqx.field(**_F, default=0.0)
     dp_overlap: Array = eqx.field(**_F, default=1.0)
     ep_overlap: Array = eqx.field(**_F, default=0.0)
+    offload_optimizer: Array = eqx.field(**_F, default=0.0)  # fraction to host
+    offload_activations: Array = eqx.field(**_F, default=0.0)  # fraction to host
     recompute: Literal["none", "selective", "full"] = eqx.field(
         static=True, default="none"
     )
@@ -62,7 +67,13 @@ class Parallelism(eqx.Module):
             self,
             positive=("tp", "pp", "dp", "cp", "ep", "etp", "vpp", "microbatch"),
             nonneg=("global_batch", "seq_len"),
-            fraction=("tp_overlap", "dp_overlap", "ep_overlap"),
+            fraction=(
+                "tp_overlap",
+                "dp_overlap",
+                "ep_overlap",
+                "offload_optimizer",
+                "offload_activations",
+            ),
         )
         if self.recompute not in ("none", "selective", "full"):
             raise ValueError(
@@ -176,7 +187,8 @@ class Serving(eqx.Module):
     A replica uses tp·pp chips and runs `batch` sequences at once, each with
     `input_len` prompt tokens and `output_len` generated tokens. `graphs=True` replays
     each decode step as one captured graph (CUDA graphs / XLA), so the CPU does not
-    launch kernels one by one.
+    launch kernels one by one. `offload_kv` is the fraction of the KV cache kept in the
+    cluster's `MemoryTier` and streamed in every step (`_infer._phase`).
     """
 
     tp: Array = eqx.field(**_F, default=1.0)
@@ -186,6 +198,7 @@ class Serving(eqx.Module):
     batch: Array = eqx.field(**_F, default=1.0)
     input_len: Array = eqx.field(**_F, default=128.0)
     output_len: Array = eqx.field(**_F, default=128.0)
+    offload_kv: Array = eqx.field(**_F, default=0.0)  # KV fraction in the memory tier
     graphs: bool = eqx.field(static=True, default=False)
     flash_attention: bool = eqx.field(static=True, default=True)
 
@@ -193,6 +206,7 @@ class Serving(eqx.Module):
         check_fields(
             self,
             positive=("tp", "pp", "ep", "etp", "batch", "input_len", "output_len"),
+            fraction=("offload_kv",),
         )
 
     @property

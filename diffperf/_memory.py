@@ -38,7 +38,7 @@ from ._mapping import Parallelism
 from ._relax import AbstractRelax
 from ._workload import Transformer
 
-__all__ = ["train_memory"]
+__all__ = ["train_memory", "train_memory_parts"]
 
 ADAM_STATE_BYTES = 12.0
 """fp32 master weights, first and second moments [B per parameter]."""
@@ -84,7 +84,21 @@ def _activation_bytes_per_token(
 def train_memory(
     model: Transformer, mapping: Parallelism, chip: Chip, *, relax: AbstractRelax
 ) -> Array:
-    """Peak HBM bytes on the busiest chip of a training job (module docstring) [B]."""
+    """Peak HBM bytes on the busiest chip of a training job (module docstring) [B].
+
+    The offloaded fractions of optimizer state and activations
+    (`Parallelism.offload_*`) live in the memory tier instead.
+    """
+    parts = train_memory_parts(model, mapping, chip, relax=relax)
+    parts["optimizer"] = parts["optimizer"] * (1.0 - mapping.offload_optimizer)
+    parts["activations"] = parts["activations"] * (1.0 - mapping.offload_activations)
+    return sum(parts.values())
+
+
+def train_memory_parts(
+    model: Transformer, mapping: Parallelism, chip: Chip, *, relax: AbstractRelax
+) -> dict[str, Array]:
+    """Bytes by kind on the busiest chip, before offload (module docstring) [B]."""
     prec = model.precision
     dense, expert = stage_params(model, mapping)
     (n_d, _), (n_e, _) = _groups(mapping)
@@ -108,4 +122,11 @@ def train_memory(
     if mapping.recompute == "full":  # one layer's full activations during recompute
         acts = acts + tokens * _activation_bytes_per_token(model, mapping, "none")
     logits = tokens * model.vocab_size / mapping.tp * 6.0  # bf16 logits + fp32 grad
-    return weights + grads + optim + acts + logits + chip.reserved_memory
+    return dict(
+        weights=weights,
+        gradients=grads,
+        optimizer=optim,
+        activations=acts,
+        logits=logits,
+        reserved=chip.reserved_memory,
+    )

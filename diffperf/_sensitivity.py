@@ -46,7 +46,12 @@ def get_leaf(tree, path: str):
     "hardware.chip.hbm_bandwidth").
     """
     for part in path.split("."):
-        tree = tree[part] if isinstance(tree, dict) else getattr(tree, part)
+        if isinstance(tree, dict):
+            tree = tree[part]
+        elif isinstance(tree, tuple | list):  # e.g. "scale_up.dims.0.bandwidth"
+            tree = tree[int(part)]
+        else:
+            tree = getattr(tree, part)
     return tree
 
 

@@ -23,7 +23,8 @@ $ per million output tokens = $/h / (3600·tok/s)·1e6.
 Disaggregated prefill/decode (Patel et al. 2024, Splitwise; Zhong et al. 2024,
 DistServe): P chips of prefill replicas and D chips of decode replicas. A request's KV
 cache, S_in·kv bytes for all layers, moves from its prefill replica to a decode replica
-over the scale-up tier when both share a domain, else over the prefill replica's NICs:
+over the scale-up tier when both share a domain, else over the prefill replica's NICs
+(whose per-chip rate, requests/s · kv bytes / P, is `kv_nic_demand`):
     TTFT = t_prefill + t_kv,  TPOT = t_decode(B_d)
     requests/s = min(prefill replicas / t_prefill, decode replicas·B_d / (S_out·TPOT)).
 Goodput under SLOs is that rate when TTFT ≤ TTFT_SLO and TPOT ≤ TPOT_SLO, else 0. The
@@ -37,6 +38,7 @@ from jaxtyping import Array
 
 from ._cost import hourly_cost
 from ._hardware import Cluster
+from ._host import phase_nic_bytes
 from ._infer import (
     PhaseBreakdown,
     _phase,
@@ -73,8 +75,9 @@ def continuous_batching(
     """Steady-state continuous batching with chunked prefill (module docstring).
 
     Returns:
-        dict with `step` (PhaseBreakdown of one mixed step), `tpot` [s], `ttft` [s] and
-        `output_tokens_per_s` of the replica.
+        dict with `step` (PhaseBreakdown of one mixed step), `tpot` [s], `ttft` [s],
+        `output_tokens_per_s` of the replica and `nic_demand` [B/s per chip] (bytes
+        a chip sends over its NICs per step / step time, `_host.phase_nic_bytes`).
     """
     b, s_in, s_out = serving.batch, serving.input_len, serving.output_len
     context = s_in + s_out / 2.0
@@ -89,10 +92,16 @@ def continuous_batching(
         layer_forward(cluster, model, dec, relax)["attn"]
         + layer_forward(cluster, model, pre, relax)["attn"]
     )
-    step: PhaseBreakdown = _phase(cluster, model, mixed, s, relax, attention=attention)
+    kv_tokens = b * context + b / s_out * s_in  # decodes read, prompts write
+    step: PhaseBreakdown = _phase(
+        cluster, model, mixed, s, relax, attention=attention, kv_tokens=kv_tokens
+    )
     t = step.total
     chunks = relax.max(s_out / b, 1.0)  # steps to prefill one prompt, at least one
-    return dict(step=step, tpot=t, ttft=chunks * t, output_tokens_per_s=b / t)
+    nic = phase_nic_bytes(cluster, model, mixed, s, relax=relax) / t
+    return dict(
+        step=step, tpot=t, ttft=chunks * t, output_tokens_per_s=b / t, nic_demand=nic
+    )
 
 
 def speculative_tpot(
@@ -132,6 +141,7 @@ class Disaggregation(eqx.Module):
     kv_transfer: Array  # s per request
     kv_bytes: Array  # B per request
     kv_bandwidth_demand: Array  # B/s the prefill pool sends at full rate
+    kv_nic_demand: Array  # B/s each prefill chip sends over its NICs
     requests_per_s: Array
     goodput: Array  # requests/s within the SLOs
     output_tokens_per_s: Array
@@ -186,12 +196,15 @@ def disaggregated(
     )
     pool = prefill_chips + decode_chips
     w_up = cluster.scale_up.bandwidth * cluster.scale_up.efficiency * prefill.tp
-    w_out = cluster.scale_out_bandwidth() * cluster.scale_out.efficiency * prefill.tp
+    w_out = cluster.scale_out_bandwidth(relax) * cluster.scale_out.efficiency
+    w_out = w_out * prefill.tp
     t_up = kv_bytes / w_up + cluster.scale_up.latency
     t_out = kv_bytes / w_out + cluster.scale_out.latency
     if kv_tier == "pcie":
         h = cluster.host
-        t_kv = 2.0 * (kv_bytes / (h.pcie_bandwidth * prefill.tp) + h.pcie_latency)
+        w_h = h.host_bandwidth(relax) * prefill.tp
+        t_kv = 2.0 * (kv_bytes / w_h + h.pcie_latency)
+        inside = 1.0  # no NIC traffic
     else:
         inside = {"scale_up": 1.0, "scale_out": 0.0}.get(kv_tier)
         if inside is None:
@@ -221,6 +234,7 @@ def disaggregated(
         kv_transfer=t_kv,
         kv_bytes=kv_bytes / prefill.batch,
         kv_bandwidth_demand=kv_bytes / prefill.batch * rate,
+        kv_nic_demand=(1.0 - inside) * kv_bytes / prefill.batch * rate / prefill_chips,
         requests_per_s=rate,
         goodput=rate * ok,
         output_tokens_per_s=tokens,

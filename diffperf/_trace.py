@@ -480,6 +480,8 @@ def _draw_tail(tr, b: Breakdown, terms, ends, t_pipe, zero: int):
         for row, name, term in (
             ("dp_comm", f"{what} (exposed)", "dp_comm"),
             ("optimizer", "optimizer step", "optimizer"),
+            ("host", "offload transfers (exposed)", "offload"),
+            ("host", "input pipeline stall", "input_stall"),
             ("host", "step overhead (data, logging, sync)", "step_overhead"),
         ):
             tr.add(s, row, name, t, terms[term], term=term, critical=crit, stage=s)
@@ -491,6 +493,7 @@ _PHASE_ROW = {
     "ep_comm": "ep_comm",
     "pp_p2p": "pp_p2p",
     "host_stall": "host",
+    "kv_offload": "host",
     "step_overhead": "host",
 }
 _PER_LAYER = (
@@ -558,6 +561,7 @@ def _draw_phase(tr, phase: str, pb: PhaseBreakdown, t0: float, layers: int, p: i
     for k, name in (
         ("head", "logits + sampling"),
         ("host_stall", "host stall (kernel launches)"),
+        ("kv_offload", "KV cache streamed from the memory tier"),
         ("step_overhead", "serving engine step overhead"),
     ):
         tr.add(

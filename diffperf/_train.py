@@ -12,6 +12,7 @@ Per microbatch (B sequences of S tokens; T = B·S/c tokens on a chip, t = tp):
   recompute: full = one more forward; selective = one more attention forward
 Step (m microbatches, p stages, v virtual stages; Narayanan et al. SC'21):
   T = m·t_mb + (p − 1)/v · t_mb + p2p + exposed DP + optimizer + host
+      + exposed offload + input-pipeline stall   (`_host.py`)
 with the bubble (p − 1)/v·t_mb of 1F1B / interleaved schedules. The last stage also runs
 the model's multi-token-prediction blocks (one layer and one more head each).
 """
@@ -20,6 +21,7 @@ from ._breakdown import Breakdown
 from ._dp import dp_exposed, optimizer_time, p2p_exposed
 from ._fidelity import Fidelity, tier
 from ._hardware import Cluster
+from ._host import input_exposed, offload_exposed, train_nic_bytes
 from ._layer import LayerShape, head_time, layer_comm, layer_forward
 from ._mapping import Parallelism, check_mapping
 from ._memory import train_memory
@@ -134,6 +136,9 @@ def train_step(
     # time the GPU waits for a host-bound CPU.
     t_busy = t_layers + relax.exceed(host_mb, t_mb)
     dp, dp_hidden = dp_exposed(cluster, model, mapping, s, t_busy, ls, relax=relax)
+    off, off_hidden, off_bytes = offload_exposed(
+        cluster, model, mapping, t_busy + head, relax=relax
+    )
     terms = {k: m * val for k, val in stage.items()} | dict(
         head=m * head,
         pp_bubble=(p - 1.0) / v * t_layers,
@@ -141,9 +146,13 @@ def train_step(
         dp_comm=dp,
         optimizer=optimizer_time(cluster, model, mapping),
         host_stall=m * (relax.exceed(host_mb, t_mb) + syncs),
+        offload=off,
         step_overhead=cluster.host.step_overhead,
     )
     tokens = mapping.batch() * s.seq
+    terms["input_stall"] = input_exposed(
+        cluster, tokens / mapping.chips, sum(terms.values()), relax=relax
+    )
     a = model.attention_fraction
     attn_model = 6.0 * s.seq * model.n_heads * (s.h_qk + s.h_v) * model.n_layers * a
     ssm_model = 3.0 * lay["ssm_flops"] * s.t / s.tokens * model.n_layers
@@ -165,10 +174,14 @@ def train_step(
         overlapped_cp_comm=last * m * (com["cp_fwd"] + com["cp_bwd"] - cp_fwd - cp_bwd),
         overlapped_dp_comm=dp_hidden,
         overlapped_ep_comm=last * m * (com["ep"] - ep),
+        overlapped_offload=off_hidden,
         memory_per_gpu=train_memory(model, mapping, chip, relax=relax),
         memory_capacity=chip.hbm_capacity,
         model_flops=model_flops,
         hardware_flops=per_chip * mapping.chips,
         tokens=tokens,
         chips=mapping.chips,
+        nic_bytes=train_nic_bytes(cluster, model, mapping, s, relax=relax),
+        offload_memory=off_bytes,
+        offload_capacity=cluster.offload_tier(relax).capacity,
     )

@@ -61,6 +61,19 @@ def _fidelity_argument(p):
     )  # fmt: skip
 
 
+def _fraction(name):
+    def parse(text):
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number") from None
+        if not 0.0 <= v <= 1.0:
+            raise argparse.ArgumentTypeError(f"{name}={v:g} must be in [0, 1]")
+        return v
+
+    return parse
+
+
 def _add_train(sub):
     p = sub.add_parser("train", help="time, memory and MFU of one training step")
     train_arguments(p)
@@ -101,6 +114,13 @@ def train_arguments(p):
     )
     p.add_argument("--zero", type=int, choices=(0, 1, 2, 3), default=1)
     p.add_argument("--dtype", choices=DTYPES, default="bf16", help="GEMM math dtype")
+    for what in ("optimizer", "activations"):
+        p.add_argument(
+            f"--offload-{what}",
+            type=_fraction(f"--offload-{what}"),
+            default=0.0,
+            help=f"fraction of the {what} kept in the memory tier (host / CXL / C2C)",
+        )
 
 
 def infer_arguments(p):
@@ -117,6 +137,12 @@ def infer_arguments(p):
     p.add_argument("--kv-dtype", choices=DTYPES, help="KV cache (default: --dtype)")
     p.add_argument(
         "--graphs", action="store_true", help="decode steps replayed as CUDA graphs"
+    )
+    p.add_argument(
+        "--offload-kv",
+        type=_fraction("--offload-kv"),
+        default=0.0,
+        help="fraction of the KV cache kept in the memory tier (host / CXL / C2C)",
     )
 
 
@@ -191,6 +217,14 @@ def train_result(cluster, model, mapping, *, dtype_peak: str | None = None) -> d
         "feasible": bool(b.feasible),
         "breakdown": {k: float(v) for k, v in b.terms().items()},
         "overlapped": {k: float(v) for k, v in b.overlapped().items()},
+        "nic_bytes_per_step_per_gpu": float(b.nic_bytes),
+        "nic_demand_bytes_per_s_per_gpu": float(b.nic_demand),
+        "nic_demand_bytes_per_s_per_node": float(
+            b.nic_demand * cluster.host.chips_per_node
+        ),
+        "nic_bandwidth_bytes_per_s_per_gpu": float(cluster.scale_out_bandwidth()),
+        "offload_memory_per_gpu_bytes": float(b.offload_memory),
+        "offload_capacity_per_gpu_bytes": float(b.offload_capacity),
     }
 
 
@@ -219,6 +253,8 @@ def _train(args) -> dict:
             "sequence_parallel": mapping.sequence_parallel,
             "zero": args.zero,
             "dtype": args.dtype,
+            "offload_optimizer": args.offload_optimizer,
+            "offload_activations": args.offload_activations,
         },
     }
     return out
@@ -257,6 +293,8 @@ def train_job(args):
         recompute=args.recompute,
         sequence_parallel=sp,
         zero=args.zero,
+        offload_optimizer=args.offload_optimizer,
+        offload_activations=args.offload_activations,
     )
     check_mapping(model, mapping, gpus=args.gpus)
     return cluster, model, mapping
@@ -289,6 +327,7 @@ def infer_result(cluster, model, serving, *, gpus=None, ttft_slo=None,
         "memory_capacity_bytes": float(r.memory_capacity),
         "feasible": bool(r.feasible),
         "kv_cache_bytes_per_token_per_gpu": float(r.kv_bytes_per_token),
+        "offload_memory_per_gpu_bytes": float(r.offload_memory),
         "breakdown": {
             "prefill": {k: float(v) for k, v in r.prefill.terms().items()},
             "decode_step": {k: float(v) for k, v in r.decode.terms().items()},
@@ -300,6 +339,7 @@ def infer_result(cluster, model, serving, *, gpus=None, ttft_slo=None,
             "goodput_tokens_per_s": cb_rate if meets else 0.0,
             "usd_per_hour": usd_h,
             "usd_per_million_output_tokens": usd_h / (3600 * cb_rate) * 1e6,
+            "nic_demand_bytes_per_s_per_gpu": float(cb["nic_demand"]),
         },
     }
     if pools is not None:
@@ -317,6 +357,7 @@ def infer_result(cluster, model, serving, *, gpus=None, ttft_slo=None,
             "kv_transfer_s": float(d.kv_transfer),
             "kv_bytes_per_request": float(d.kv_bytes),
             "kv_bandwidth_demand_bytes_per_s": float(d.kv_bandwidth_demand),
+            "kv_nic_demand_bytes_per_s_per_gpu": float(d.kv_nic_demand),
             "requests_per_s": float(d.requests_per_s),
             "output_tokens_per_s": float(d.output_tokens_per_s),
             "goodput_requests_per_s": float(d.goodput),
@@ -343,6 +384,7 @@ def infer_job(args):
     serving = Serving(
         tp=args.tp, pp=args.pp, ep=args.ep, etp=args.etp, batch=args.batch,
         input_len=args.input_len, output_len=args.output_len, graphs=args.graphs,
+        offload_kv=args.offload_kv,
     )  # fmt: skip
     return cluster, model, serving, prec
 

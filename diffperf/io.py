@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._cost import anchor
-from ._hardware import Chip, Cluster, Cost, Host, NetworkTier
+from ._hardware import Chip, Cluster, Cost, Dimension, Host, MemoryTier, NetworkTier
 from ._workload import Transformer
 
 __all__ = [
@@ -109,8 +109,9 @@ def _merged(kind: str, path: Path, seen: tuple = ()) -> dict:
     return out
 
 
-_TEXT_KEYS = {"mlp", "attention", "topology", "name"}
-_BOOL_KEYS = {"tied_embeddings"}
+_TEXT_KEYS = {"mlp", "attention", "topology", "name", "kind"}
+_BOOL_KEYS = {"tied_embeddings", "in_network_reduction"}
+_INT_KEYS = {"pcie_gen"}
 
 
 def _build(cls, table: dict | None, where: str, *, fixed: dict | None = None):
@@ -129,6 +130,10 @@ def _build(cls, table: dict | None, where: str, *, fixed: dict | None = None):
             ok = isinstance(value, str)
         elif key in _BOOL_KEYS:
             ok = isinstance(value, bool)
+        elif key in _INT_KEYS:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif key == "dims":
+            ok = isinstance(value, tuple)  # converted from an array of tables
         else:
             ok = isinstance(value, int | float) and not isinstance(value, bool)
         if not ok:
@@ -163,15 +168,30 @@ def load_hardware(name: str | Path) -> Cluster:
     _check_meta(data.get("meta", {}), path)
     where = path.name
     cost = data.get("cost", {})
+    tier = data.get("memory_tier")
     cluster = Cluster(
         chip=_build(Chip, data.get("chip"), f"{where} [chip]"),
-        scale_up=_build(NetworkTier, data.get("scale_up"), f"{where} [scale_up]"),
-        scale_out=_build(NetworkTier, data.get("scale_out"), f"{where} [scale_out]"),
+        scale_up=_tier(data.get("scale_up"), f"{where} [scale_up]"),
+        scale_out=_tier(data.get("scale_out"), f"{where} [scale_out]"),
         host=_build(Host, data.get("host"), f"{where} [host]"),
         name=path.stem,
         cost=_build(Cost, cost, f"{where} [cost]"),
+        memory_tier=None
+        if tier is None
+        else _build(MemoryTier, tier, f"{where} [memory_tier]"),
     )
     return anchor(cluster, given=frozenset(cost))
+
+
+def _tier(table, where: str) -> NetworkTier:
+    """A `NetworkTier`; its `dims` is an array of tables, one `Dimension` each."""
+    if isinstance(table, dict) and isinstance(table.get("dims"), list):
+        dims = tuple(
+            _build(Dimension, d, f"{where} dims[{i}]")
+            for i, d in enumerate(table["dims"])
+        )
+        table = table | {"dims": dims}
+    return _build(NetworkTier, table, where)
 
 
 def load_workload(name: str | Path) -> Transformer:

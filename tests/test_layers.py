@@ -17,6 +17,7 @@ LAYER = {
     "_ops": 4,
     "_breakdown": 4,
     "_dp": 4,
+    "_host": 4,
     "_memory": 4,
     "_train": 4,
     "_layer": 4,
