@@ -13,11 +13,21 @@ _BUDGET_FLAGS = {
 
 
 def add_optimize(sub):
-    """The `optimize` subcommand (training jobs; `train` flags give the start)."""
-    from ._optimize import OBJECTIVES
+    """The `optimize train|infer` subcommands (the job's flags give the start)."""
+    from ._optimize import OBJECTIVES, SERVE_OBJECTIVES
 
     p = sub.add_parser("optimize", help="co-design hardware and mapping by gradient")
-    _cli.train_arguments(p)
+    jobs = p.add_subparsers(dest="job", required=True, parser_class=type(p))
+    for job, add, objectives in (
+        ("train", _cli.train_arguments, OBJECTIVES),
+        ("infer", _cli.infer_arguments, SERVE_OBJECTIVES),
+    ):
+        q = jobs.add_parser(job, help=f"co-design for a {job} job")
+        add(q)
+        _design_arguments(q, list(objectives))
+
+
+def _design_arguments(p, objectives: list[str]):
     p.add_argument(
         "--vary",
         action="append",
@@ -25,7 +35,7 @@ def add_optimize(sub):
         metavar="PATH:LOW:HIGH",
         help="a hardware leaf and its bounds, e.g. chip.hbm_bandwidth:1e12:8e12",
     )
-    p.add_argument("--objective", choices=list(OBJECTIVES), default="step_time")
+    p.add_argument("--objective", choices=objectives, default=objectives[0])
     p.add_argument("--max-area-mm2", type=float, help="die area budget per chip")
     p.add_argument("--max-power-w", type=float, help="TDP budget per chip [W]")
     p.add_argument("--max-usd-per-hour", type=float, help="job $/h budget")
@@ -33,7 +43,8 @@ def add_optimize(sub):
     p.add_argument(
         "--search-mapping",
         action="store_true",
-        help="also choose tp, pp, dp, microbatch among valid mappings on --gpus",
+        help="also choose the mapping: tp, pp, dp, microbatch, vpp on --gpus (train) "
+        "or the batch (infer)",
     )
     p.add_argument("--mode", choices=("enumerate", "softmin"), default="enumerate")
     p.add_argument("--steps", type=int, default=150)
@@ -62,10 +73,13 @@ def _vary(items: list[str]) -> dict[str, tuple[float, float]]:
 
 
 def run_optimize(args) -> dict:
-    """Run the optimizer on the job of the `train` flags (see `_optimize.optimize`)."""
+    """Run the optimizer on the job of the train/infer flags (`_optimize.optimize`)."""
     from ._optimize import optimize
 
-    cluster, model, mapping = _cli.train_job(args)
+    if args.job == "train":
+        cluster, model, mapping = _cli.train_job(args)
+    else:
+        cluster, model, mapping, _ = _cli.infer_job(args)
     budgets = {
         name: getattr(args, flag)
         for flag, name in _BUDGET_FLAGS.items()
@@ -91,8 +105,7 @@ def _line(label: str, d: dict | None, goal: str) -> str:
     if d is None:
         return f"{label:<10} none within budget"
     hw = ", ".join(f"{k}={v:.4g}" for k, v in d["hardware"].items())
-    m = d["mapping"]
-    mp = f"tp{m['tp']} pp{m['pp']} dp{m['dp']} mb{m['microbatch']}"
+    mp = " ".join(f"{k}{v}" for k, v in d["mapping"].items() if k != "cp")
     return f"{label:<10} {d['value']:.5g}  [{mp}] {hw}"
 
 

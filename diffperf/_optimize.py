@@ -1,26 +1,30 @@
 """Gradient-driven co-design of hardware leaves and the parallel mapping.
 
-Design variables are hardware leaves x_i ∈ [lo_i, hi_i], optimized in the unit box
-z_i = (log x_i − log lo_i) / (log hi_i − log lo_i) with Adam (its update written out in
-`minimize_box`, so it runs under strict dtype promotion) and projected back onto
-[0, 1] after every step (so bounds hold at every iterate). The loss of a design is
+The job is training (`train_step`, a `Parallelism`) or serving one replica at a static
+batch (`serve`, a `Serving`). Design variables are hardware leaves x_i ∈ [lo_i, hi_i],
+optimized in the unit box z_i = (log x_i − log lo_i) / (log hi_i − log lo_i) with Adam
+(its update written out in `minimize_box`, so it runs under strict dtype promotion) and
+projected back onto [0, 1] after every step (so bounds hold at every iterate). For
+mapping m the loss of a design is
 
-    J(x) = softmin_τ over mappings m [ s·log f_m(x) + w·relu(mem_m(x)/cap − 1) ]
-           + μ · Σ_j relu(log B_j(x) / limit_j + δ)²
+    J_m(x) = s·log f_m(x) + w·relu(mem_m/cap − 1) + μ·Σ_j relu(log(B_j/limit_j) + δ)²
 
-with f_m the objective under `Smooth(p)` (s = +1 to minimize, −1 to maximize), the
-soft-min −τ⁻¹·logsumexp(−τ·J_m) over the enumerated valid mappings (a relaxation of the
-integer mapping choice), and a quadratic penalty on each budget B_j (die area, chip
-power, $/h, capex) with a small margin δ. The sharpness p of the smooth model, the
-soft-min temperature τ and the penalty weight μ are annealed geometrically, so the
-early landscape is smooth and the late one matches `Exact`. Several starts (the given
-design plus random points) run together under `vmap`; the whole loop is one `lax.scan`.
+with f_m the objective under `Smooth(p)` (s = +1 to minimize, −1 to maximize), a
+penalty on memory overflow, and a quadratic penalty on each budget B_j (die area, chip
+power, $/h, capex) with a small margin δ. The integer mapping choice is handled in one
+of two ways: "enumerate" (default) gives every valid mapping its own starts, i.e.
+min over m of min over x, all in one vmapped scan; "softmin" optimizes one design
+against the soft-min −τ⁻¹·logsumexp(−τ·J_m) over the mappings (a relaxation of the
+integer choice). The sharpness p of the smooth model, the soft-min temperature τ and
+the penalty weight μ are annealed geometrically, so the early landscape is smooth and
+the late one matches `Exact`. The starts (the given design plus random points) run
+together under `vmap`; the whole loop is one `lax.scan`.
 
-The last iterates of every start are then re-scored with the `Exact` model over every
-mapping; the best one that satisfies all budgets and fits in memory is the answer (so
-the reported design is never infeasible when any iterate was feasible). Every model
-call (smooth with gradient or exact) counts as one evaluation per mapping, and the
-random-search baseline gets exactly as many evaluations.
+The last iterates of every start are then re-scored with the `Exact` model (at their
+own mapping, or over every mapping for "softmin"); the best one that satisfies all
+budgets and fits in memory is the answer, so the reported design never violates a
+budget. Every model call (smooth with gradient, or exact) counts as one evaluation per
+mapping, and the random-search baseline gets exactly as many evaluations.
 """
 
 import itertools
@@ -35,7 +39,8 @@ import numpy as np
 
 from ._cost import capex_per_chip, chip_tdp, die_area, hourly_cost, joules_per_token
 from ._hardware import Cluster
-from ._mapping import Parallelism, check_mapping
+from ._infer import serve
+from ._mapping import Parallelism, Serving, check_mapping, check_serving
 from ._relax import Exact, Smooth
 from ._sensitivity import RESOURCES, binding_resource, get_leaf, leaf_paths, set_leaf
 from ._train import train_step
@@ -55,6 +60,8 @@ budget penalty weight (geometric, first to last step)."""
 
 __all__ = [
     "OBJECTIVES",
+    "SERVE_OBJECTIVES",
+    "enumerate_servings",
     "BUDGETS",
     "minimize_box",
     "enumerate_mappings",
@@ -80,6 +87,26 @@ OBJECTIVES: dict[str, tuple[str, Callable]] = {
     "joules_per_token": ("min", joules_per_token),
 }
 """Training objectives: name → (goal, f(cluster, breakdown)) in SI units."""
+
+
+def _serve_usd_per_mtok(c, r):
+    return hourly_cost(c, r.chips) / (3600.0 * r.output_tokens_per_s) * 1e6
+
+
+SERVE_OBJECTIVES: dict[str, tuple[str, Callable]] = {
+    "ttft": ("min", lambda c, r: r.ttft),
+    "tpot": ("min", lambda c, r: r.tpot),
+    "e2e_latency": ("min", lambda c, r: r.e2e_latency),
+    "output_tokens_per_s_per_gpu": ("max", lambda c, r: r.output_tokens_per_s_per_gpu),
+    "serve_usd_per_million_tokens": ("min", _serve_usd_per_mtok),
+}
+"""Serving objectives of one replica at a static batch (`dp.serve`): name → (goal,
+f(cluster, ServeResult)) in SI units."""
+
+
+def _objective(name: str) -> tuple[str, Callable]:
+    return OBJECTIVES[name] if name in OBJECTIVES else SERVE_OBJECTIVES[name]
+
 
 BUDGETS: dict[str, Callable] = {
     "area_mm2": lambda c, chips: die_area(c) * 1e6,
@@ -225,7 +252,7 @@ class _Problem(eqx.Module):
 
     @property
     def sign(self) -> float:
-        return 1.0 if OBJECTIVES[self.objective][0] == "min" else -1.0
+        return 1.0 if _objective(self.objective)[0] == "min" else -1.0
 
     def x(self, z):
         return jnp.exp(jnp.log(self.lo) + z * (jnp.log(self.hi) - jnp.log(self.lo)))
@@ -245,9 +272,12 @@ class _Problem(eqx.Module):
         vals = [BUDGETS[n](c, self.chips) for n in self.budget_names]
         return jnp.log(jnp.stack(vals) / self.limits) if vals else jnp.zeros(0)
 
-    def _one(self, c: Cluster, m: Parallelism, relax):
-        b = train_step(c, self.model, m, relax=relax)
-        value = OBJECTIVES[self.objective][1](c, b)
+    def _one(self, c: Cluster, m, relax):
+        if isinstance(m, Serving):
+            b = serve(c, self.model, m, relax=relax)
+        else:
+            b = train_step(c, self.model, m, relax=relax)
+        value = _objective(self.objective)[1](c, b)
         return value, b.memory_per_gpu / b.memory_capacity - 1.0
 
     def per_mapping(self, x, relax):
@@ -313,16 +343,31 @@ def _box(prob: _Problem, z0, aux, steps: int, lr: float, mode: str, schedule):
 def _grad_metric(prob: _Problem, c: Cluster, i):
     def metric(cl):
         m = jax.tree.map(lambda a: a[i], prob.mappings)
-        b = train_step(cl, prob.model, m, relax=Smooth(256.0))
-        return OBJECTIVES[prob.objective][1](cl, b)
+        return prob._one(cl, m, Smooth(256.0))[0]
 
     return jax.value_and_grad(metric)(c)
 
 
+def enumerate_servings(model: Transformer, base: Serving) -> list[Serving]:
+    """Every valid static batch 1, 2, 4, …, 1024 of a serving mapping (tp·pp fixed)."""
+    out = []
+    for batch in (2**i for i in range(11)):
+        s = eqx.tree_at(lambda t: t.batch, base, jnp.asarray(float(batch)))
+        try:
+            check_serving(model, s)
+        except ValueError:
+            continue
+        out.append(s)
+    return out
+
+
 def _problem(cluster, model, mapping, vary, objective, budgets, search_mapping):
-    if objective not in OBJECTIVES:
+    serving = isinstance(mapping, Serving)
+    table = SERVE_OBJECTIVES if serving else OBJECTIVES
+    if objective not in table:
+        job = "serving" if serving else "training"
         raise ValueError(
-            f"objective={objective!r} must be one of {', '.join(OBJECTIVES)}"
+            f"objective={objective!r} must be one of {', '.join(table)} for a {job} job"
         )
     if not vary:
         raise ValueError("--vary: give at least one PATH:LOW:HIGH design variable")
@@ -341,8 +386,12 @@ def _problem(cluster, model, mapping, vary, objective, budgets, search_mapping):
         if not limit > 0:
             raise ValueError(f"budget {name}={limit!r} must be > 0")
     gpus = int(round(float(mapping.chips)))
-    check_mapping(model, mapping, gpus)
-    maps = enumerate_mappings(model, mapping, gpus) if search_mapping else [mapping]
+    if serving:
+        check_serving(model, mapping)
+        maps = enumerate_servings(model, mapping) if search_mapping else [mapping]
+    else:
+        check_mapping(model, mapping, gpus)
+        maps = enumerate_mappings(model, mapping, gpus) if search_mapping else [mapping]
     lo = jnp.asarray([v[0] for v in vary.values()], float)
     hi = jnp.asarray([v[1] for v in vary.values()], float)
     prob = _Problem(
@@ -444,11 +493,13 @@ def optimize(
     Args:
         cluster: the starting hardware.
         model: the workload.
-        mapping: the starting mapping; the job uses mapping.chips GPUs.
+        mapping: the starting mapping: a `Parallelism` (training; the job uses
+            mapping.chips GPUs) or a `Serving` (one replica of tp·pp GPUs).
         vary: hardware leaf path (e.g. "chip.hbm_bandwidth") → (low, high) bounds.
-        objective: a key of OBJECTIVES.
+        objective: a key of OBJECTIVES (training) or SERVE_OBJECTIVES (serving).
         budgets: a key of BUDGETS → limit.
-        search_mapping: also choose (tp, pp, dp, microbatch) among valid mappings.
+        search_mapping: also choose (tp, pp, dp, microbatch, vpp) among valid
+            training mappings, or the batch (1, 2, 4, …, 1024) of a serving one.
         steps: projected-Adam steps.
         starts: parallel starts (the given design and random points).
         lr: Adam step size in unit-box coordinates.
@@ -510,7 +561,7 @@ def optimize(
         initial = _design(prob, maps, np.asarray(x_init), v0[0], given, ok0[0])
     out = dict(
         objective=objective,
-        goal=OBJECTIVES[objective][0],
+        goal=_objective(objective)[0],
         mode=mode,
         mappings=n_map,
         initial=initial,
@@ -546,10 +597,15 @@ def optimize(
 
 
 _MAP_FIELDS = ("tp", "pp", "dp", "cp", "ep", "vpp", "microbatch")
+_SERVE_FIELDS = ("tp", "pp", "ep", "etp", "batch")
 
 
-def _map_key(m: Parallelism) -> tuple[int, ...]:
-    return tuple(int(round(float(getattr(m, f)))) for f in _MAP_FIELDS)
+def _fields(m) -> tuple[str, ...]:
+    return _SERVE_FIELDS if isinstance(m, Serving) else _MAP_FIELDS
+
+
+def _map_key(m) -> tuple[int, ...]:
+    return tuple(int(round(float(getattr(m, f)))) for f in _fields(m))
 
 
 def _design(prob: _Problem, maps, x, value, i, ok) -> dict:
@@ -560,7 +616,7 @@ def _design(prob: _Problem, maps, x, value, i, ok) -> dict:
     }  # fmt: skip
     return dict(
         hardware={p: float(v) for p, v in zip(prob.paths, x, strict=True)},
-        mapping=dict(zip(_MAP_FIELDS, _map_key(maps[i]), strict=True)),
+        mapping=dict(zip(_fields(maps[i]), _map_key(maps[i]), strict=True)),
         value=float(value),
         within_budget=bool(ok),
         budgets=budgets,

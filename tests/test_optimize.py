@@ -161,8 +161,9 @@ def test_bad_input_raises_one_line_value_errors(kwargs, match):
 
 
 def test_cli_optimize_errors_exit_2():
-    base = [sys.executable, "-m", "diffperf.cli", "optimize", "--hardware", "dgx_h100",
-            "--model", "llama3_8b", "--gpus", "16", "--tp", "8", "--json"]  # fmt: skip
+    base = [sys.executable, "-m", "diffperf.cli", "optimize", "train",
+            "--hardware", "dgx_h100", "--model", "llama3_8b", "--gpus", "16",
+            "--tp", "8", "--json"]  # fmt: skip
     for extra in (["--vary", "chip.hbm_bandwidth:8e12"], ["--vary", "chip.nope:1:2"]):
         p = subprocess.run(base + extra, capture_output=True, text=True)
         assert p.returncode == 2, p.stderr
@@ -186,3 +187,32 @@ def test_cost_leaves_can_be_design_variables():
     assert value["cheap"] <= value["list"]
     assert float(get_leaf(cheap, "cost.hbm_stack_cost")) == 1.0
     assert _cost.chip_price(cheap) < _cost.chip_price(DGX)
+
+
+def test_serving_objectives_with_a_batch_search():
+    llama70 = dp.load_workload("llama2_70b")
+    serving = dp.Serving(tp=4, batch=16, input_len=2048, output_len=256)
+    r = optimize(
+        DGX,
+        llama70,
+        serving,
+        vary={"chip.hbm_bandwidth": (1e12, 1.2e13), "chip.flops_bf16": (2e14, 3e15)},
+        objective="output_tokens_per_s_per_gpu",
+        budgets={"power_w": 800.0},
+        search_mapping=True,
+        steps=40,
+        starts=2,
+    )
+    best = r["best"]
+    assert r["goal"] == "max" and r["mappings"] == 11
+    assert best["budgets"]["power_w"] <= 800.0
+    assert best["mapping"]["batch"] > 16  # throughput buys a larger batch
+    c = DGX
+    for p, v in best["hardware"].items():
+        c = dp.set_leaf(c, p, jnp.asarray(v))
+    s = dp.Serving(tp=4, batch=best["mapping"]["batch"], input_len=2048, output_len=256)
+    res = dp.serve(c, llama70, s)
+    assert float(res.output_tokens_per_s_per_gpu) == pytest.approx(best["value"])
+    assert bool(res.feasible)
+    with pytest.raises(ValueError, match="for a serving job"):
+        optimize(DGX, llama70, serving, vary={"chip.hbm_bandwidth": (1e12, 8e12)})
