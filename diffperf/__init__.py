@@ -32,6 +32,7 @@ from ._hardware import NetworkTier as NetworkTier
 from ._infer import decode_step as decode_step
 from ._infer import prefill as prefill
 from ._infer import serve as serve
+from ._mapping import ATTENTION_KERNELS as ATTENTION_KERNELS
 from ._mapping import Parallelism as Parallelism
 from ._mapping import Serving as Serving
 from ._mapping import check_mapping as check_mapping

@@ -46,7 +46,11 @@ class Chip(eqx.Module):
 
     The efficiency leaves are calibrated against measurements (see VALIDATION.md):
     GEMM efficiency is `matmul_efficiency · x / (x + matmul_half_dim)` with x the GEMM's
-    effective dimension 3/(1/M + 1/K + 1/N).
+    effective dimension 3/(1/M + 1/K + 1/N). `attention_fa2_efficiency` is the
+    throughput of FlashAttention-2 relative to the chip's best fused attention kernel,
+    for jobs whose stack runs FA2 (`Parallelism.attention_kernel="fa2"`): 1 where FA2
+    is the best kernel (Ampere and earlier), below 1 on Hopper/Blackwell, whose FA3 /
+    cuDNN kernels use wgmma/TMA (tcgen05 on Blackwell) that FA2 does not.
     """
 
     flops_fp32: Array = eqx.field(**_F)  # FLOP/s, vector (non-tensor) FP32
@@ -71,6 +75,8 @@ class Chip(eqx.Module):
     die_area: Array = eqx.field(**_F)  # m²
     price: Array = eqx.field(**_F)  # USD
     low_precision_efficiency: Array = eqx.field(**_F, default=1.0)  # fp8/fp4 rel. bf16
+    # FlashAttention-2 rel. to the chip's best fused attention kernel (1 = FA2 is it)
+    attention_fa2_efficiency: Array = eqx.field(**_F, default=1.0)
 
     def __check_init__(self):
         check_fields(
@@ -102,6 +108,7 @@ class Chip(eqx.Module):
                 "attention_efficiency",
                 "memory_efficiency",
                 "low_precision_efficiency",
+                "attention_fa2_efficiency",
             ),
         )
 

@@ -37,7 +37,7 @@ from ._dp import stage_params
 from ._fidelity import Fidelity, tier
 from ._hardware import Cluster
 from ._layer import LayerShape, layer_comm, layer_forward
-from ._mapping import Parallelism, Serving, check_serving
+from ._mapping import Parallelism, Serving, check_serving, resolved_attention_kernel
 from ._ops import gemm_time, memory_time
 from ._relax import AbstractRelax, Exact
 from ._workload import Transformer
@@ -128,7 +128,8 @@ def _shape(model, serving, relax, *, q_len, seq, causal) -> LayerShape:
         seq=seq,
         causal=causal,
         sequence_parallel=False,
-        flash=serving.flash_attention,
+        flash=resolved_attention_kernel(serving) != "unfused",
+        fa2=resolved_attention_kernel(serving) == "fa2",
         weight_bytes=model.precision.bytes("weights"),
     )
 

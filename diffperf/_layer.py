@@ -40,6 +40,8 @@ class LayerShape:
             `seq` keys (decode of one new token).
         sequence_parallel: norms and residuals sharded over t.
         flash: fused attention.
+        fa2: the fused kernel is FlashAttention-2 (`Chip.attention_fa2_efficiency`),
+            not the chip's best.
         weight_bytes: bytes per weight element read by the GEMMs (default: GEMM dtype).
     """
 
@@ -58,6 +60,7 @@ class LayerShape:
         causal: bool,
         sequence_parallel: bool,
         flash: bool,
+        fa2: bool = False,
         weight_bytes: float | None = None,
     ):
         m = model
@@ -93,6 +96,7 @@ class LayerShape:
         self.b_gemm = m.precision.bytes("math") if self.low else self.b_act
         self.b_weight = self.b_gemm if weight_bytes is None else weight_bytes
         self.flash = flash
+        self.fa2 = fa2 and flash
 
 
 def _gemm_shapes(model: Transformer, s: LayerShape):
@@ -244,6 +248,7 @@ def layer_forward(
         nbytes=s.b_act,
         kv_nbytes=s.b_kv,
         fused=s.flash,
+        fa2=s.fa2,
     )
     attn, attn_flops = attention_time(chip, relax=relax, **shape)
     m = model

@@ -17,7 +17,33 @@ from ._checks import check_fields, concrete
 from ._relax import as_float
 from ._workload import Transformer
 
-__all__ = ["Parallelism", "Serving", "check_mapping", "check_serving"]
+ATTENTION_KERNELS = ("fa3", "fa2", "unfused")
+"""`attention_kernel` values: the chip's best fused kernel (FlashAttention-3 / cuDNN
+on Hopper and Blackwell, FlashAttention-2 before), FlashAttention-2, or unfused
+GEMM-softmax-GEMM (`_ops.attention_work`)."""
+
+
+def _check_kernel(obj) -> None:
+    if obj.attention_kernel not in ATTENTION_KERNELS:
+        raise ValueError(
+            f"{type(obj).__name__}(attention_kernel={obj.attention_kernel!r}) must be "
+            + ", ".join(ATTENTION_KERNELS)
+        )
+
+
+def resolved_attention_kernel(obj) -> str:
+    """The attention kernel a mapping runs: "unfused" when `flash_attention=False`."""
+    return obj.attention_kernel if obj.flash_attention else "unfused"
+
+
+__all__ = [
+    "Parallelism",
+    "Serving",
+    "check_mapping",
+    "check_serving",
+    "ATTENTION_KERNELS",
+    "resolved_attention_kernel",
+]
 
 _F = dict(converter=as_float)
 
@@ -31,7 +57,10 @@ class Parallelism(eqx.Module):
     Fields with a `_overlap` suffix are the fraction of that communication the framework
     hides behind compute (0 = fully exposed, 1 = hidden where compute is long enough).
     `flash_attention=False` models frameworks that materialize the attention scores
-    (Megatron-LM before 2022). `ep_overlap` is the share of the MoE dispatch/combine
+    (Megatron-LM before 2022), the same as `attention_kernel="unfused"`;
+    `attention_kernel="fa2"` runs FlashAttention-2 where the chip has a faster fused
+    kernel (Hopper/Blackwell: `Chip.attention_fa2_efficiency`), "fa3" (default) the
+    chip's best. `ep_overlap` is the share of the MoE dispatch/combine
     all-to-all run concurrently with computation of another microbatch or of the shared
     experts (Megatron-core `overlap_moe_expert_parallel_comm` / DeepEP-style 1F1B
     overlap, `moe_shared_expert_overlap`); it hides at most the layer's compute.
@@ -61,6 +90,9 @@ class Parallelism(eqx.Module):
     sequence_parallel: bool = eqx.field(static=True, default=True)
     zero: int = eqx.field(static=True, default=1)
     flash_attention: bool = eqx.field(static=True, default=True)
+    attention_kernel: Literal["fa3", "fa2", "unfused"] = eqx.field(
+        static=True, default="fa3"
+    )
 
     def __check_init__(self):
         check_fields(
@@ -82,6 +114,7 @@ class Parallelism(eqx.Module):
             )
         if self.zero not in (0, 1, 2, 3):
             raise ValueError(f"Parallelism(zero={self.zero!r}) must be 0, 1, 2 or 3")
+        _check_kernel(self)
 
     @property
     def chips(self) -> Array:
@@ -187,7 +220,8 @@ class Serving(eqx.Module):
     A replica uses tp·pp chips and runs `batch` sequences at once, each with
     `input_len` prompt tokens and `output_len` generated tokens. `graphs=True` replays
     each decode step as one captured graph (CUDA graphs / XLA), so the CPU does not
-    launch kernels one by one. `offload_kv` is the fraction of the KV cache kept in the
+    launch kernels one by one. `flash_attention` and `attention_kernel` as in
+    `Parallelism`. `offload_kv` is the fraction of the KV cache kept in the
     cluster's `MemoryTier` and streamed in every step (`_infer._phase`).
     """
 
@@ -201,6 +235,9 @@ class Serving(eqx.Module):
     offload_kv: Array = eqx.field(**_F, default=0.0)  # KV fraction in the memory tier
     graphs: bool = eqx.field(static=True, default=False)
     flash_attention: bool = eqx.field(static=True, default=True)
+    attention_kernel: Literal["fa3", "fa2", "unfused"] = eqx.field(
+        static=True, default="fa3"
+    )
 
     def __check_init__(self):
         check_fields(
@@ -208,6 +245,7 @@ class Serving(eqx.Module):
             positive=("tp", "pp", "ep", "etp", "batch", "input_len", "output_len"),
             fraction=("offload_kv",),
         )
+        _check_kernel(self)
 
     @property
     def chips(self) -> Array:

@@ -34,7 +34,7 @@ from jaxtyping import Array
 from ._dp import _groups, stage_params
 from ._hardware import Chip
 from ._layer import LOW_PRECISION
-from ._mapping import Parallelism
+from ._mapping import Parallelism, resolved_attention_kernel
 from ._relax import AbstractRelax
 from ._workload import Transformer
 
@@ -75,7 +75,7 @@ def _activation_bytes_per_token(
     # output and recomputes the conv and the gated norm in the backward pass
     ssm = (m.ssm_in_proj_width() + m.ssm_inner) * b
     other = (a * attn + f_ssm * ssm + ffn * (up * b + b_in)) / t
-    if not mapping.flash_attention and recompute == "none":
+    if resolved_attention_kernel(mapping) == "unfused" and recompute == "none":
         # stored softmax output, dropout mask and output: (2b + 1)·N·S per token
         other = other + a * (2.0 * b + 1.0) * n * mapping.tokens(model) / t
     return d_terms + other

@@ -14,8 +14,10 @@ element: a larger SRAM means fewer re-reads of the inputs (traffic ∝ 1/sqrt(SR
 bounded below by reading each input once.
 
 Fused (Flash) attention (Dao et al. 2022): F = 2·B·Sq·Skv·N·(Hqk + Hv), efficiency ε(x)
-times `attention_efficiency`; traffic reads Q, K, V and writes O once, plus K/V re-reads
-per query block Br = core_sram / (4·H·b) for the share of K/V that misses the L2.
+times `attention_efficiency` (times `attention_fa2_efficiency` when the job runs
+FlashAttention-2 on a chip with a faster fused kernel); traffic reads Q, K, V and
+writes O once, plus K/V re-reads per query block Br = core_sram / (4·H·b) for the
+share of K/V that misses the L2.
 
 Mamba-2 state-space scan (SSD, Dao & Gu 2024 §6, chunk length Q): per token
     F = 2·G·Q·Ns + Hs·(2·Q·Ps + 4·Ns·Ps)
@@ -143,6 +145,7 @@ def attention_work(
     kv_nbytes: float | None = None,
     relax: AbstractRelax,
     fused: bool = True,
+    fa2: bool = False,
 ) -> tuple[Array, Array, Array]:
     """(F [FLOP], Q [B], F/(π·ε) [s]) of the attention forward on one chip.
 
@@ -172,6 +175,9 @@ def attention_work(
         kv_nbytes: bytes per element of K and V (the KV cache); default `nbytes`.
         relax: Exact() or Smooth(p).
         fused: Flash-style fused kernel (True) or unfused GEMM-softmax-GEMM (False).
+        fa2: the fused kernel is FlashAttention-2 rather than the chip's best: its
+            compute rate is further scaled by `chip.attention_fa2_efficiency` (1 before
+            Hopper, where FA2 is the best kernel; ~0.5 on Hopper, Shah et al. 2024).
     """
     kvb = nbytes if kv_nbytes is None else kv_nbytes
     width = head_dim_qk + head_dim_v if kv_width is None else kv_width
@@ -186,7 +192,8 @@ def attention_work(
         return flops, traffic, t_compute
     flops = 2.0 * q_tokens * kv_tokens * heads * (head_dim_qk + head_dim_v)
     x = 3.0 / (2.0 / jnp.maximum(kv_tokens, 1.0) + 1.0 / head_dim_qk)
-    t_compute = flops / (peak * _efficiency(chip, x) * chip.attention_efficiency)
+    eff = chip.attention_efficiency * (chip.attention_fa2_efficiency if fa2 else 1.0)
+    t_compute = flops / (peak * _efficiency(chip, x) * eff)
     # K/V re-reads: one pass per query block, for the share of K/V missing the L2.
     block = chip.core_sram / (4.0 * head_dim_qk * nbytes)
     q_blocks = relax.max(q_tokens / (batch * block), 1.0)

@@ -41,6 +41,8 @@ def _phase_shape(model: Transformer, serving: Serving, phase: str):
             global_batch=serving.batch,
             seq_len=serving.input_len,
             sequence_parallel=float(serving.tp) > 1,
+            flash_attention=serving.flash_attention,
+            attention_kernel=serving.attention_kernel,
         )
         return training_shape(model, mapping, relax)
     if phase == "prefill":

@@ -23,7 +23,7 @@ from ._fidelity import Fidelity, tier
 from ._hardware import Cluster
 from ._host import input_exposed, offload_exposed, train_nic_bytes
 from ._layer import LayerShape, head_time, layer_comm, layer_forward
-from ._mapping import Parallelism, check_mapping
+from ._mapping import Parallelism, check_mapping, resolved_attention_kernel
 from ._memory import train_memory
 from ._relax import AbstractRelax, Exact
 from ._workload import Transformer
@@ -50,7 +50,8 @@ def training_shape(
         seq=seq,
         causal=True,
         sequence_parallel=mapping.sequence_parallel,
-        flash=mapping.flash_attention,
+        flash=resolved_attention_kernel(mapping) != "unfused",
+        fa2=resolved_attention_kernel(mapping) == "fa2",
     )
 
 

@@ -16,6 +16,12 @@ Defaults for columns a source leaves blank (documented in VALIDATION.md):
     --checkpoint-activations), ZeRO 0, no sequence parallelism, no FlashAttention and no
     overlap of the gradient all-reduce with the backward pass (all predate 2022).
   - MosaicML llm-foundry: FSDP FULL_SHARD (ZeRO-3), tp = pp = 1.
+  - Attention kernel (`_attention_kernel`), from the row's `framework` column (else its
+    source): Megatron-LM 2020/2021 unfused; Composer/llm-foundry FlashAttention-2
+    ("fa2": the benchmark README says the models use Flash Attention, and its tables
+    were measured in 2023 with flash-attn 2, before FlashAttention-3 appeared in July
+    2024); NeMo / Megatron-Bridge the chip's best fused kernel ("fa3": Transformer
+    Engine's cuDNN fused attention on Hopper/Blackwell).
   - NVIDIA NeMo / Megatron-Bridge: distributed optimizer (ZeRO-1), sequence
     parallelism when tp > 1, no recompute; MoE all-to-all overlapped with compute for
     the layouts whose published recipe enables it (`_A2A_OVERLAP`); "(tokendrop)"
@@ -123,6 +129,16 @@ def _ep_overlap(row, kind: str, model, degrees: tuple) -> float:
     return 1.0 if key in _A2A_OVERLAP else 0.0
 
 
+def _attention_kernel(row, kind: str) -> str:
+    """The row's attention kernel (module docstring): "unfused", "fa2" or "fa3"."""
+    framework = (row.get("framework") or "").lower()
+    if kind in ("sc21", "megatron2020") or re.search(r"megatron-lm \(20", framework):
+        return "unfused"
+    if kind == "mosaic" or re.search(r"llm-foundry|composer", framework):
+        return "fa2"
+    return "fa3"
+
+
 def _mapping(row, kind: str, model) -> tuple[Parallelism, int]:
     gpus = int(_num(row, "num_gpus"))
     tp = int(_num(row, "tp") or 1)
@@ -154,7 +170,7 @@ def _mapping(row, kind: str, model) -> tuple[Parallelism, int]:
         recompute=rec,
         sequence_parallel=sp,
         zero=zero,
-        flash_attention=not legacy,
+        attention_kernel=_attention_kernel(row, kind),
         dp_overlap=0.0 if legacy else 1.0,
         ep_overlap=overlap,
     )

@@ -18,7 +18,13 @@ from . import io
 from ._cost import hourly_cost
 from ._fidelity import FIDELITIES, tier
 from ._infer import serve
-from ._mapping import Parallelism, Serving, check_mapping, check_serving
+from ._mapping import (
+    ATTENTION_KERNELS,
+    Parallelism,
+    Serving,
+    check_mapping,
+    check_serving,
+)
 from ._relax import Exact
 from ._serving import (
     continuous_batching,
@@ -74,6 +80,17 @@ def _fraction(name):
     return parse
 
 
+def _attention_argument(p):
+    p.add_argument(
+        "--attention-kernel",
+        choices=ATTENTION_KERNELS,
+        default="fa3",
+        help="fa3: the chip's best fused kernel (FA3/cuDNN on Hopper+, FA2 before); "
+        "fa2: FlashAttention-2 (slower on Hopper/Blackwell by the chip's "
+        "attention_fa2_efficiency); unfused: GEMM-softmax-GEMM",
+    )
+
+
 def _add_train(sub):
     p = sub.add_parser("train", help="time, memory and MFU of one training step")
     train_arguments(p)
@@ -113,6 +130,7 @@ def train_arguments(p):
         help="default: on when tp > 1",
     )
     p.add_argument("--zero", type=int, choices=(0, 1, 2, 3), default=1)
+    _attention_argument(p)
     p.add_argument("--dtype", choices=DTYPES, default="bf16", help="GEMM math dtype")
     for what in ("optimizer", "activations"):
         p.add_argument(
@@ -138,6 +156,7 @@ def infer_arguments(p):
     p.add_argument(
         "--graphs", action="store_true", help="decode steps replayed as CUDA graphs"
     )
+    _attention_argument(p)
     p.add_argument(
         "--offload-kv",
         type=_fraction("--offload-kv"),
@@ -252,6 +271,7 @@ def _train(args) -> dict:
             "recompute": args.recompute,
             "sequence_parallel": mapping.sequence_parallel,
             "zero": args.zero,
+            "attention_kernel": args.attention_kernel,
             "dtype": args.dtype,
             "offload_optimizer": args.offload_optimizer,
             "offload_activations": args.offload_activations,
@@ -293,6 +313,7 @@ def train_job(args):
         recompute=args.recompute,
         sequence_parallel=sp,
         zero=args.zero,
+        attention_kernel=args.attention_kernel,
         offload_optimizer=args.offload_optimizer,
         offload_activations=args.offload_activations,
     )
@@ -384,7 +405,7 @@ def infer_job(args):
     serving = Serving(
         tp=args.tp, pp=args.pp, ep=args.ep, etp=args.etp, batch=args.batch,
         input_len=args.input_len, output_len=args.output_len, graphs=args.graphs,
-        offload_kv=args.offload_kv,
+        offload_kv=args.offload_kv, attention_kernel=args.attention_kernel,
     )  # fmt: skip
     return cluster, model, serving, prec
 
@@ -432,7 +453,8 @@ def _infer(args) -> dict:
         "mapping": {"gpus": args.gpus, "tp": args.tp, "pp": args.pp, "ep": args.ep,
                     "batch": args.batch, "input_len": args.input_len,
                     "output_len": args.output_len, "dtype": args.dtype,
-                    "kv_dtype": prec.kv_cache, "graphs": args.graphs},
+                    "kv_dtype": prec.kv_cache, "graphs": args.graphs,
+                    "attention_kernel": args.attention_kernel},
     }  # fmt: skip
     return out
 
