@@ -35,7 +35,8 @@ FIDELITIES = ("roofline", "detailed")
 
 _ONE = (
     "chip.matmul_efficiency", "chip.attention_efficiency", "chip.memory_efficiency",
-    "chip.low_precision_efficiency", "scale_up.efficiency", "scale_out.efficiency",
+    "chip.low_precision_efficiency", "chip.attention_fa2_efficiency",
+    "scale_up.efficiency", "scale_out.efficiency",
 )  # fmt: skip
 _ZERO = (
     "chip.matmul_half_dim", "chip.kernel_overhead", "scale_up.latency",
