@@ -15,7 +15,7 @@ efficiency leaves of the bundled specs (fitted on training rows, other data).
 
 Usage:
     python experiments/calibrate_heldout/run.py [--kind training|inference|both]
-        [--steps 150] [--holdout auto|kfold]
+        [--steps 150] [--holdout auto|kfold] [--devices h100_sxm,...]
 
 Writes results_training.json / results_inference.json next to this file and prints
 the markdown tables.
@@ -48,13 +48,15 @@ DATA = {
 }
 
 
-def heldout(kind: str, *, steps: int, scheme: str = "auto") -> dict:
-    """Per-device fits and per-row errors of one CSV."""
+def heldout(kind: str, *, steps: int, scheme: str = "auto", only=None) -> dict:
+    """Per-device fits and per-row errors of one CSV (`only`: these devices)."""
     _, csv_rows = read_measurements(DATA[kind])
     rows, index, skipped = measured_rows(kind, csv_rows)
     per_row, fits = [], {}
     devices = rows_by_device(rows, by_family=kind == "training")
     for device, ks in devices.items():
+        if only and device not in only:
+            continue
         t0 = time.perf_counter()
         dev_rows = [rows[k] for k in ks]
         n_src = len({r.source for r in dev_rows})
@@ -132,11 +134,17 @@ def main(argv=None):
         "--holdout", choices=("auto", "kfold"), default="auto",
         help="auto: leave-one-source-out where ≥ 2 sources, else 5-fold",
     )  # fmt: skip
+    ap.add_argument(
+        "--devices", help="comma-separated devices to fit (default all); the JSON "
+        "file name then ends with them",
+    )  # fmt: skip
     args = ap.parse_args(argv)
+    only = args.devices.split(",") if args.devices else None
     for kind in ("training", "inference") if args.kind == "both" else (args.kind,):
-        result = heldout(kind, steps=args.steps, scheme=args.holdout)
+        result = heldout(kind, steps=args.steps, scheme=args.holdout, only=only)
         result |= dict(steps=args.steps)
         suffix = "" if args.holdout == "auto" else "_kfold"
+        suffix += "_" + "_".join(only) if only else ""
         (HERE / f"results_{kind}{suffix}.json").write_text(json.dumps(result, indent=1))
         print(f"## {kind}\n\n{tables(result)}")
 
