@@ -60,9 +60,11 @@ def test_one_expert_top1_trains_like_the_dense_model(mapping):
         float(bm.model_flops - bd.model_flops), router, rtol=1e-6
     )
     # time: the same GEMMs, attention, elementwise work and TP collectives (the
-    # expert sharded over etp = tp ranks), plus a small router GEMM
-    np.testing.assert_allclose(float(bm.total), float(bd.total), rtol=0.02)
-    np.testing.assert_allclose(float(bm.matmul), float(bd.matmul), rtol=0.02)
+    # expert sharded over etp = tp ranks), plus a small router GEMM; the router
+    # (N = 1) is memory-bound, so its share of the GEMM time (~2%) moves with the
+    # fitted GEMM efficiency of the bundled H100 spec
+    np.testing.assert_allclose(float(bm.total), float(bd.total), rtol=0.03)
+    np.testing.assert_allclose(float(bm.matmul), float(bd.matmul), rtol=0.03)
     assert float(bm.tp_comm) == pytest.approx(float(bd.tp_comm), rel=1e-9)
     assert float(bm.attention) == pytest.approx(float(bd.attention), rel=1e-12)
 
