@@ -137,6 +137,7 @@ def mapping_search_530b() -> dict:
     best = None
     t_enum = t_eval = t_compile = 0.0
     n_total = 0
+    same = True
     loop_s = 0.0
     for recompute in ("none", "selective", "full"):
         base = dp.Parallelism(tp=8, pp=35, dp=16, microbatch=1, global_batch=1920,
@@ -169,7 +170,7 @@ def mapping_search_530b() -> dict:
         t0 = time.perf_counter()
         loop = [float(scalar(m)) for m in maps]
         loop_s += time.perf_counter() - t0
-        assert int(np.argmin(loop)) == i
+        same = same and int(np.argmin(loop)) == i
     t, m, rc = best
     out |= dict(
         configurations=n_total,
@@ -187,7 +188,7 @@ def mapping_search_530b() -> dict:
                 for f in ("tp", "pp", "dp", "microbatch", "vpp")
             },
         ),  # fmt: skip
-        same_optimum_as_loop=True,
+        same_optimum_as_loop=same,
     )
     return out
 
