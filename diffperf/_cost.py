@@ -58,6 +58,7 @@ __all__ = [
     "capex_per_chip",
     "power_per_chip",
     "hourly_cost",
+    "usd_per_million_tokens",
     "busy_fractions",
     "step_power",
     "joules_per_token",
@@ -176,6 +177,14 @@ def hourly_cost(
     capex = chips * capex_per_chip(cluster) / life
     watts = chips * (p + h.power / h.chips_per_node)
     return capex + watts / 1e3 * pue * kwh
+
+
+def usd_per_million_tokens(usd_per_hour, tokens_per_s):
+    """$ per million tokens [USD]: $/h / (3600 s/h · tokens/s) · 1e6.
+
+    Plain arithmetic, so Python floats stay floats and arrays stay arrays.
+    """
+    return usd_per_hour / (3600.0 * tokens_per_s) * 1e6
 
 
 def anchor(cluster: Cluster, *, given: frozenset = frozenset()) -> Cluster:

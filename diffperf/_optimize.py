@@ -37,7 +37,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._cost import capex_per_chip, chip_tdp, die_area, hourly_cost, joules_per_token
+from ._cost import (
+    capex_per_chip,
+    chip_tdp,
+    die_area,
+    hourly_cost,
+    joules_per_token,
+    usd_per_million_tokens,
+)
 from ._hardware import Cluster
 from ._infer import serve
 from ._mapping import Parallelism, Serving, check_mapping, check_serving
@@ -76,7 +83,7 @@ def _tokens_per_s(c, b):
 
 
 def _usd_per_mtok(c, b):
-    return hourly_cost(c, b.chips) / (3600.0 * _tokens_per_s(c, b)) * 1e6
+    return usd_per_million_tokens(hourly_cost(c, b.chips), _tokens_per_s(c, b))
 
 
 OBJECTIVES: dict[str, tuple[str, Callable]] = {
@@ -90,7 +97,7 @@ OBJECTIVES: dict[str, tuple[str, Callable]] = {
 
 
 def _serve_usd_per_mtok(c, r):
-    return hourly_cost(c, r.chips) / (3600.0 * r.output_tokens_per_s) * 1e6
+    return usd_per_million_tokens(hourly_cost(c, r.chips), r.output_tokens_per_s)
 
 
 SERVE_OBJECTIVES: dict[str, tuple[str, Callable]] = {

@@ -36,7 +36,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from ._cost import hourly_cost
+from ._cost import hourly_cost, usd_per_million_tokens
 from ._hardware import Cluster
 from ._host import phase_nic_bytes
 from ._infer import (
@@ -238,7 +238,7 @@ def disaggregated(
         requests_per_s=rate,
         goodput=rate * ok,
         output_tokens_per_s=tokens,
-        usd_per_million_tokens=usd_h / (3600.0 * tokens) * 1e6,
+        usd_per_million_tokens=usd_per_million_tokens(usd_h, tokens),
         decode_memory_per_gpu=dec_mem,
         decode_feasible=dec_mem <= dec_hw.chip.hbm_capacity,
     )

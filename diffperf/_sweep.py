@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ._cost import hourly_cost
+from ._cost import hourly_cost, usd_per_million_tokens
 from ._hardware import Cluster
 from ._mapping import Parallelism, check_mapping
 from ._relax import Exact
@@ -120,7 +120,7 @@ def _one(cluster: Cluster, model: Transformer, mapping: Parallelism, names: list
         b = train_step(c, model, m, relax=Exact())
         usd_h = hourly_cost(c, m.chips)
         tokens_per_s = b.tokens / b.total
-        usd_m = usd_h / (3600.0 * tokens_per_s) * 1e6
+        usd_m = usd_per_million_tokens(usd_h, tokens_per_s)
         feasible = b.feasible.astype(b.total.dtype)
         return jnp.stack(
             [b.total, b.tokens_per_s_per_gpu, b.memory_per_gpu, feasible, usd_h, usd_m]

@@ -15,7 +15,7 @@ import equinox as eqx
 import jax.numpy as jnp
 
 from . import io
-from ._cost import hourly_cost
+from ._cost import hourly_cost, usd_per_million_tokens
 from ._fidelity import FIDELITIES, tier
 from ._infer import serve
 from ._mapping import (
@@ -359,7 +359,7 @@ def infer_result(cluster, model, serving, *, gpus=None, ttft_slo=None,
             "output_tokens_per_s": cb_rate,
             "goodput_tokens_per_s": cb_rate if meets else 0.0,
             "usd_per_hour": usd_h,
-            "usd_per_million_output_tokens": usd_h / (3600 * cb_rate) * 1e6,
+            "usd_per_million_output_tokens": usd_per_million_tokens(usd_h, cb_rate),
             "nic_demand_bytes_per_s_per_gpu": float(cb["nic_demand"]),
         },
     }
