@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import diffperf as dp
-from diffperf._optimize import enumerate_mappings, optimize
+from diffperf.analysis.optimize import enumerate_mappings, optimize
 
 VARY = {
     "chip.flops_bf16": (2e14, 4e15),

@@ -5,8 +5,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffperf._sensitivity import get_leaf as get_leaf  # noqa: F401
-from diffperf._sensitivity import scale_leaf as scale_leaf  # noqa: F401
+from diffperf.core.paths import (
+    get_leaf,  # noqa: F401
+    scale_leaf,  # noqa: F401
+)
 
 
 def tree_allclose(x, y, *, rtol=1e-5, atol=0.0) -> bool:
@@ -22,7 +24,7 @@ def tree_allclose(x, y, *, rtol=1e-5, atol=0.0) -> bool:
 
 
 def float_leaf_paths(tree) -> list[str]:
-    from diffperf._sensitivity import leaf_paths
+    from diffperf.core.paths import leaf_paths
 
     return leaf_paths(tree)
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import diffperf as dp
-from diffperf._ops import attention_time
-from diffperf._validate import _attention_kernel, _source_kind
 from diffperf.cli import main
+from diffperf.model.ops import attention_time
+from diffperf.validation.training import _attention_kernel, _source_kind
 
 from .helpers import get_leaf, scale_leaf
 

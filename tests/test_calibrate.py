@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import diffperf as dp
-from diffperf import _calibrate as cal
+from diffperf.analysis import calibrate as cal
 from diffperf.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

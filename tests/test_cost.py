@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import diffperf as dp
-from diffperf import _cost
 from diffperf.io import hardware_names
+from diffperf.model import economics as _cost
 from tests.helpers import float_leaf_paths, get_leaf, scale_leaf
 
 H100 = dp.load_hardware("dgx_h100")

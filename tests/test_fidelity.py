@@ -4,7 +4,7 @@ import jax
 import pytest
 
 import diffperf as dp
-from diffperf._fidelity import roofline_device
+from diffperf.model.fidelity import roofline_device
 
 from .helpers import tree_allclose
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import diffperf as dp
-from diffperf._ops import gemm_time
+from diffperf.model.ops import gemm_time
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "kernel_measured.csv"
 

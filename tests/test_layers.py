@@ -1,79 +1,158 @@
-"""Imports point downward only (DESIGN.md layers), and layers 0-4 do no file I/O."""
+"""The package follows its layers (ARCHITECTURE.md): imports point downward only,
+there is no import cycle (lazy imports inside functions included), and the model
+layers do no file I/O."""
 
 import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "diffperf"
 LAYER = {
-    "_custom_types": 0,
-    "_units": 0,
-    "_relax": 0,
-    "_checks": 0,
-    "_hardware": 1,
-    "_workload": 2,
-    "_mapping": 3,
-    "_collectives": 3,
-    "_fidelity": 3,
-    "_ops": 4,
-    "_breakdown": 4,
-    "_dp": 4,
-    "_host": 4,
-    "_memory": 4,
-    "_train": 4,
-    "_layer": 4,
-    "_infer": 4,
-    "_cost": 4,
-    "_serving": 5,
-    "_trace": 5,
-    "_roofline": 5,
-    "_sensitivity": 6,
-    "_sweep": 6,
-    "_optimize": 6,
-    "_calibrate": 6,
-    "_validate": 7,
-    "_validate_infer": 7,
-    "io": 7,
-    "cli": 7,
-    "_cli_study": 7,
-    "_cli_optimize": 7,
-    "_cli_trace": 7,
-    "_cli_calibrate": 7,
-    "plots": 7,
-    "__init__": 8,
+    "core": 0,
+    "specs": 1,
+    "model": 2,
+    "analysis": 3,
+    "io": 4,
+    "validation": 5,
+    "viz": 5,
+    "cli": 6,
 }
+"""Rank of each subpackage; a module may import from its own or a lower rank."""
 FORBIDDEN_LOW = {"optax", "tomllib", "pathlib", "csv", "json", "open"}
+PUBLIC_ANALYSES = ("optimize", "calibrate", "validate", "sweep", "sensitivity")
 
 
-def _imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
-    out = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            out.add((node.module or "").split(".")[0])
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            out.add(node.module.split(".")[0])
-        elif isinstance(node, ast.Import):
-            out |= {a.name.split(".")[0] for a in node.names}
+def _modules() -> dict[str, Path]:
+    """Dotted module name (relative to diffperf, "" for the package) -> path."""
+    out = {}
+    for path in PKG.rglob("*.py"):
+        parts = list(path.relative_to(PKG).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
     return out
 
 
-def test_every_module_has_a_layer():
-    assert {p.stem for p in PKG.glob("*.py")} == set(LAYER)
+MODULES = _modules()
+
+
+def _package_of(mod: str, path: Path) -> str:
+    return mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+
+
+def _imports(mod: str, path: Path) -> set[str]:
+    """Modules of diffperf that `mod` imports anywhere in its body (lazy included)."""
+    out = set()
+    pkg = _package_of(mod, path)
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = pkg.split(".") if pkg else []
+                base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
+                target = ".".join(base + ([node.module] if node.module else []))
+            elif node.module and node.module.split(".")[0] == "diffperf":
+                target = node.module[len("diffperf") :].lstrip(".")
+            else:
+                continue
+            names = [a.name for a in node.names]
+            cands = [f"{target}.{n}" if target else n for n in names]
+            hits = [c for c in cands if c in MODULES]
+            out |= set(hits) if hits else ({target} if target in MODULES else set())
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split(".")[0] == "diffperf":
+                    out.add(a.name[len("diffperf") :].lstrip("."))
+    out.discard(mod)
+    return out
+
+
+GRAPH = {m: _imports(m, p) for m, p in MODULES.items()}
+
+
+def _layer(mod: str) -> int:
+    return 99 if mod == "" else LAYER[mod.split(".")[0]]
+
+
+def test_every_module_lives_in_a_layer():
+    flat = [
+        m for m in MODULES if m and "." not in m and MODULES[m].name != "__init__.py"
+    ]
+    assert flat == [], f"modules outside the layer subpackages: {flat}"
+    assert {m.split(".")[0] for m in MODULES if m} == set(LAYER)
+    assert len(LAYER) >= 4
 
 
 def test_imports_point_downward():
-    for path in PKG.glob("*.py"):
-        me = LAYER[path.stem]
-        for mod in _imports(path) & set(LAYER):
-            if mod == path.stem:
-                continue
-            assert LAYER[mod] <= me, f"{path.stem} (layer {me}) imports {mod}"
+    for mod, deps in GRAPH.items():
+        for dep in deps:
+            if dep == "":
+                raise AssertionError(f"{mod} imports the package root")
+            assert _layer(dep) <= _layer(mod), (
+                f"{mod} (layer {_layer(mod)}) imports {dep}"
+            )
+
+
+def test_no_import_cycle():
+    state: dict[str, int] = {}
+
+    def visit(m, stack):
+        state[m] = 1
+        for d in GRAPH[m]:
+            if state.get(d) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(stack + [m, d]))
+            if d not in state:
+                visit(d, stack + [m])
+        state[m] = 2
+
+    for m in GRAPH:
+        if m not in state:
+            visit(m, [])
+
+
+def test_subpackages_use_no_private_name_of_another_module():
+    """`from .x import _name` across modules is a private cross-import."""
+    for mod, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (
+                node.level or (node.module or "").startswith("diffperf")
+            ):
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, (
+                    f"{mod} imports private {private} from {node.module}"
+                )
 
 
 def test_model_layers_do_no_file_io():
-    for path in PKG.glob("*.py"):
-        if LAYER[path.stem] > 4:
+    for mod, path in MODULES.items():
+        if not mod or _layer(mod) > LAYER["model"]:
             continue
-        imported = _imports(path)
-        assert not (imported & FORBIDDEN_LOW), (path.stem, imported & FORBIDDEN_LOW)
-        assert "open(" not in path.read_text(), path.stem
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                imported.add(node.module.split(".")[0])
+        assert not (imported & FORBIDDEN_LOW), (mod, imported & FORBIDDEN_LOW)
+        assert "open(" not in path.read_text(), mod
+
+
+def test_the_analyses_are_public():
+    import diffperf as dp
+
+    for name in PUBLIC_ANALYSES:
+        assert callable(getattr(dp, name)), name
+        assert name in dp.__all__
+
+
+def test_experiments_and_benchmarks_use_only_the_public_api():
+    root = PKG.parent
+    for path in [*root.glob("experiments/*/*.py"), *root.glob("benchmarks/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                "diffperf"
+            ):
+                assert node.module == "diffperf", f"{path}: from {node.module} import"
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    assert a.name.split(".")[0] != "diffperf" or a.name == "diffperf", (
+                        f"{path}: import {a.name}"
+                    )

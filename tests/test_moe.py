@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import diffperf as dp
-from diffperf._infer import kv_bytes_per_token, ssm_state_bytes
+from diffperf.model.phases import kv_bytes_per_token, ssm_state_bytes
 
 from .helpers import tree_allclose
 

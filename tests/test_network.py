@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import diffperf as dp
-from diffperf._collectives import (
+from diffperf.model.collectives import (
     collective_time,
     dispatch_scale_out_bytes,
     p2p_scale_out_bytes,
@@ -448,7 +448,7 @@ def test_kv_offload_trades_hbm_for_link_time_and_c2c_beats_pcie():
 
 
 def test_traces_show_offload_and_input_stall_on_the_critical_path():
-    from diffperf._trace import infer_trace, train_trace
+    from diffperf.model.trace import infer_trace, train_trace
 
     from .test_trace import _complete, _critical_checks
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import diffperf as dp
-from diffperf import _cost
-from diffperf._optimize import enumerate_mappings, minimize_box, optimize
+from diffperf.analysis.optimize import enumerate_mappings, minimize_box, optimize
+from diffperf.model import economics as _cost
 
 DGX = dp.load_hardware("dgx_h100")
 LLAMA = dp.load_workload("llama3_8b")

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 
 import diffperf as dp
-from diffperf._sensitivity import binding_resource, elasticities, uncertainty
+from diffperf.analysis.sensitivity import binding_resource, elasticities, uncertainty
 from diffperf.cli import main
 
 from .helpers import scale_leaf

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import diffperf as dp
-from diffperf._sweep import evaluate, pareto_mask, sweep_configs
+from diffperf.analysis.sweep import evaluate, pareto_mask, sweep_configs
 from diffperf.cli import main
 
 DGX = dp.load_hardware("dgx_h100")

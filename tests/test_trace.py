@@ -10,8 +10,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import diffperf as dp
-from diffperf._trace import MAX_DRAWN_STAGES, infer_trace, schedule_order, train_trace
 from diffperf.cli import main
+from diffperf.model.trace import (
+    MAX_DRAWN_STAGES,
+    infer_trace,
+    schedule_order,
+    train_trace,
+)
 
 RTOL = 1e-6
 _HW, _MODEL = dp.load_hardware("dgx_h100"), dp.load_workload("llama2_7b")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from diffperf._validate import validate_file
+from diffperf.validation.run import validate_file
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "training_calibration.csv"
 REQUIRED_COVERAGE = 0.90  # issue #3: predict at least 90% of rows

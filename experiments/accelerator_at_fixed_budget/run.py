@@ -29,7 +29,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import diffperf as dp  # noqa: E402
-from diffperf._optimize import enumerate_mappings, optimize  # noqa: E402
+from diffperf.analysis.optimize import enumerate_mappings, optimize  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CFG = tomllib.loads((HERE / "config.toml").read_text())

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 import diffperf as dp
-from diffperf._validate import validate_file
+from diffperf.validation.run import validate_file
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]

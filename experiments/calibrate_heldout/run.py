@@ -31,14 +31,15 @@ from pathlib import Path
 import numpy as np
 
 from diffperf import io
-from diffperf._calibrate import calibrate
-from diffperf._cli_calibrate import (
+from diffperf.analysis.calibrate import calibrate
+from diffperf.cli.calibrate import (
     default_leaves,
     leaf_priors,
     measured_rows,
     rows_by_device,
 )
-from diffperf._validate import model_family, read_measurements
+from diffperf.validation.common import model_family
+from diffperf.validation.run import read_measurements
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]

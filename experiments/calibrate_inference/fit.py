@@ -7,7 +7,7 @@ when a row names a system, e.g. dgx_a100 for Splitwise's DGX-A100), fits
 
 (the same values for every row of that spec, never per row; the CPU launch cost is not
 fitted for specs whose rows all replay captured graphs, and starts at 30 µs, where it
-binds) with `diffperf calibrate`'s machinery (`diffperf._calibrate`), on each row's
+binds) with `diffperf calibrate`'s machinery (`dp.calibrate`), on each row's
 metric (TTFT, TPOT, end-to-end latency or 1/throughput). Chip efficiency leaves keep
 their training calibration. Held-out errors: experiments/calibrate_heldout/run.py.
 

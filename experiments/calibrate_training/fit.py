@@ -1,14 +1,14 @@
 """Fit the calibratable leaves of each training device to measured runs.
 
 For every chip spec with rows in data/training_calibration.csv, fits the leaves of
-`diffperf._calibrate.TRAIN_LEAVES`
+`diffperf.analysis.calibrate.TRAIN_LEAVES`
 
     chip.matmul_efficiency, chip.matmul_half_dim, chip.attention_efficiency,
     chip.low_precision_efficiency, chip.kernel_overhead, scale_out.efficiency,
     host.dispatch_overhead, host.sync_overhead, host.step_overhead
 
 (`chip.matmul_efficiency` only for devices with fewer than 20 rows), the same values
-for every row of a device, with `diffperf calibrate`'s machinery (`diffperf._calibrate`:
+for every row of a device, with `diffperf calibrate`'s machinery (`dp.calibrate`:
 source-balanced MAP fit in log space, optax Adam on the Smooth model, box bounds),
 starting from and regularized toward the values in the spec. Rows of systems that
 extend a chip file (e.g. dgx_a100_40gb → a100_sxm4_40gb) count for that chip.
@@ -28,15 +28,15 @@ import time
 from pathlib import Path
 
 from diffperf import io
-from diffperf._calibrate import calibrate
-from diffperf._cli_calibrate import (
+from diffperf.analysis.calibrate import calibrate
+from diffperf.cli.calibrate import (
     default_leaves,
     leaf_priors,
     measured_rows,
     patch_toml,
     rows_by_device,
 )
-from diffperf._validate import read_measurements
+from diffperf.validation.run import read_measurements
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]

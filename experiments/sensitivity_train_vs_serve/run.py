@@ -19,8 +19,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import diffperf as dp  # noqa: E402
-from diffperf._sensitivity import RESOURCES, binding_resource, elasticities  # noqa: E402
-from diffperf.plots import tornado  # noqa: E402
+from diffperf.analysis.sensitivity import RESOURCES, binding_resource, elasticities  # noqa: E402
+from diffperf.viz.plots import tornado  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SPECS = [r for r in RESOURCES] + ["chip.matmul_efficiency", "host.serve_overhead"]

@@ -13,7 +13,9 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from diffperf._validate import _short_source, model_family, validate_file
+from diffperf.validation.common import model_family
+from diffperf.validation.common import short_source as _short_source
+from diffperf.validation.run import validate_file
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]

@@ -1,0 +1,1 @@
+"""Layer 3: analyses over the model: sensitivity, sweeps, optimization, calibration."""

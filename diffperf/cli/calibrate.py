@@ -1,0 +1,264 @@
+"""`diffperf calibrate`: fit a device's leaves to a measurement CSV, held-out error.
+
+Reads a training or inference CSV (the columns of `data/training_calibration.csv` or
+`data/inference_calibration.csv`), keeps the rows of the hardware H or of specs that
+extend it (`[meta] extends`: dgx_a100 rows count for a100_sxm4_80gb), fits the leaves
+with `dp.calibrate` and writes a hardware TOML that extends H with the
+fitted values (`--out`). The bundled hardware files are never modified by the CLI;
+`patch_toml` (used by the experiment scripts' `--write`) rewrites one in place.
+"""
+
+import datetime
+import re
+from pathlib import Path
+
+from .. import io
+from ..analysis.calibrate import SERVE_LEAVES, TRAIN_LEAVES, calibrate, prior_for
+from ..validation.run import read_measurements
+from ..validation.serving import calibration_infer_rows
+from ..validation.training import calibration_rows, spec_family
+
+__all__ = [
+    "add_calibrate",
+    "run_calibrate",
+    "print_calibrate",
+    "measured_rows",
+    "default_leaves",
+    "rows_by_device",
+    "leaf_priors",
+    "fitted_toml",
+    "patch_toml",
+]
+
+MIN_ROWS_FOR_ALL = 20
+"""Fewer training rows than this: fit `chip.matmul_efficiency` only."""
+
+
+def add_calibrate(sub):
+    """The `calibrate` subcommand."""
+    p = sub.add_parser("calibrate", help="fit a device's leaves to measured rows")
+    p.add_argument("--data", required=True, help="training or inference CSV")
+    p.add_argument("--hardware", required=True, help="name, alias or TOML path")
+    p.add_argument(
+        "--leaves", help="comma-separated leaf paths (default: the usual ones)"
+    )
+    p.add_argument(
+        "--holdout",
+        default="auto",
+        help="source | kfold:K | none (default: source if ≥ 2 sources, else kfold:5)",
+    )
+    p.add_argument(
+        "--prior",
+        choices=("defaults", "spec"),
+        default="defaults",
+        help="prior centre and start: project defaults, or the spec's values",
+    )
+    p.add_argument("--steps", type=int, default=150, help="Adam steps")
+    p.add_argument("--out", help="write the fitted hardware TOML here")
+    p.add_argument("--json", action="store_true")
+
+
+def measured_rows(kind: str, rows: list[dict]):
+    """(resolved `Row`s, their CSV row indices, reasons of the others)."""
+    resolve = calibration_rows if kind == "training" else calibration_infer_rows
+    fitted, skipped = resolve(rows)
+    index = [i for i in range(len(rows)) if i not in skipped]
+    return fitted, index, skipped
+
+
+def rows_by_device(rows, *, by_family: bool) -> dict[str, list[int]]:
+    """Indices of `rows` per device: the root chip spec (by_family) or the spec."""
+    out: dict[str, list[int]] = {}
+    for k, r in enumerate(rows):
+        out.setdefault(spec_family(r.spec)[-1] if by_family else r.spec, []).append(k)
+    return dict(sorted(out.items()))
+
+
+def default_leaves(kind: str, rows) -> list[str]:
+    """The leaves fitted when `--leaves` is not given (module docstring of fit.py)."""
+    if kind == "training":
+        return (
+            list(TRAIN_LEAVES) if len(rows) >= MIN_ROWS_FOR_ALL else [TRAIN_LEAVES[0]]
+        )
+    if all(r.job[1].graphs for r in rows):  # launch cost hidden in every row
+        return [p for p in SERVE_LEAVES if p != "host.dispatch_overhead"]
+    return list(SERVE_LEAVES)
+
+
+def leaf_priors(kind: str, paths, cluster, *, center: str) -> dict:
+    """Priors of the fitted leaves; serving fits start the CPU launch cost at 30 µs.
+
+    A launch cost hidden behind the GPU has no gradient, so the serving fit starts it
+    where it binds (as experiments/calibrate_inference always did).
+    """
+    priors = {p: prior_for(p, cluster, center=center) for p in paths}
+    p = priors.get("host.dispatch_overhead")
+    if kind == "inference" and p is not None:
+        priors["host.dispatch_overhead"] = p._replace(start=max(p.center, 3e-5))
+    return priors
+
+
+def run_calibrate(args) -> dict:
+    """Run `diffperf calibrate` (see the module docstring); the JSON result."""
+    if args.steps < 1:
+        raise ValueError(f"--steps={args.steps} must be >= 1")
+    cluster = io.load_hardware(args.hardware)
+    kind, csv_rows = read_measurements(args.data)
+    member = {
+        g: _in_family(g, cluster.name) for g in {r.get("gpu", "") for r in csv_rows}
+    }
+    mine = [i for i, row in enumerate(csv_rows) if member[row.get("gpu", "")]]
+    rows, index, _ = measured_rows(kind, [csv_rows[i] for i in mine])
+    index = [mine[i] for i in index]  # back to the CSV's row numbers
+    keep = [k for k, r in enumerate(rows) if cluster.name in spec_family(r.spec)]
+    if not keep:
+        raise ValueError(
+            f"--hardware={args.hardware!r}: no resolvable {kind} rows of "
+            f"{cluster.name} (or of a spec extending it) in {args.data}"
+        )
+    rows, index = [rows[k] for k in keep], [index[k] for k in keep]
+    if args.leaves:
+        paths = [p.strip() for p in args.leaves.split(",") if p.strip()]
+    else:
+        paths = default_leaves(kind, rows)
+    priors = leaf_priors(kind, paths, cluster, center=args.prior)
+    holdout = args.holdout
+    if holdout == "auto":
+        holdout = "source" if len({r.source for r in rows}) >= 2 else "kfold:5"
+    fit = calibrate(
+        rows, priors, holdout=None if holdout == "none" else holdout, steps=args.steps
+    )
+    results = [
+        dict(
+            row=i,
+            source=r.source,
+            gpu=r.spec,
+            ape=a,
+            heldout_ape=h,
+            uncalibrated_ape=a0,
+        )  # fmt: skip
+        for i, r, a, h, a0 in zip(
+            index,
+            rows,
+            fit.pop("row_ape"),
+            fit.pop("row_heldout_ape"),
+            fit.pop("row_uncalibrated_ape"),
+            strict=True,
+        )  # fmt: skip
+    ]
+    out = dict(
+        hardware=cluster.name, kind=kind, data=str(args.data), holdout=holdout,
+        prior=args.prior, **fit, results=results,
+    )  # fmt: skip
+    if args.out:
+        Path(args.out).write_text(fitted_toml(args.hardware, out, index))
+        out["out"] = str(args.out)
+    return out
+
+
+def _in_family(gpu: str, stem: str) -> bool:
+    """Whether a CSV `gpu` text names `stem` or a spec extending it."""
+    try:
+        return stem in spec_family(io.resolve_path("hardware", gpu).stem)
+    except ValueError:
+        return False
+
+
+def _base_ref(hardware: str) -> str:
+    """How the fitted file names its base: the bundled stem, else an absolute path."""
+    path = io.resolve_path("hardware", hardware)
+    if path.parent.resolve() == io.spec_dir("hardware").resolve():
+        return path.stem
+    return str(path.resolve())
+
+
+def fitted_toml(hardware: str, out: dict, index: list[int]) -> str:
+    """A hardware TOML extending `hardware` with the fitted leaves and a `[meta]`."""
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
+    held = out["heldout_mape"]
+    note = (
+        f"diffperf calibrate --data {out['data']} ({out['rows']} {out['kind']} rows, "
+        f"{date}): train MAPE {100 * out['train_mape']:.1f}%"
+        + (
+            f", held-out ({out['holdout']}) {100 * held:.1f}%"
+            if held is not None
+            else ""
+        )
+    )
+    lines = [
+        "[meta]",
+        "schema = 1",
+        f'name = "{out["hardware"]}, calibrated"',
+        f'source = "{_escape(note)}"',
+        f'extends = "{_escape(_base_ref(hardware))}"',
+        f'calibrated = "{_escape(note)}"',
+        f'calibration_data = "{_escape(out["data"])}"',
+        f"calibration_rows = {index}",
+        f'calibration_date = "{date}"',
+    ]
+    tables: dict[str, list[str]] = {}
+    for path, leaf in out["leaves"].items():
+        table, key = path.rsplit(".", 1)
+        if "." in table:
+            raise ValueError(f"--leaves: {path!r} is not a [table] key of the TOML")
+        tables.setdefault(table, []).append(
+            f"{key} = {leaf['fitted']:.6g}  # fitted ± {leaf['std']:.2g} "
+            f"(prior {leaf['initial']:.4g}, bounds [{leaf['lower']:.3g}, "
+            f"{leaf['upper']:.3g}])"
+        )
+    for table, entries in tables.items():
+        lines += ["", f"[{table}]", *entries]
+    return "\n".join(lines) + "\n"
+
+
+def _escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+_TABLE = re.compile(r"^\s*\[(\w+)\]\s*$")
+
+
+def patch_toml(path: Path, values: dict, note: str):
+    """Rewrite the `key = value` lines of the given [table].key paths in place."""
+    lines = path.read_text().splitlines()
+    table, done = None, set()
+    for i, line in enumerate(lines):
+        m = _TABLE.match(line)
+        if m:
+            table = m.group(1)
+            continue
+        for full, v in values.items():
+            t, key = full.split(".")
+            if t == table and re.match(rf"^\s*{key}\s*=", line):
+                lines[i] = f"{key} = {v:.4g}  # calibrated: {note}"
+                done.add(full)
+    for full in set(values) - done:  # inherited: add to the table (create if needed)
+        t, key = full.split(".")
+        header = next((i for i, ln in enumerate(lines) if ln.strip() == f"[{t}]"), None)
+        if header is None:
+            lines += ["", f"[{t}]"]
+            header = len(lines) - 1
+        lines.insert(header + 1, f"{key} = {values[full]:.4g}  # calibrated: {note}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def print_calibrate(out: dict):
+    """Human-readable summary of `run_calibrate`'s result."""
+    pct = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"  # noqa: E731
+    print(f"{out['hardware']}: {out['rows']} {out['kind']} rows from {out['data']}")
+    print(f"{'leaf':<32} {'prior':>10} {'fitted':>10} {'± std':>9}  bounds")
+    for path, v in out["leaves"].items():
+        flag = "  (at bound)" if v["at_bound"] else ""
+        print(
+            f"{path:<32} {v['initial']:>10.4g} {v['fitted']:>10.4g} "
+            f"{v['std']:>9.2g}  [{v['lower']:.3g}, {v['upper']:.3g}]{flag}"
+        )
+    print(
+        f"\nMAPE: uncalibrated {pct(out['uncalibrated_mape'])}, train "
+        f"{pct(out['train_mape'])}, held-out ({out['holdout']}) "
+        f"{pct(out['heldout_mape'])}"
+    )
+    for f in out["heldout"]:
+        print(f"  {f['name'][:60]:<60} {f['rows']:4d} rows  MAPE {pct(f['mape'])}")
+    if out.get("out"):
+        print(f"\nwrote {out['out']}")

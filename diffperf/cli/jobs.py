@@ -1,0 +1,517 @@
+"""The `diffperf` command line: train, infer, validate, sensitivity, sweep, list.
+
+Every command accepts `--json` (exactly one JSON object on stdout, SI units); exit 0 on
+success and 2 on bad input, with a one-line message on stderr naming the field.
+"""
+
+import argparse
+import dataclasses
+
+import equinox as eqx
+
+from .. import io
+from ..core.relax import Exact
+from ..core.units import DTYPES
+from ..model.economics import hourly_cost, usd_per_million_tokens
+from ..model.fidelity import FIDELITIES, tier
+from ..model.serving import continuous_batching, disaggregated, serve, speculative_tpot
+from ..model.train import train_step
+from ..specs.mapping import (
+    ATTENTION_KERNELS,
+    Parallelism,
+    Serving,
+    check_mapping,
+    check_serving,
+)
+from ..specs.workload import Precision
+
+__all__ = ["train_result", "infer_result", "train_job", "infer_job"]
+
+
+class UsageError(ValueError):
+    """Bad command-line input: reported on one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse prints usage otherwise)
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _positive_int(name):
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer") from None
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"{name}={v} must be >= 1")
+        return v
+
+    return parse
+
+
+def _fidelity_argument(p):
+    p.add_argument(
+        "--fidelity", choices=FIDELITIES, default="detailed",
+        help="detailed per-operator model, or the roofline tier",
+    )  # fmt: skip
+
+
+def _fraction(name):
+    def parse(text):
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number") from None
+        if not 0.0 <= v <= 1.0:
+            raise argparse.ArgumentTypeError(f"{name}={v:g} must be in [0, 1]")
+        return v
+
+    return parse
+
+
+def _attention_argument(p):
+    p.add_argument(
+        "--attention-kernel",
+        choices=ATTENTION_KERNELS,
+        default="fa3",
+        help="fa3: the chip's best fused kernel (FA3/cuDNN on Hopper+, FA2 before); "
+        "fa2: FlashAttention-2 (slower on Hopper/Blackwell by the chip's "
+        "attention_fa2_efficiency); unfused: GEMM-softmax-GEMM",
+    )
+
+
+def add_train(sub):
+    p = sub.add_parser("train", help="time, memory and MFU of one training step")
+    train_arguments(p)
+    _fidelity_argument(p)
+    p.add_argument("--json", action="store_true")
+    return p
+
+
+def train_arguments(p):
+    """The job flags of `diffperf train` (shared with `sensitivity train`)."""
+    p.add_argument("--hardware", required=True, help="name, alias or TOML path")
+    p.add_argument("--model", required=True, help="name, alias, TOML or config.json")
+    p.add_argument("--gpus", required=True, type=_positive_int("--gpus"))
+    for axis in ("tp", "pp", "cp", "ep", "etp", "vpp"):
+        p.add_argument(f"--{axis}", type=_positive_int(f"--{axis}"), default=1)
+    p.add_argument("--dp", type=_positive_int("--dp"), help="default gpus/(tp·pp·cp)")
+    p.add_argument(
+        "--ep-overlap",
+        type=float,
+        default=0.0,
+        help="share of the MoE all-to-all overlapped with compute, 0..1",
+    )
+    p.add_argument(
+        "--capacity-factor",
+        type=float,
+        help="MoE token dropping at this capacity factor (>= 1); default: the "
+        "model's (0 = dropless)",
+    )
+    p.add_argument("--microbatch", type=_positive_int("--microbatch"), default=1)
+    p.add_argument("--global-batch", type=_positive_int("--global-batch"))
+    p.add_argument("--seq-len", type=_positive_int("--seq-len"))
+    p.add_argument("--recompute", choices=("none", "selective", "full"), default="none")
+    p.add_argument(
+        "--sequence-parallel",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="default: on when tp > 1",
+    )
+    p.add_argument("--zero", type=int, choices=(0, 1, 2, 3), default=1)
+    _attention_argument(p)
+    p.add_argument("--dtype", choices=DTYPES, default="bf16", help="GEMM math dtype")
+    for what in ("optimizer", "activations"):
+        p.add_argument(
+            f"--offload-{what}",
+            type=_fraction(f"--offload-{what}"),
+            default=0.0,
+            help=f"fraction of the {what} kept in the memory tier (host / CXL / C2C)",
+        )
+
+
+def infer_arguments(p):
+    """The job flags of `diffperf infer` (shared with `sensitivity infer`)."""
+    p.add_argument("--hardware", required=True, help="name, alias or TOML path")
+    p.add_argument("--model", required=True, help="name, alias, TOML or config.json")
+    p.add_argument("--gpus", required=True, type=_positive_int("--gpus"))
+    for axis in ("tp", "pp", "ep", "etp"):
+        p.add_argument(f"--{axis}", type=_positive_int(f"--{axis}"), default=1)
+    p.add_argument("--batch", type=_positive_int("--batch"), default=1)
+    p.add_argument("--input-len", type=_positive_int("--input-len"), default=1024)
+    p.add_argument("--output-len", type=_positive_int("--output-len"), default=128)
+    p.add_argument("--dtype", choices=DTYPES, default="bf16", help="weights and math")
+    p.add_argument("--kv-dtype", choices=DTYPES, help="KV cache (default: --dtype)")
+    p.add_argument(
+        "--graphs", action="store_true", help="decode steps replayed as CUDA graphs"
+    )
+    _attention_argument(p)
+    p.add_argument(
+        "--offload-kv",
+        type=_fraction("--offload-kv"),
+        default=0.0,
+        help="fraction of the KV cache kept in the memory tier (host / CXL / C2C)",
+    )
+
+
+def add_infer(sub):
+    p = sub.add_parser("infer", help="TTFT, TPOT, throughput and memory of serving")
+    infer_arguments(p)
+    _fidelity_argument(p)
+    p.add_argument(
+        "--disaggregate",
+        metavar="PREFILL_GPUS:DECODE_GPUS",
+        help="separate prefill and decode pools (replicas of --tp·--pp chips each)",
+    )
+    p.add_argument(
+        "--kv-tier", choices=("auto", "scale_up", "scale_out", "pcie"), default="auto",
+        help="how a disaggregated deployment moves the KV cache",
+    )  # fmt: skip
+    p.add_argument("--draft-model", help="speculative decoding: the draft model")
+    p.add_argument("--draft-tokens", type=_positive_int("--draft-tokens"), default=4)
+    p.add_argument(
+        "--acceptance", type=float, default=0.7, help="draft token acceptance rate"
+    )
+    p.add_argument("--ttft-slo", type=float, help="TTFT target [s] for goodput")
+    p.add_argument("--tpot-slo", type=float, help="TPOT target [s] for goodput")
+    p.add_argument("--json", action="store_true")
+    return p
+
+
+def _pools(text: str, replica: int) -> tuple[int, int]:
+    try:
+        p, d = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise UsageError(
+            f"--disaggregate={text!r} must be PREFILL_GPUS:DECODE_GPUS, e.g. 8:16"
+        ) from None
+    for name, n in (("PREFILL_GPUS", p), ("DECODE_GPUS", d)):
+        if n < replica or n % replica:
+            raise UsageError(
+                f"--disaggregate {name}={n} must be a multiple of tp·pp={replica}"
+            )
+    return p, d
+
+
+def add_validate(sub):
+    p = sub.add_parser("validate", help="accuracy against a CSV of measured runs")
+    p.add_argument("--data", required=True, help="training or inference CSV")
+    _fidelity_argument(p)
+    p.add_argument("--json", action="store_true")
+    return p
+
+
+def add_list(sub):
+    p = sub.add_parser("list", help="bundled hardware or workload specs")
+    p.add_argument("kind", choices=("hardware", "workloads"))
+    p.add_argument("--json", action="store_true")
+    return p
+
+
+def train_result(cluster, model, mapping, *, dtype_peak: str | None = None) -> dict:
+    """The `diffperf train --json` object for a concrete job (Exact model)."""
+    b = train_step(cluster, model, mapping, relax=Exact())
+    peak = cluster.chip.peak_flops(dtype_peak or model.precision.math)
+    per_gpu = b.model_flops_per_s_per_gpu
+    return {
+        "step_time_s": float(b.total),
+        "tokens_per_s_per_gpu": float(b.tokens_per_s_per_gpu),
+        "model_tflops_per_gpu": float(per_gpu) / 1e12,
+        "mfu": float(per_gpu / peak),
+        "hfu": float(b.hardware_flops / (b.total * b.chips) / peak),
+        "memory_per_gpu_bytes": float(b.memory_per_gpu),
+        "memory_capacity_bytes": float(b.memory_capacity),
+        "memory_excess_bytes": float(b.memory_excess),
+        "feasible": bool(b.feasible),
+        "breakdown": {k: float(v) for k, v in b.terms().items()},
+        "overlapped": {k: float(v) for k, v in b.overlapped().items()},
+        "nic_bytes_per_step_per_gpu": float(b.nic_bytes),
+        "nic_demand_bytes_per_s_per_gpu": float(b.nic_demand),
+        "nic_demand_bytes_per_s_per_node": float(
+            b.nic_demand * cluster.host.chips_per_node
+        ),
+        "nic_bandwidth_bytes_per_s_per_gpu": float(cluster.scale_out_bandwidth()),
+        "offload_memory_per_gpu_bytes": float(b.offload_memory),
+        "offload_capacity_per_gpu_bytes": float(b.offload_capacity),
+    }
+
+
+def run_train(args) -> dict:
+    cluster, model, mapping = train_job(args)
+    cluster, mapping = tier(args.fidelity, cluster, mapping)
+    out = train_result(cluster, model, mapping)
+    out |= {
+        "fidelity": args.fidelity,
+        "hardware": cluster.name,
+        "model": model.name,
+        "mapping": {
+            "gpus": args.gpus,
+            "tp": args.tp,
+            "pp": args.pp,
+            "dp": int(mapping.dp),
+            "cp": args.cp,
+            "ep": args.ep,
+            "etp": args.etp,
+            "ep_overlap": args.ep_overlap,
+            "vpp": args.vpp,
+            "microbatch": args.microbatch,
+            "global_batch": float(mapping.batch()),
+            "seq_len": float(mapping.tokens(model)),
+            "recompute": args.recompute,
+            "sequence_parallel": mapping.sequence_parallel,
+            "zero": args.zero,
+            "attention_kernel": args.attention_kernel,
+            "dtype": args.dtype,
+            "offload_optimizer": args.offload_optimizer,
+            "offload_activations": args.offload_activations,
+        },
+    }
+    return out
+
+
+def train_job(args):
+    """(cluster, model, mapping) of `train_arguments` flags, checked (UsageError)."""
+    cluster = io.load_hardware(args.hardware)
+    model = io.load_workload(args.model)
+    model = with_precision(model, Precision.training(args.dtype))
+    if args.capacity_factor is not None:
+        # dataclasses.replace re-runs the workload's checks on the new value
+        model = dataclasses.replace(model, capacity_factor=args.capacity_factor)
+    if float(cluster.chip.peak_flops(args.dtype)) <= 0:
+        raise UsageError(
+            f"--dtype={args.dtype}: {cluster.name} has no {args.dtype} tensor "
+            "throughput (flops_" + args.dtype + " = 0)"
+        )
+    inner = args.tp * args.pp * args.cp
+    dp = args.dp if args.dp is not None else args.gpus // inner
+    if args.gpus % inner and args.dp is None:
+        raise UsageError(f"--gpus={args.gpus} must be a multiple of tp·pp·cp={inner}")
+    sp = args.sequence_parallel if args.sequence_parallel is not None else args.tp > 1
+    mapping = Parallelism(
+        tp=args.tp,
+        pp=args.pp,
+        dp=dp,
+        cp=args.cp,
+        ep=args.ep,
+        etp=args.etp,
+        vpp=args.vpp,
+        ep_overlap=args.ep_overlap,
+        microbatch=args.microbatch,
+        global_batch=args.global_batch or dp * args.microbatch,
+        seq_len=args.seq_len or 0,
+        recompute=args.recompute,
+        sequence_parallel=sp,
+        zero=args.zero,
+        attention_kernel=args.attention_kernel,
+        offload_optimizer=args.offload_optimizer,
+        offload_activations=args.offload_activations,
+    )
+    check_mapping(model, mapping, gpus=args.gpus)
+    return cluster, model, mapping
+
+
+def infer_result(cluster, model, serving, *, gpus=None, ttft_slo=None,
+                 tpot_slo=None, pools=None, kv_tier="auto") -> dict:  # fmt: skip
+    """The `diffperf infer --json` object for a concrete serving job (Exact model).
+
+    Static batch metrics, plus the continuous-batching steady state and its cost on
+    `gpus` chips, goodput under the SLOs, and with `pools` = (prefill, decode) chips
+    the disaggregated deployment and its colocated comparison.
+    """
+    r = serve(cluster, model, serving, relax=Exact())
+    gpus = gpus or float(serving.chips)
+    cb = continuous_batching(cluster, model, serving)
+    cb_rate = float(cb["output_tokens_per_s"]) * gpus / float(serving.chips)
+    usd_h = float(hourly_cost(cluster, gpus))
+    slo_t = float("inf") if ttft_slo is None else ttft_slo
+    slo_d = float("inf") if tpot_slo is None else tpot_slo
+    meets = float(cb["ttft"]) <= slo_t and float(cb["tpot"]) <= slo_d
+    out = {
+        "ttft_s": float(r.ttft),
+        "tpot_s": float(r.tpot),
+        "e2e_latency_s": float(r.e2e_latency),
+        "output_tokens_per_s": float(r.output_tokens_per_s),
+        "output_tokens_per_s_per_gpu": float(r.output_tokens_per_s_per_gpu),
+        "max_batch": int(r.max_batch),
+        "memory_per_gpu_bytes": float(r.memory_per_gpu),
+        "memory_capacity_bytes": float(r.memory_capacity),
+        "feasible": bool(r.feasible),
+        "kv_cache_bytes_per_token_per_gpu": float(r.kv_bytes_per_token),
+        "offload_memory_per_gpu_bytes": float(r.offload_memory),
+        "breakdown": {
+            "prefill": {k: float(v) for k, v in r.prefill.terms().items()},
+            "decode_step": {k: float(v) for k, v in r.decode.terms().items()},
+        },
+        "continuous_batching": {
+            "ttft_s": float(cb["ttft"]),
+            "tpot_s": float(cb["tpot"]),
+            "output_tokens_per_s": cb_rate,
+            "goodput_tokens_per_s": cb_rate if meets else 0.0,
+            "usd_per_hour": usd_h,
+            "usd_per_million_output_tokens": usd_per_million_tokens(usd_h, cb_rate),
+            "nic_demand_bytes_per_s_per_gpu": float(cb["nic_demand"]),
+        },
+    }
+    if pools is not None:
+        p_chips, d_chips = pools
+        pre = eqx.tree_at(lambda s: s.batch, serving, serving.batch * 0 + 1.0)
+        d = disaggregated(
+            cluster, model, pre, serving, prefill_chips=p_chips, decode_chips=d_chips,
+            ttft_slo=slo_t, tpot_slo=slo_d, kv_tier=kv_tier,
+        )  # fmt: skip
+        out["disaggregated"] = {
+            "prefill_gpus": p_chips,
+            "decode_gpus": d_chips,
+            "ttft_s": float(d.ttft),
+            "tpot_s": float(d.tpot),
+            "kv_transfer_s": float(d.kv_transfer),
+            "kv_bytes_per_request": float(d.kv_bytes),
+            "kv_bandwidth_demand_bytes_per_s": float(d.kv_bandwidth_demand),
+            "kv_nic_demand_bytes_per_s_per_gpu": float(d.kv_nic_demand),
+            "requests_per_s": float(d.requests_per_s),
+            "output_tokens_per_s": float(d.output_tokens_per_s),
+            "goodput_requests_per_s": float(d.goodput),
+            "usd_per_million_output_tokens": float(d.usd_per_million_tokens),
+            "decode_memory_per_gpu_bytes": float(d.decode_memory_per_gpu),
+            "decode_feasible": bool(d.decode_feasible),
+        }
+    return out
+
+
+def infer_job(args):
+    """(cluster, model, serving, precision) of `infer_arguments` flags (UsageError)."""
+    cluster = io.load_hardware(args.hardware)
+    model = io.load_workload(args.model)
+    kv = args.kv_dtype or args.dtype
+    math_dtype = args.dtype if args.dtype not in ("int4",) else "bf16"
+    prec = Precision(math=math_dtype, weights=args.dtype, kv_cache=kv)
+    model = with_precision(model, prec)
+    if float(cluster.chip.peak_flops(math_dtype)) <= 0:
+        raise UsageError(
+            f"--dtype={args.dtype}: {cluster.name} has no {math_dtype} tensor "
+            f"throughput (flops_{math_dtype} = 0)"
+        )
+    serving = Serving(
+        tp=args.tp, pp=args.pp, ep=args.ep, etp=args.etp, batch=args.batch,
+        input_len=args.input_len, output_len=args.output_len, graphs=args.graphs,
+        offload_kv=args.offload_kv, attention_kernel=args.attention_kernel,
+    )  # fmt: skip
+    return cluster, model, serving, prec
+
+
+def run_infer(args) -> dict:
+    cluster, model, serving, prec = infer_job(args)
+    cluster, _ = tier(args.fidelity, cluster)
+    replica = args.tp * args.pp
+    pools = _pools(args.disaggregate, replica) if args.disaggregate else None
+    if pools is None:
+        check_serving(model, serving, gpus=args.gpus if args.gpus < replica else None)
+        if args.gpus % replica:
+            raise UsageError(
+                f"--gpus={args.gpus} must be a multiple of tp·pp={replica}"
+            )
+    else:
+        check_serving(model, serving)
+        if sum(pools) != args.gpus:
+            raise UsageError(
+                f"--gpus={args.gpus} must equal PREFILL_GPUS + DECODE_GPUS"
+            )
+    out = infer_result(
+        cluster, model, serving, gpus=args.gpus, ttft_slo=args.ttft_slo,
+        tpot_slo=args.tpot_slo, pools=pools, kv_tier=args.kv_tier,
+    )  # fmt: skip
+    if args.draft_model:
+        if not 0.0 <= args.acceptance < 1.0:
+            raise UsageError(f"--acceptance={args.acceptance} must be in [0, 1)")
+        draft = with_precision(io.load_workload(args.draft_model), prec)
+        tpot = speculative_tpot(
+            cluster, model, draft, serving, k=float(args.draft_tokens),
+            acceptance=args.acceptance,
+        )  # fmt: skip
+        out["speculative"] = {
+            "draft_model": draft.name,
+            "draft_tokens": args.draft_tokens,
+            "acceptance": args.acceptance,
+            "tpot_s": float(tpot),
+            "speedup": float(out["tpot_s"] / tpot),
+        }
+    out |= {
+        "fidelity": args.fidelity,
+        "hardware": cluster.name,
+        "model": model.name,
+        "mapping": {"gpus": args.gpus, "tp": args.tp, "pp": args.pp, "ep": args.ep,
+                    "batch": args.batch, "input_len": args.input_len,
+                    "output_len": args.output_len, "dtype": args.dtype,
+                    "kv_dtype": prec.kv_cache, "graphs": args.graphs,
+                    "attention_kernel": args.attention_kernel},
+    }  # fmt: skip
+    return out
+
+
+def print_infer(out: dict):
+    m = out["mapping"]
+    print(f"{out['model']} on {m['gpus']} × {out['hardware']}, batch {m['batch']}, "
+          f"{m['input_len']} in / {m['output_len']} out")  # fmt: skip
+    print(f"  TTFT             {1e3 * out['ttft_s']:.4g} ms")
+    print(f"  TPOT             {1e3 * out['tpot_s']:.4g} ms")
+    print(f"  end-to-end       {out['e2e_latency_s']:.4g} s")
+    print(f"  output tokens/s  {out['output_tokens_per_s']:.5g} per replica "
+          f"({out['output_tokens_per_s_per_gpu']:.4g} per GPU)")  # fmt: skip
+    mem, cap = out["memory_per_gpu_bytes"], out["memory_capacity_bytes"]
+    fit = "fits" if out["feasible"] else "DOES NOT FIT"
+    print(f"  memory/GPU       {mem / 1e9:.1f} GB of {cap / 1e9:.0f} GB ({fit}); "
+          f"max batch {out['max_batch']}")  # fmt: skip
+    cb = out["continuous_batching"]
+    print(f"  continuous batching: TTFT {1e3 * cb['ttft_s']:.4g} ms, TPOT "
+          f"{1e3 * cb['tpot_s']:.4g} ms, {cb['output_tokens_per_s']:.5g} tokens/s on "
+          f"{m['gpus']} GPUs, ${cb['usd_per_million_output_tokens']:.3g} per M tokens, "
+          f"goodput {cb['goodput_tokens_per_s']:.5g} tokens/s")  # fmt: skip
+    if "disaggregated" in out:
+        d = out["disaggregated"]
+        print(f"  disaggregated {d['prefill_gpus']}:{d['decode_gpus']}: TTFT "
+              f"{1e3 * d['ttft_s']:.4g} ms (KV transfer {1e3 * d['kv_transfer_s']:.3g} "
+              f"ms), TPOT {1e3 * d['tpot_s']:.4g} ms, {d['output_tokens_per_s']:.5g} "
+              f"tokens/s, goodput {d['goodput_requests_per_s']:.4g} req/s, "
+              f"${d['usd_per_million_output_tokens']:.3g} per M tokens")  # fmt: skip
+    if "speculative" in out:
+        sp = out["speculative"]
+        print(f"  speculative ({sp['draft_model']}, k={sp['draft_tokens']}, "
+              f"acceptance {sp['acceptance']}): TPOT {1e3 * sp['tpot_s']:.4g} ms "
+              f"({sp['speedup']:.2f}x)")  # fmt: skip
+    for phase, terms in out["breakdown"].items():
+        total = sum(terms.values())
+        print(f"  {phase} ({1e3 * total:.4g} ms):")
+        for name, sec in sorted(terms.items(), key=lambda kv: -kv[1]):
+            if sec > 0:
+                print(f"    {name:<16} {1e3 * sec:10.4g} ms  {sec / total:6.1%}")
+
+
+def with_precision(model, precision):
+    return eqx.tree_at(lambda m: m.precision, model, precision)
+
+
+def print_train(out: dict):
+    print(f"{out['model']} on {out['mapping']['gpus']} × {out['hardware']}")
+    print(f"  step time        {out['step_time_s']:.4g} s")
+    print(f"  tokens/s/GPU     {out['tokens_per_s_per_gpu']:.5g}")
+    print(
+        f"  model TFLOP/s/GPU {out['model_tflops_per_gpu']:.4g}  (MFU {out['mfu']:.1%})"
+    )
+    mem, cap = out["memory_per_gpu_bytes"], out["memory_capacity_bytes"]
+    fit = "fits" if out["feasible"] else "DOES NOT FIT"
+    print(f"  memory/GPU       {mem / 1e9:.1f} GB of {cap / 1e9:.0f} GB ({fit})")
+    total = out["step_time_s"]
+    for name, sec in sorted(out["breakdown"].items(), key=lambda kv: -kv[1]):
+        if sec > 0:
+            print(f"    {name:<16} {sec:10.4g} s  {sec / total:6.1%}")
+
+
+def list_specs(args) -> dict:
+    kind = args.kind
+    names = io.hardware_names() if kind == "hardware" else io.workload_names()
+    items = {n: io.meta(kind, n).get("name", n) for n in names}
+    if not args.json:
+        for n, title in items.items():
+            print(f"{n:<28} {title}")
+    return {kind: items}

@@ -1,0 +1,1 @@
+"""Layer 0: relaxations (Exact / Smooth), units, input checks, pytree paths."""

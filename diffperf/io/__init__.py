@@ -1,0 +1,34 @@
+"""Layer 4: files.
+
+Loading hardware and workload specs (TOML, Hugging Face config.json), resolving
+names, reading measurement CSVs. The only package of the library that reads
+files; the model layers below it take pytrees.
+"""
+
+from .specs import (
+    from_hf_config,
+    hardware_names,
+    load_hardware,
+    load_workload,
+    meta,
+    normalize,
+    published_params,
+    read_csv,
+    resolve_path,
+    spec_dir,
+    workload_names,
+)
+
+__all__ = [
+    "from_hf_config",
+    "hardware_names",
+    "load_hardware",
+    "load_workload",
+    "meta",
+    "normalize",
+    "published_params",
+    "read_csv",
+    "resolve_path",
+    "spec_dir",
+    "workload_names",
+]

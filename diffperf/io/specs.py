@@ -1,0 +1,388 @@
+"""Loading hardware and workload specs (TOML, HF config.json); resolving names.
+
+The only module of the library that touches files. Specs live in `hardware/` and
+`workloads/` at the repository root; an installed wheel carries copies under
+`diffperf/_specs/`. A name is a file stem, an alias from `[meta] aliases` (compared
+after lower-casing and dropping spaces and `-_.(),/`), or a path.
+"""
+
+import difflib
+import json
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..model.economics import anchor
+from ..specs.hardware import (
+    Chip,
+    Cluster,
+    Cost,
+    Dimension,
+    Host,
+    MemoryTier,
+    NetworkTier,
+)
+from ..specs.workload import Transformer
+
+__all__ = [
+    "load_hardware",
+    "load_workload",
+    "hardware_names",
+    "workload_names",
+    "spec_dir",
+    "from_hf_config",
+]
+
+_HERE = Path(__file__).resolve().parents[1]  # the diffperf package
+
+
+def spec_dir(kind: str) -> Path:
+    """The folder holding the bundled `hardware` or `workloads` TOML files."""
+    for base in (_HERE / "_specs", _HERE.parent):
+        if (base / kind).is_dir():
+            return base / kind
+    raise FileNotFoundError(f"no bundled {kind}/ folder next to {_HERE}")
+
+
+def normalize(name: str) -> str:
+    """Lower-case and drop spaces and `-_.(),/` so spellings of a name compare equal."""
+    return re.sub(r"[\s\-_.(),/]+", "", name.lower())
+
+
+@dataclass(frozen=True)
+class _Spec:
+    stem: str
+    path: Path
+    aliases: tuple[str, ...]
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{path}: malformed TOML: {e}") from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read: {e.strerror}") from None
+
+
+def _registry(kind: str) -> dict[str, _Spec]:
+    specs = {}
+    for path in sorted(spec_dir(kind).glob("*.toml")):
+        meta = _read_toml(path).get("meta", {})
+        specs[path.stem] = _Spec(path.stem, path, tuple(meta.get("aliases", ())))
+    return specs
+
+
+def resolve_path(kind: str, name: str) -> Path:
+    """Path of a spec given its stem, alias or path; ValueError with close matches."""
+    p = Path(name)
+    if p.suffix in (".toml", ".json") or p.is_file():
+        if not p.is_file():
+            raise ValueError(f"{kind} file {name!r} does not exist")
+        return p
+    reg = _registry(kind)
+    table = {}
+    for spec in reg.values():
+        for alias in (spec.stem, *spec.aliases):
+            table.setdefault(normalize(alias), spec.path)
+    key = normalize(name)
+    if key in table:
+        return table[key]
+    close = difflib.get_close_matches(key, table, n=3, cutoff=0.6)
+    names = {table[c].stem for c in close}
+    hint = f"; did you mean {', '.join(sorted(names))}?" if names else ""
+    raise ValueError(
+        f"unknown {kind} {name!r}{hint} (known: `diffperf list {kind}` or a TOML path)"
+    )
+
+
+def _merged(kind: str, path: Path, seen: tuple = ()) -> dict:
+    """The TOML of a spec with `[meta] extends` applied (tables merged key by key)."""
+    data = _read_toml(path)
+    base = data.get("meta", {}).get("extends")
+    if not base:
+        return data
+    if base in seen:
+        raise ValueError(f"{path}: [meta] extends loops through {base!r}")
+    parent = _merged(kind, resolve_path(kind, base), seen + (base,))
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in parent.items()}
+    for table, values in data.items():
+        if isinstance(values, dict):
+            out.setdefault(table, {}).update(values)
+        else:
+            out[table] = values
+    out["meta"] = dict(data.get("meta", {}))
+    return out
+
+
+_TEXT_KEYS = {"mlp", "attention", "topology", "name", "kind"}
+_BOOL_KEYS = {"tied_embeddings", "in_network_reduction"}
+_INT_KEYS = {"pcie_gen"}
+
+
+def _build(cls, table: dict | None, where: str, *, fixed: dict | None = None):
+    """cls(**table); unknown / missing keys and bad values raise ValueError."""
+    if not isinstance(table, dict):
+        raise ValueError(f"{where}: missing table")
+    fields = {f for f in cls.__dataclass_fields__ if f not in (fixed or {})}
+    unknown = set(table) - fields
+    if unknown:
+        raise ValueError(
+            f"{where}: unknown key(s) {', '.join(sorted(unknown))}; "
+            f"allowed: {', '.join(sorted(fields))}"
+        )
+    for key, value in table.items():
+        if key in _TEXT_KEYS:
+            ok = isinstance(value, str)
+        elif key in _BOOL_KEYS:
+            ok = isinstance(value, bool)
+        elif key in _INT_KEYS:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif key == "dims":
+            ok = isinstance(value, tuple)  # converted from an array of tables
+        else:
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if not ok:
+            raise ValueError(f"{where}: {key} = {value!r} has the wrong type")
+    try:
+        return cls(**table, **(fixed or {}))
+    except TypeError as e:
+        missing = re.findall(r"'(\w+)'", str(e))
+        raise ValueError(f"{where}: missing key(s) {', '.join(missing)}") from None
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+
+
+def _check_meta(meta: dict, path: Path):
+    if meta.get("schema") != 1:
+        raise ValueError(f"{path}: [meta] schema must be 1")
+    if not meta.get("source"):
+        raise ValueError(
+            f"{path}: [meta] source is required (where the numbers come from)"
+        )
+
+
+def load_hardware(name: str | Path) -> Cluster:
+    """A `Cluster` from a hardware name, alias or TOML path.
+
+    Raises:
+        ValueError: unknown name (with close matches), malformed TOML, unknown or
+            missing keys, or a value out of range (e.g. a negative bandwidth).
+    """
+    path = resolve_path("hardware", str(name))
+    data = _merged("hardware", path)
+    _check_meta(data.get("meta", {}), path)
+    where = path.name
+    cost = data.get("cost", {})
+    tier = data.get("memory_tier")
+    cluster = Cluster(
+        chip=_build(Chip, data.get("chip"), f"{where} [chip]"),
+        scale_up=_tier(data.get("scale_up"), f"{where} [scale_up]"),
+        scale_out=_tier(data.get("scale_out"), f"{where} [scale_out]"),
+        host=_build(Host, data.get("host"), f"{where} [host]"),
+        name=path.stem,
+        cost=_build(Cost, cost, f"{where} [cost]"),
+        memory_tier=None
+        if tier is None
+        else _build(MemoryTier, tier, f"{where} [memory_tier]"),
+    )
+    return anchor(cluster, given=frozenset(cost))
+
+
+def _tier(table, where: str) -> NetworkTier:
+    """A `NetworkTier`; its `dims` is an array of tables, one `Dimension` each."""
+    if isinstance(table, dict) and isinstance(table.get("dims"), list):
+        dims = tuple(
+            _build(Dimension, d, f"{where} dims[{i}]")
+            for i, d in enumerate(table["dims"])
+        )
+        table = table | {"dims": dims}
+    return _build(NetworkTier, table, where)
+
+
+def load_workload(name: str | Path) -> Transformer:
+    """A `Transformer` from a workload name, alias, TOML path or HF `config.json` path.
+
+    Raises:
+        ValueError: unknown name, malformed file, unknown/missing keys, bad values.
+    """
+    path = resolve_path("workloads", str(name))
+    if path.suffix == ".json":
+        return from_hf_config(path)
+    data = _read_toml(path)
+    _check_meta(data.get("meta", {}), path)
+    return _build(
+        Transformer,
+        data.get("model"),
+        f"{path.name} [model]",
+        fixed={"name": path.stem},
+    )
+
+
+def published_params(name: str) -> float | None:
+    """The `[meta] params` count of a bundled workload, if given."""
+    return _read_toml(resolve_path("workloads", name)).get("meta", {}).get("params")
+
+
+def from_hf_config(path: str | Path) -> Transformer:
+    """A `Transformer` from a Hugging Face `config.json`.
+
+    Understands Llama, Mistral, Qwen, GPT-2, Mixtral, Qwen-MoE, GPT-OSS, DeepSeek-V3
+    and Nemotron-H (hybrid Mamba-2 / attention / MoE, LatentMoE) style keys. Multi-token
+    prediction modules (`num_nextn_predict_layers`) are left out, as at inference.
+
+    Raises:
+        ValueError: the file is not JSON or lacks the hidden size / layer / head keys.
+    """
+    path = Path(path)
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a readable JSON config: {e}") from None
+    cfg = cfg.get("text_config", cfg)
+
+    def get(*keys, default=None):
+        for k in keys:
+            if cfg.get(k) is not None:
+                return cfg[k]
+        if default is None:
+            raise ValueError(f"{path}: config.json lacks {' / '.join(keys)}")
+        return default
+
+    d = get("hidden_size", "n_embd", "d_model")
+    heads = get("num_attention_heads", "n_head")
+    act = str(
+        get("mlp_hidden_act", "hidden_act", "activation_function", default="silu")
+    )
+    gated = (
+        act in ("silu", "swiglu", "gelu_pytorch_tanh")
+        or "llama" in str(cfg.get("model_type", ""))
+        or cfg.get("model_type")
+        in (
+            "mistral",
+            "qwen2",
+            "qwen3",
+            "qwen3_moe",
+            "mixtral",
+            "gpt_oss",
+            "deepseek_v3",
+            "gemma",
+        )
+    )
+    experts = get("num_local_experts", "num_experts", "n_routed_experts", default=0)
+    mla = cfg.get("kv_lora_rank") is not None
+    table = dict(
+        n_layers=get("num_hidden_layers", "n_layer"),
+        d_model=d,
+        n_heads=heads,
+        n_kv_heads=get("num_key_value_heads", default=heads),
+        head_dim=get("head_dim", default=d // heads),
+        d_ff=get("intermediate_size", "n_inner", default=4 * d),
+        vocab_size=get("vocab_size"),
+        max_seq_len=get("max_position_embeddings", "n_positions", "seq_length"),
+        mlp="gated" if gated else "plain",
+        tied_embeddings=bool(cfg.get("tie_word_embeddings", not gated)),
+        n_experts=experts,
+        top_k=get("num_experts_per_tok", "experts_per_token", default=0)
+        if experts
+        else 0,
+        d_ff_expert=get("moe_intermediate_size", "intermediate_size", default=0)
+        if experts
+        else 0,
+        n_shared_experts=get("n_shared_experts", default=0) if experts else 0,
+        n_dense_layers=get("first_k_dense_replace", default=0) if experts else 0,
+        sliding_window=get("sliding_window", default=0) or 0,
+    )
+    table |= _hybrid_keys(cfg, get)
+    if mla:
+        table |= dict(
+            attention="mla",
+            head_dim=cfg["qk_nope_head_dim"] + cfg["qk_rope_head_dim"],
+            q_lora_rank=cfg.get("q_lora_rank") or 0,
+            kv_lora_rank=cfg["kv_lora_rank"],
+            qk_rope_head_dim=cfg["qk_rope_head_dim"],
+            v_head_dim=cfg["v_head_dim"],
+        )
+    name = re.sub(r"\W+", "_", str(cfg.get("_name_or_path", path.parent.name)))
+    return _build(Transformer, table, path.name, fixed={"name": name or "hf_config"})
+
+
+_PATTERN = {"M": "mamba", "*": "attention", "-": "mlp", "E": "moe"}
+
+
+def _hybrid_keys(cfg: dict, get) -> dict:
+    """Transformer keys of a Nemotron-H hybrid (layer pattern, Mamba-2, LatentMoE).
+
+    Each layer of `hybrid_override_pattern` (M Mamba-2, * attention, - MLP, E MoE) or
+    `layers_block_type` is one block; their shares become the mix fractions.
+    """
+    kinds = cfg.get("layers_block_type")
+    if not kinds and cfg.get("hybrid_override_pattern"):
+        kinds = [_PATTERN.get(c, "mamba") for c in cfg["hybrid_override_pattern"]]
+    out = {}
+    if cfg.get("moe_shared_expert_intermediate_size"):
+        out["d_ff_shared"] = cfg["moe_shared_expert_intermediate_size"]
+    if cfg.get("moe_latent_size"):
+        out["moe_latent_dim"] = cfg["moe_latent_size"]
+    if not kinds:
+        return out
+    n = len(kinds)
+    count = {k: sum(1 for x in kinds if x == k) for k in ("mamba", "attention")}
+    out |= dict(
+        n_layers=n,
+        attention_fraction=count["attention"] / n,
+        ssm_fraction=count["mamba"] / n,
+        mlp_fraction=sum(1 for x in kinds if x in ("mlp", "moe")) / n,
+    )
+    if count["mamba"]:
+        out |= dict(
+            ssm_heads=get("mamba_num_heads"),
+            ssm_head_dim=get("mamba_head_dim"),
+            ssm_state_dim=get("ssm_state_size"),
+            ssm_groups=get("n_groups"),
+            ssm_conv_width=get("conv_kernel", default=4),
+            ssm_chunk=get("chunk_size", default=128),
+        )
+    return out
+
+
+def hardware_names() -> list[str]:
+    """Stems of the bundled hardware specs."""
+    return sorted(_registry("hardware"))
+
+
+def workload_names() -> list[str]:
+    """Stems of the bundled workload specs."""
+    return sorted(_registry("workloads"))
+
+
+def meta(kind: str, name: str) -> dict:
+    """The `[meta]` table of a bundled spec (after `extends`)."""
+    return _merged(kind, resolve_path(kind, name)).get("meta", {})
+
+
+def read_csv(path: str | Path) -> tuple[list[str], list[dict]]:
+    """(columns, rows) of a CSV file; ValueError if missing, empty or ragged."""
+    import csv
+
+    path = Path(path)
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            columns = list(reader.fieldnames or [])
+    except OSError as e:
+        raise ValueError(f"--data={str(path)!r}: cannot read: {e.strerror}") from None
+    except csv.Error as e:
+        raise ValueError(f"--data={str(path)!r}: malformed CSV: {e}") from None
+    if not columns:
+        raise ValueError(f"--data={str(path)!r}: empty CSV (no header)")
+    for i, row in enumerate(rows, start=2):
+        if None in row or any(v is None for v in row.values()):
+            raise ValueError(
+                f"--data={str(path)!r}: line {i} has a different number of fields "
+                f"than the header ({len(columns)})"
+            )
+    return columns, rows

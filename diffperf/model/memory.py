@@ -1,0 +1,132 @@
+"""HBM footprint of a training job on its busiest chip (the first pipeline stage).
+
+    M = weights + gradients + optimizer state + activations + logits + reserved  [B]
+
+Weights b_w·P (fp8/fp4 training keeps fp8/fp4 primary weights), gradients b_g·P, Adam
+state 12·P (fp32 master, m, v), with P the chip's parameters (`stage_params`) divided
+by the data-parallel group per ZeRO stage: 1 shards the optimizer state, 2 also
+gradients, 3 also weights.
+
+Activations per layer per microbatch follow Korthikanti et al. 2022 ("Reducing
+Activation Recomputation in Large Transformer Models", eqs. 1–5), generalized to GQA,
+gated MLPs and MoE, with fused attention (no s²-sized score matrix stored) and no
+dropout masks. Per token, in elements (up = 2 for gated MLPs, 1 for plain):
+    attention: D (norm output) + (N + 2K)·H (Q, K, V) + N·H (output)
+    Mamba-2:   D (norm output) + in_proj output (2·d_in + 2·G·Ns + Hs) + scan output
+               d_in; the conv and gated-norm outputs are recomputed (mamba_ssm's
+               `mamba_split_conv1d_scan_combined`, checkpoint_lvl 1, which
+               Megatron-core's MambaMixer uses)
+    MLP:       D (norm output) + up·F (up/gate output) + F (activation output)
+    norms:     D per block (inputs)
+with each block weighted by its share of layers (hybrid models) and MoE F = k·load·Fe
++ shared width.
+The D-sized terms are sharded by t under sequence parallelism, the others by t always.
+No recompute and selective recompute store all of it (with fused attention selective
+recompute saves nothing more); full recompute stores only the layer input D·b. Without
+fused attention, no recompute also stores the softmax output, dropout mask and dropout
+output: (2b + 1)·N·S bytes per token (Korthikanti's 5·a·s/h term).
+The first stage of a 1F1B pipeline holds min(p, m) microbatches in flight, times
+(1 + (p − 1)/(p·v)) for the interleaved schedule (Narayanan et al. 2021).
+"""
+
+from jaxtyping import Array
+
+from ..core.relax import AbstractRelax
+from ..specs.hardware import Chip
+from ..specs.mapping import Parallelism, resolved_attention_kernel
+from ..specs.workload import Transformer
+from .data_parallel import param_groups, stage_params
+from .layer import LOW_PRECISION
+
+__all__ = ["train_memory", "train_memory_parts"]
+
+ADAM_STATE_BYTES = 12.0
+"""fp32 master weights, first and second moments [B per parameter]."""
+
+
+def _activation_bytes_per_token(
+    model: Transformer, mapping: Parallelism, recompute: str
+) -> Array:
+    """Bytes stored per token per layer for the backward pass (see module docstring).
+
+    GEMM inputs (norm outputs, attention output, MLP activation output) are kept in the
+    GEMM dtype when it is fp8/fp4 (Transformer Engine saves the cast copy), else in the
+    activation dtype.
+    """
+    m, t = model, mapping.tp
+    b = model.precision.bytes("activations")
+    low = model.precision.math in LOW_PRECISION
+    b_in = 1.0 if low else b  # saved GEMM inputs
+    d, n, k, h = m.d_model, m.n_heads, m.n_kv_heads, m.head_dim
+    sp = t if mapping.sequence_parallel else 1.0
+    if recompute == "full":
+        return b * d / sp
+    up = m.mlp_mats - 1.0
+    f, a, f_ssm = m.moe_fraction, m.attention_fraction, m.ssm_fraction
+    routed = m.d_ff_expert * m.top_k * m.expert_load + m.shared_width
+    ffn = m.dense_mlp_fraction * m.d_ff + f * routed
+    # One norm input (b) and one norm output = GEMM input (b_in) per block, SP-sharded;
+    # MoE layers also keep the k routed copies of the MLP input (at the latent width).
+    d_terms = (b + b_in) * m.sublayers * d / sp + f * m.top_k * m.expert_input_dim * (
+        b_in / t
+    )
+    attn = (n + 2.0 * k) * h * b + n * h * b_in
+    # Mamba-2's fused memory-efficient path keeps the in_proj output and the scan
+    # output and recomputes the conv and the gated norm in the backward pass
+    ssm = (m.ssm_in_proj_width() + m.ssm_inner) * b
+    other = (a * attn + f_ssm * ssm + ffn * (up * b + b_in)) / t
+    if resolved_attention_kernel(mapping) == "unfused" and recompute == "none":
+        # stored softmax output, dropout mask and output: (2b + 1)·N·S per token
+        other = other + a * (2.0 * b + 1.0) * n * mapping.tokens(model) / t
+    return d_terms + other
+
+
+def train_memory(
+    model: Transformer, mapping: Parallelism, chip: Chip, *, relax: AbstractRelax
+) -> Array:
+    """Peak HBM bytes on the busiest chip of a training job (module docstring) [B].
+
+    The offloaded fractions of optimizer state and activations
+    (`Parallelism.offload_*`) live in the memory tier instead.
+    """
+    parts = train_memory_parts(model, mapping, chip, relax=relax)
+    parts["optimizer"] = parts["optimizer"] * (1.0 - mapping.offload_optimizer)
+    parts["activations"] = parts["activations"] * (1.0 - mapping.offload_activations)
+    return sum(parts.values())
+
+
+def train_memory_parts(
+    model: Transformer, mapping: Parallelism, chip: Chip, *, relax: AbstractRelax
+) -> dict[str, Array]:
+    """Bytes by kind on the busiest chip, before offload (module docstring) [B]."""
+    prec = model.precision
+    dense, expert = stage_params(model, mapping)
+    (n_d, _), (n_e, _) = param_groups(mapping)
+    b_w = prec.bytes("weights")
+    b_g = prec.bytes("grads")
+    z = mapping.zero
+
+    def shard(params, n, stage):
+        return params / n if z >= stage else params
+
+    weights = b_w * (shard(dense, n_d, 3) + shard(expert, n_e, 3))
+    grads = b_g * (shard(dense, n_d, 2) + shard(expert, n_e, 2))
+    optim = ADAM_STATE_BYTES * (shard(dense, n_d, 1) + shard(expert, n_e, 1))
+
+    seq = mapping.tokens(model)
+    tokens = mapping.microbatch * seq / mapping.cp
+    p, v, m = mapping.pp, mapping.vpp, mapping.microbatches()
+    in_flight = relax.min(p, m) * (1.0 + (p - 1.0) / (p * v) * relax.step(v - 1.5))
+    per_layer = tokens * _activation_bytes_per_token(model, mapping, mapping.recompute)
+    acts = model.n_layers / p * per_layer * in_flight
+    if mapping.recompute == "full":  # one layer's full activations during recompute
+        acts = acts + tokens * _activation_bytes_per_token(model, mapping, "none")
+    logits = tokens * model.vocab_size / mapping.tp * 6.0  # bf16 logits + fp32 grad
+    return dict(
+        weights=weights,
+        gradients=grads,
+        optimizer=optim,
+        activations=acts,
+        logits=logits,
+        reserved=chip.reserved_memory,
+    )

@@ -1,0 +1,323 @@
+"""The serving model: prefill, decode steps, KV cache and serving metrics.
+
+One replica of tp·pp chips serves a batch of B sequences with S_in prompt tokens and
+S_out generated tokens. Each phase is a forward pass of the representative layer
+(`layer.py`) times L, on one chip:
+
+  prefill: T = B·S_in tokens through the GEMMs, causal attention over S_in keys
+  decode:  T = B tokens (one per sequence), attention over the whole context, so each
+           step reads the weights once and the KV cache of every sequence
+
+    t_phase = max(t_gpu, t_host) + t_serve
+    t_gpu   = L·(GEMM + attention + elementwise + kernels·κ + TP/EP collectives)
+              + logits + (p − 1)·p2p                                              [s]
+    t_host  = L·ops·δ (CPU launch time; 0 when the step is a captured graph)     [s]
+
+with κ the per-kernel GPU cost, δ the CPU time per launched op and t_serve the fixed
+per-step cost of the serving engine (scheduling, sampling, detokenization; a `Host`
+leaf). With small batches the fixed costs dominate decode: Llama-2-70B decodes at about
+the same time per token at TP4 and TP8 on DGX-A100 (Splitwise), which a pure roofline
+misses by ~2×.
+
+Serving metrics (static batch, steady state):
+  TTFT = t_prefill;  TPOT = t_decode at the mean context S_in + S_out/2;
+  e2e = TTFT + (S_out − 1)·TPOT;  output tokens/s = B·S_out / e2e (per replica).
+Memory per chip: weights/(t·p) + KV cache B·(S_in + S_out)·L/p·kv/t (attention
+layers) + B·Mamba-2 state (constant per sequence, SSM layers) + prefill
+activations of one prompt (4·S_in·D·2 B; engines prefill prompts one chunk at a time)
++ reserved. max_batch is the largest batch whose KV caches fit beside the rest.
+"""
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array
+
+from ..core.relax import AbstractRelax, Exact
+from ..specs.hardware import Cluster
+from ..specs.mapping import (
+    Parallelism,
+    Serving,
+    resolved_attention_kernel,
+)
+from ..specs.workload import Transformer
+from .collectives import collective_time, p2p_time
+from .data_parallel import stage_params
+from .fidelity import Fidelity, tier
+from .layer import LayerShape, layer_comm, layer_forward
+from .ops import gemm_time, memory_time
+
+__all__ = [
+    "PhaseBreakdown",
+    "prefill",
+    "decode_step",
+    "phase_breakdown",
+    "serving_shape",
+]
+
+_EXACT = Exact()
+PHASE_TERMS = (
+    "matmul",
+    "attention",
+    "elementwise",
+    "kernel_overhead",
+    "tp_comm",
+    "ep_comm",
+    "pp_p2p",
+    "head",
+    "host_stall",
+    "kv_offload",
+    "step_overhead",
+)
+
+
+class PhaseBreakdown(eqx.Module):
+    """Seconds of one prefill or decode step of a replica by cause (sum: total)."""
+
+    matmul: Array
+    attention: Array
+    elementwise: Array
+    kernel_overhead: Array
+    tp_comm: Array
+    ep_comm: Array
+    pp_p2p: Array
+    head: Array
+    host_stall: Array
+    kv_offload: Array  # exposed KV-cache traffic to/from the memory tier
+    step_overhead: Array
+
+    def terms(self) -> dict[str, Array]:
+        """The terms by name [s]."""
+        return {name: getattr(self, name) for name in PHASE_TERMS}
+
+    @property
+    def total(self) -> Array:
+        """Seconds of the step."""
+        return sum(self.terms().values(), start=jnp.zeros(()))
+
+
+def serving_shape(model, serving, relax, *, q_len, seq, causal) -> LayerShape:
+    """The layer shape of a serving step: `q_len` new tokens per sequence over `seq`."""
+    return LayerShape(
+        model,
+        relax,
+        tp=serving.tp,
+        cp=1.0,
+        ep=serving.ep,
+        etp=serving.etp,
+        batch=serving.batch,
+        q_len=q_len,
+        seq=seq,
+        causal=causal,
+        sequence_parallel=False,
+        flash=resolved_attention_kernel(serving) != "unfused",
+        fa2=resolved_attention_kernel(serving) == "fa2",
+        weight_bytes=model.precision.bytes("weights"),
+    )
+
+
+def phase_breakdown(
+    cluster, model, serving, s: LayerShape, relax, attention=None, kv_tokens=None
+) -> PhaseBreakdown:
+    """One forward pass of the whole model for the tokens of `s` (module docstring).
+
+    `attention`, if given, replaces the attention seconds of all layers (for steps that
+    mix decode and prefill tokens, whose attention differs per token class).
+
+    KV offload: the fraction f = `serving.offload_kv` of the KV cache lives in the
+    memory tier; the step streams it layer by layer (the KV cache of `kv_tokens`
+    tokens, default B·S, read in decode, written in prefill), overlapped with the GPU
+    work: kv_offload = max(T_link, T_gpu) − T_gpu with
+    T_link = f·kv_tokens·kv_bytes_per_token / W_tier  [s] (FlexGen, Sheng et al. 2023).
+    """
+    chip, host = cluster.chip, cluster.host
+    lay = layer_forward(cluster, model, s, relax)
+    com = layer_comm(cluster, model, s, relax, sequence_parallel=False)
+    layers = model.n_layers
+    b = s.b_act
+    # Logits of the last token of each sequence, vocabulary-parallel, then sampling.
+    logits = gemm_time(
+        chip,
+        serving.batch,
+        model.d_model,
+        model.vocab_size / serving.tp,
+        peak=chip.peak_flops("bf16"),
+        nbytes=b,
+        weight_nbytes=model.precision.bytes("weights"),
+        relax=relax,
+    )
+    head = logits + memory_time(chip, serving.batch * model.vocab_size * 4.0)
+    hop = p2p_time(cluster, s.tokens * model.d_model * b, serving.tp, relax=relax)
+    gpu = dict(
+        matmul=layers * lay["gemm"],
+        attention=layers * (lay["attn"] + lay["ssm"])
+        if attention is None
+        else attention + layers * lay["ssm"],
+        elementwise=layers * lay["elem"],
+        kernel_overhead=layers * lay["kernels"] * chip.kernel_overhead,
+        tp_comm=layers * com["tp"] / 2.0,  # forward half of fwd + bwd
+        ep_comm=layers * com["ep"] / 2.0,
+        pp_p2p=(serving.pp - 1.0) * hop,
+        head=head,
+    )
+    t_gpu = sum(gpu.values())
+    ops = 0.0 if serving.graphs else layers * lay["host_ops"]
+    t_host = ops * host.dispatch_overhead
+    if kv_tokens is None:
+        kv_tokens = serving.batch * s.seq
+    kv = serving.offload_kv * kv_tokens * kv_bytes_per_token(model, serving)
+    t_link = kv / cluster.offload_tier(relax).bandwidth
+    return PhaseBreakdown(
+        **gpu,
+        host_stall=relax.exceed(t_host, t_gpu),
+        kv_offload=relax.exceed(t_link, t_gpu),
+        step_overhead=host.serve_overhead,
+    )
+
+
+def prefill(
+    cluster: Cluster,
+    model: Transformer,
+    serving: Serving,
+    *,
+    relax: AbstractRelax = _EXACT,
+    fidelity: Fidelity = "detailed",
+) -> PhaseBreakdown:
+    """Prefill of B prompts of S_in tokens on one replica [s] (module docstring).
+
+    `fidelity` picks the tier ("detailed" or "roofline", see `diffperf.model.fidelity`).
+    """
+    cluster, _ = tier(fidelity, cluster)
+    s = serving_shape(
+        model, serving, relax, q_len=serving.input_len, seq=serving.input_len,
+        causal=True,
+    )  # fmt: skip
+    return phase_breakdown(cluster, model, serving, s, relax)
+
+
+def decode_step(
+    cluster: Cluster,
+    model: Transformer,
+    serving: Serving,
+    *,
+    context=None,
+    relax: AbstractRelax = _EXACT,
+    fidelity: Fidelity = "detailed",
+) -> PhaseBreakdown:
+    """One decode step (one new token for each of B sequences) [s].
+
+    Args:
+        cluster: the hardware.
+        model: the workload (its precision sets weight, KV and math dtypes).
+        serving: the serving mapping and request shape.
+        context: tokens already in each sequence's KV cache; default the mean over
+            the generation, S_in + S_out/2.
+        relax: Exact() or Smooth(p).
+        fidelity: "detailed" (default) or "roofline" (`diffperf.model.fidelity`).
+    """
+    cluster, _ = tier(fidelity, cluster)
+    if context is None:
+        context = serving.input_len + serving.output_len / 2.0
+    s = serving_shape(model, serving, relax, q_len=1.0, seq=context, causal=False)
+    return phase_breakdown(cluster, model, serving, s, relax)
+
+
+def kv_bytes_per_token(model: Transformer, serving: Serving) -> Array:
+    """KV-cache bytes per token on one chip, for all its layers [B].
+
+    Standard attention: 2·K·H·b_kv per attention layer (K/V heads sharded by t,
+    replicated when t > K); MLA: (kv_lora_rank + rope dim)·b_kv per layer, replicated
+    over t. Layers without attention (Mamba-2) cache no K/V (`ssm_state_bytes`).
+    """
+    b = model.precision.bytes("kv_cache")
+    layers = model.n_layers / serving.pp * model.attention_fraction
+    if model.attention == "mla":
+        return layers * (model.kv_lora_rank + model.qk_rope_head_dim) * b
+    heads = jnp.maximum(model.n_kv_heads / serving.tp, 1.0)
+    return layers * 2.0 * heads * model.head_dim * b
+
+
+def ssm_state_bytes(model: Transformer, serving: Serving) -> Array:
+    """Recurrent (Mamba-2) state of one sequence on one chip, all its layers [B].
+
+    L/p·s layers × `Transformer.ssm_state_bytes()` / t (heads sharded by t); constant
+    in the context length, 0 without SSM layers.
+    """
+    layers = model.n_layers / serving.pp * model.ssm_fraction
+    return layers * model.ssm_state_bytes() / serving.tp
+
+
+def weight_bytes(model: Transformer, serving: Serving) -> Array:
+    """Weights held by one chip of a replica [B] (the largest pipeline stage)."""
+    mapping = Parallelism(tp=serving.tp, pp=serving.pp, ep=serving.ep, etp=serving.etp)
+    dense, expert = stage_params(model, mapping)
+    return (dense + expert) * model.precision.bytes("weights")
+
+
+OPS = (
+    "Q_K_V", "Q_mul_K", "A_mul_V", "Wo_proj", "W1_proj", "W2_proj", "Softmax",
+    "LayerNorm_MHA", "LayerNorm_FFN", "GeLU", "AllReduce_MHA", "AllReduce_FFN",
+)  # fmt: skip
+"""Operator names of the per-operator tier (those of LLMCompass, Zhang et al. 2024)."""
+
+
+def layer_op_times(
+    cluster: Cluster,
+    model: Transformer,
+    serving: Serving,
+    *,
+    phase: str,
+    context=None,
+    relax: AbstractRelax = _EXACT,
+) -> dict[str, Array]:
+    """Per-operator seconds of one layer on one chip, each op a separate kernel.
+
+    The per-operator tier: the layer as unfused kernels (QKV, Q·Kᵀ, softmax, A·V,
+    output projection, two MLP GEMMs, layer norms, activation, two all-reduces), each
+    costed by its own roofline (`gemm_time` / `memory_time` / `collective_time`) plus
+    one `kernel_overhead`. Prefill runs B·S_in tokens with S_in keys; decode runs B
+    tokens against `context` cached keys (default S_in).
+
+    Args:
+        cluster: the hardware.
+        model: the workload (dense; MoE layers are costed by `prefill`/`decode_step`).
+        serving: TP degree, batch and lengths.
+        phase: "prefill" or "decode".
+        context: keys in the cache for decode [tokens].
+        relax: Exact() or Smooth(p).
+    """
+    if phase not in ("prefill", "decode"):
+        raise ValueError(f"phase={phase!r} must be prefill or decode")
+    chip = cluster.chip
+    t, b = serving.tp, model.precision.bytes("activations")
+    q = serving.input_len if phase == "prefill" else 1.0
+    keys = serving.input_len if context is None or phase == "prefill" else context
+    tokens = serving.batch * q
+    d, n, h, f = model.d_model, model.n_heads / t, model.head_dim, model.d_ff
+    kv = jnp.maximum(model.n_kv_heads / t, 1.0)
+    peak = chip.peak_flops("bf16")
+
+    def gemm(m, k, nn, count=1.0):
+        wb = model.precision.bytes("weights")
+        return gemm_time(chip, m, k, nn, count=count, peak=peak, nbytes=b,
+                         weight_nbytes=wb, relax=relax)  # fmt: skip
+
+    scores = serving.batch * n * q * keys  # elements of the score matrix
+    up = model.mlp_mats - 1.0
+    act = memory_time(chip, tokens * f / t * (up + 1.0) * b)
+    norm = memory_time(chip, 2.0 * tokens * d * b)
+    ar = collective_time(cluster, "all_reduce", tokens * d * b, t, 1.0, relax=relax)
+    times = {
+        "Q_K_V": gemm(tokens, d, (n + 2.0 * kv) * h),
+        "Q_mul_K": gemm(q, h, keys, count=serving.batch * n),
+        "A_mul_V": gemm(q, keys, h, count=serving.batch * n),
+        "Wo_proj": gemm(tokens, n * h, d),
+        "W1_proj": gemm(tokens, d, up * f / t),
+        "W2_proj": gemm(tokens, f / t, d),
+        "Softmax": memory_time(chip, 2.0 * scores * b),
+        "LayerNorm_MHA": norm,
+        "LayerNorm_FFN": norm,
+        "GeLU": act,
+        "AllReduce_MHA": ar,
+        "AllReduce_FFN": ar,
+    }
+    return {k: v + chip.kernel_overhead for k, v in times.items()}

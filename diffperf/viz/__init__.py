@@ -1,0 +1,1 @@
+"""Layer 5: matplotlib figures (tornado, breakdown bars, rooflines)."""
