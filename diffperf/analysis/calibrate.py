@@ -90,6 +90,7 @@ PRIORS = {
     "host.sync_overhead": Prior(1e-3, 1e-5, 2e-2),
     "host.step_overhead": Prior(0.02, 1e-3, 0.3),
     "host.serve_overhead": Prior(2e-3, 1e-4, 5e-2),
+    "host.moe_host_ops": Prior(40.0, 5.0, 200.0),
 }
 """Default prior and bounds of the usual calibratable leaves (datasheet-free values)."""
 

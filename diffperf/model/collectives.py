@@ -67,6 +67,7 @@ __all__ = [
     "collective_time",
     "p2p_time",
     "ranks_in_domain",
+    "placement",
     "dispatch_time",
     "scale_out_bytes",
     "p2p_scale_out_bytes",
@@ -195,6 +196,16 @@ def _split(cluster: Cluster, n, stride, relax: AbstractRelax):
     stride_out = relax.max(as_float(stride) / cluster.scale_up.size, 1.0)
     n_out = jnp.maximum(n / n_in, 1.0)  # the smooth clip may overshoot n by rounding
     return n_in, n_out, stride_out
+
+
+def placement(cluster: Cluster, n, stride, *, relax: AbstractRelax):
+    """(n_in, n_out): an n-rank group's members in one scale-up domain, and its domains.
+
+    n_in = clip(size_up / stride, 1, n), n_out = n / n_in (what every closed form here
+    splits between the scale-up and the scale-out tier).
+    """
+    n_in, n_out, _ = _split(cluster, as_float(n), stride, relax)
+    return n_in, n_out
 
 
 def collective_time(

@@ -18,12 +18,15 @@ from ..core.relax import AbstractRelax
 from ..specs.hardware import Cluster
 from ..specs.mapping import Parallelism
 from ..specs.workload import Transformer
-from .collectives import collective_time, p2p_time
+from .comm import Collective, comm_time, instance_time
+from .layer import PASS_FACTORS
 from .ops import memory_time
 
 __all__ = [
     "stage_params",
+    "param_groups",
     "dp_collectives",
+    "pp_collectives",
     "dp_exposed",
     "optimizer_time",
     "p2p_exposed",
@@ -58,10 +61,11 @@ def param_groups(mapping: Parallelism):
     return (d * c, t), (n_expert, mapping.ep * mapping.etp)
 
 
-def dp_collectives(model, mapping: Parallelism):
-    """The data-parallel collectives of one step: (kind, bytes, n, stride, count).
+def dp_collectives(model, mapping: Parallelism) -> list[Collective]:
+    """The data-parallel collectives of one step, as `Collective` records.
 
-    Per ZeRO stage (module docstring), for the dense and the expert parameters.
+    Per ZeRO stage (module docstring), for the dense and the expert parameters; counts
+    per step; `overlap` is the mapping's `dp_overlap`.
     """
     prec = model.precision
     b_g, b_w = prec.bytes("grads"), prec.bytes("weights")
@@ -71,22 +75,57 @@ def dp_collectives(model, mapping: Parallelism):
     ):
         grads, weights = params * b_g, params * b_w
         if mapping.zero == 0:
-            out.append(("all_reduce", grads, n, stride, 1.0))
+            calls = [("all_reduce", grads, 1.0)]
         elif mapping.zero in (1, 2):
-            out.append(("reduce_scatter", grads, n, stride, 1.0))
-            out.append(("all_gather", weights, n, stride, 1.0))
+            calls = [("reduce_scatter", grads, 1.0), ("all_gather", weights, 1.0)]
         else:
             m = mapping.microbatches()
-            out.append(("all_gather", weights, n, stride, 2.0 * m))
-            out.append(("reduce_scatter", grads, n, stride, m))
+            calls = [("all_gather", weights, 2.0 * m), ("reduce_scatter", grads, m)]
+        out += [
+            Collective(
+                kind,
+                "dp",
+                "step",
+                nbytes=nbytes,
+                group=n,
+                stride=stride,
+                count=count,
+                overlap=mapping.dp_overlap,
+            )  # fmt: skip
+            for kind, nbytes, count in calls
+        ]
     return out
+
+
+def pp_collectives(model, mapping: Parallelism, shape, *, relax) -> list[Collective]:
+    """The pipeline sends of one step on a chip of a middle stage, as one record.
+
+    Each microbatch's activation (S = T·D·b bytes, /t with sequence parallelism)
+    leaves each of the chip's v virtual stages forward, and its gradient backward:
+    2·m·v sends of S to the neighbour stage, tp·cp·dp ranks away (none without
+    pipelining). `overlap` is 1 for the interleaved schedule, whose steady-state sends
+    Megatron-LM overlaps with compute (`overlap_p2p_comm`), and 0 for 1F1B.
+    """
+    s = shape
+    m, p, v = mapping.microbatches(), mapping.pp, mapping.vpp
+    return [
+        Collective(
+            "p2p",
+            "pp",
+            "step",
+            nbytes=s.sp_tokens * model.d_model * s.b_act,
+            group=p,
+            stride=mapping.tp * mapping.cp * mapping.dp,
+            count=2.0 * m * v * relax.min(p - 1.0, 1.0),
+            overlap=relax.step(v - 1.5),
+        )  # fmt: skip
+    ]
 
 
 def dp_exposed(
     cluster: Cluster,
-    model,
+    records: list[Collective],
     mapping: Parallelism,
-    shape,
     t_layers,
     ls,
     *,
@@ -94,20 +133,20 @@ def dp_exposed(
 ):
     """Exposed and hidden seconds of the data-parallel collectives of one step.
 
-    T_comm is computed per ZeRO stage (module docstring). It overlaps with the backward
-    of the last microbatch (and, for parameter all-gathers, the forward of the first):
-    window = η_dp · (2/3)·t_layers, or all compute of the step for ZeRO-3. The last
-    layer's bucket (T_comm / layers per stage) can never overlap.
+    T_comm = Σ count·time over `records` (`dp_collectives`). It overlaps with the
+    backward of the last microbatch (and, for parameter all-gathers, the forward of
+    the first): window = η_dp · (2/3)·t_layers (+ 1/3 with ZeRO ≥ 1; the shares of the
+    GEMMs' pass factors, `layer.PASS_FACTORS`), or all compute of the step for ZeRO-3,
+    with η_dp the records' `overlap` (the mapping's `dp_overlap`). The last layer's
+    bucket (T_comm / layers per stage) can never overlap.
         exposed = max(T_comm·(1 − 1/Ls), window) − window + T_comm/Ls  [s]
     """
-    comm = 0.0
-    for kind, nbytes, n, stride, count in dp_collectives(model, mapping):
-        t = collective_time(cluster, kind, nbytes, n, stride, relax=relax)
-        comm = comm + count * t
+    comm = comm_time(cluster, records, relax=relax)
+    fwd, bwd = PASS_FACTORS["matmul"]  # forward : backward shares of the layers' time
     if mapping.zero == 3:
         window = t_layers * mapping.microbatches()
     else:
-        window = t_layers * (2.0 / 3.0 + (1.0 / 3.0 if mapping.zero else 0.0))
+        window = t_layers * (bwd + (fwd if mapping.zero else 0.0)) / (fwd + bwd)
     window = mapping.dp_overlap * window
     tail = comm / jnp.maximum(ls, 1.0)
     exposed = relax.exceed(comm - tail, window) + tail
@@ -129,9 +168,8 @@ def optimizer_time(cluster: Cluster, model: Transformer, mapping: Parallelism):
 
 def p2p_exposed(
     cluster: Cluster,
-    model: Transformer,
+    records: list[Collective],
     mapping: Parallelism,
-    shape,
     *,
     relax: AbstractRelax,
 ):
@@ -139,15 +177,14 @@ def p2p_exposed(
 
         1F1B (v = 1):        2·(m + p − 1)·(α + S/W)
         interleaved (v > 1): 2·(p − 1)·v·(α + S/W)   (steady-state sends overlap
-    compute) and 0 without pipelining. One activation of S = T·D·b bytes (/t with
-    sequence parallelism) crosses a stage boundary forward and its gradient backward;
-    the neighbour stage is tp·cp·dp ranks away. Megatron-LM overlaps p2p with compute
-    in the interleaved schedule (`overlap_p2p_comm`), not in plain 1F1B.
+    compute) and 0 without pipelining, with α + S/W the time of one send of the
+    `pp_collectives` record (`comm.instance_time`). The critical path runs through
+    the sends of every stage boundary, not only the chip's own 2·m·v. Megatron-LM
+    overlaps p2p with compute in the interleaved schedule (`overlap_p2p_comm`), not in
+    plain 1F1B (Narayanan et al. 2021).
     """
-    s = shape
-    nbytes = s.sp_tokens * model.d_model * s.b_act
-    stride = mapping.tp * mapping.cp * mapping.dp
-    hop = p2p_time(cluster, nbytes, stride, relax=relax)
+    (rec,) = records
+    hop = instance_time(cluster, rec, relax=relax)
     m, p, v = mapping.microbatches(), mapping.pp, mapping.vpp
-    steady = m * (1.0 - relax.step(v - 1.5))
+    steady = m * (1.0 - rec.overlap)
     return 2.0 * ((p - 1.0) * v + steady) * hop * relax.min(p - 1.0, 1.0)

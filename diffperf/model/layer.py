@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from ..core.relax import AbstractRelax, as_float
 from ..specs.hardware import Cluster
 from ..specs.workload import Transformer
-from .collectives import collective_time, dispatch_time, p2p_time
+from .comm import Collective
 from .ops import (
     attention_time,
     attention_work,
@@ -21,7 +21,13 @@ from .ops import (
     ssm_scan_time,
 )
 
-__all__ = ["LayerShape", "layer_forward", "layer_comm", "head_time"]
+__all__ = [
+    "LayerShape",
+    "layer_forward",
+    "layer_collectives",
+    "kv_elems",
+    "head_time",
+]
 
 LOW_PRECISION = ("fp8", "int8", "fp4", "mxfp8", "mxfp4", "nvfp4")
 
@@ -190,28 +196,33 @@ def _elementwise_bytes(model: Transformer, s: LayerShape):
     return total
 
 
-def _kernels_per_layer(model: Transformer, s: LayerShape) -> tuple[float, float]:
+BLOCK_KERNELS = {"attention": 6.0, "ssm": 11.0, "mlp": 5.0, "moe": 6.0, "cast": 2.0}
+"""GPU kernels of one block's forward pass, counted from its op list (one kernel per
+op): attention = norm, QKV, rotary, attention, output, residual; Mamba-2 (ssm) = norm,
+in_proj, conv, the 5 SSD scan kernels of mamba_ssm (chunk cumsum, chunk state, state
+passing, BMM, chunk scan), gated norm, out_proj, residual; MLP = norm, up, activation,
+down, residual; an MoE layer adds router GEMM, top-k, permute, 2 grouped GEMMs and
+unpermute (moe); fp8/fp4 GEMMs add a cast of each GEMM input pair per block (cast)."""
+
+
+def _kernels_per_layer(model: Transformer, s: LayerShape, host) -> tuple:
     """(GPU kernels, host-dispatched ops) of the representative layer's forward pass.
 
-    Attention block: norm, QKV, rotary, attention, output, residual (6 kernels); MLP
-    block: norm, up, activation, down, residual (5); Mamba-2 block: norm, in_proj,
-    conv, 5 SSD scan kernels (chunk cumsum, chunk state, state passing, BMM, chunk
-    scan), gated norm, out_proj, residual (11); each one host op, + 2 casts per block
-    for fp8/fp4 GEMMs. A standard dense layer is 11 kernels. An MoE layer adds router
-    GEMM, top-k, permute, 2 grouped GEMMs and unpermute on the GPU (+6 kernels), and
-    about 40 small host-side ops (router softmax/top-k bookkeeping, auxiliary
-    load-balancing loss, token-count histogram with its device-to-host sync,
-    permutation indices, splits of the all-to-all), an estimate from the structure of
-    Megatron-core's MoE layer. The backward pass launches about twice as many.
+    Kernels: `BLOCK_KERNELS` weighted by each block's share of layers (a standard
+    dense layer is 11); each is one host op. An MoE layer also issues
+    `Host.moe_host_ops` small CPU-side ops (router softmax / top-k bookkeeping,
+    auxiliary load-balancing loss, token-count histogram with its device-to-host
+    sync, permutation indices, all-to-all splits), a calibratable leaf.
     """
-    m = model
-    cast = 2.0 if s.low else 0.0
+    m, k = model, BLOCK_KERNELS
+    cast = k["cast"] if s.low else 0.0
     base = (
-        m.attention_fraction * (6.0 + cast)
-        + m.ssm_fraction * (11.0 + cast)
-        + m.mlp_fraction * (5.0 + cast)
+        m.attention_fraction * (k["attention"] + cast)
+        + m.ssm_fraction * (k["ssm"] + cast)
+        + m.mlp_fraction * (k["mlp"] + cast)
     )
-    return base + 6.0 * s.moe, base + 46.0 * s.moe
+    kernels = base + k["moe"] * s.moe
+    return kernels, kernels + host.moe_host_ops * s.moe
 
 
 def layer_forward(
@@ -270,7 +281,7 @@ def layer_forward(
     if s.b_weight < s.b_gemm:  # weight-only quantization: dequantize K×N per GEMM
         dequant = jnp.sum(kk * nn * count * weight) * 2.0 / chip.flops_fp32
         elem = elem + dequant
-    kernels, host_ops = _kernels_per_layer(model, s)
+    kernels, host_ops = _kernels_per_layer(model, s, cluster.host)
     flops = 2.0 * jnp.sum(mm * kk * nn * count * weight)
     g_flops, g_bytes, _ = gemm_work(
         chip, mm, kk, nn, count=count, nbytes=s.b_gemm, weight_nbytes=s.b_weight,
@@ -302,57 +313,138 @@ def layer_forward(
     )
 
 
-def layer_comm(
-    cluster: Cluster,
+def kv_elems(model: Transformer, s: LayerShape):
+    """K and V elements of one token across all heads (before sharding by t).
+
+    2·K·H for standard attention (GQA/MQA: K heads); MLA moves the up-projected keys
+    and values of every head: N·(H_qk + H_v).
+    """
+    if model.attention == "mla":
+        return model.n_heads * (s.h_qk + s.h_v)
+    return 2.0 * model.n_kv_heads * model.head_dim
+
+
+def layer_collectives(
     model: Transformer,
     s: LayerShape,
-    relax: AbstractRelax,
+    *,
     sequence_parallel: bool,
-):
-    """TP, CP and EP collective seconds of a layer per microbatch (fwd + bwd).
+    phases: tuple[str, ...] = ("forward", "backward"),
+    tp_overlap=0.0,
+    ep_overlap=0.0,
+) -> list[Collective]:
+    """The TP, CP and EP collectives of one layer and one microbatch, per pass.
 
-    TP (Korthikanti et al. 2022): with sequence parallelism, an all-gather before and a
-    reduce-scatter after the attention and the dense MLP, forward and backward (8
-    collectives of T·D·b bytes); without it, 4 all-reduces. MoE blocks have theirs over
-    the etp ranks that shard each expert (none at etp = 1); a Mamba-2 block has one
-    pair like attention.
-    CP: ring attention passes K/V (c − 1) times forward and K/V plus their gradients
-    backward. EP: dispatch and combine forward and backward of the chip's T/t tokens
-    to k experts each (`dispatch_time`), at the experts' input width ℓ, times the
-    capacity factor when token dropping pads the buffers.
+    For each pass in `phases` (a recomputed forward pass repeats the forward ones):
+      TP (Korthikanti et al. 2022): with sequence parallelism, an all-gather before and
+        a reduce-scatter after each attention, Mamba-2 and dense-MLP block over the t
+        ranks (S = T·D·b bytes each); without it, one all-reduce per block. MoE blocks
+        have theirs over the etp ranks that shard each expert (none at etp = 1).
+        Counts are the blocks' shares of layers.
+      CP (ring attention, Liu et al. 2023): the c ranks pass K/V of their T/t tokens
+        (T·kv_elems/t·b bytes) around the ring, c − 1 sends forward; backward passes
+        K/V and their gradients, 2·(c − 1) sends; the peer is t ranks away.
+      EP: the dispatch and the combine of the chip's T/t tokens to k experts each
+        (`collectives.dispatch_time`, fanout k) over the ep ranks (stride etp), at the
+        experts' input width ℓ (the latent of a LatentMoE, Nemotron 3), times the
+        capacity factor when token dropping pads every expert's buffer to capacity.
+
+    `tp_overlap` and `ep_overlap` (the mapping's) become the records' `overlap`; CP
+    sends overlap the block attention by construction (overlap 1).
+
+    Returns:
+        `Collective` records; counts are per layer and microbatch.
     """
     m = model
     b = s.b_act
     buf = s.tokens * m.d_model * b
-    kind = "all_gather" if sequence_parallel else "all_reduce"
-
-    def pair(n):
-        one = collective_time(cluster, kind, buf, n, 1.0, relax=relax)
-        if sequence_parallel:
-            one = one + collective_time(
-                cluster, "reduce_scatter", buf, n, 1.0, relax=relax
-            )
-        return one
-
-    # pairs per direction: one per attention, Mamba-2 and dense MLP block over the t
-    # ranks, and one per MoE block over the etp ranks sharing its experts (0 at etp = 1)
+    kinds = ("all_gather", "reduce_scatter") if sequence_parallel else ("all_reduce",)
+    # blocks per layer with a TP pair over t: attention, Mamba-2 and dense MLP
     n_tp = m.attention_fraction + m.ssm_fraction + m.dense_mlp_fraction
-    tp = 2.0 * (n_tp * pair(s.t) + s.moe * pair(s.etp))
-    kv_elems = (
-        m.n_heads * (s.h_qk + s.h_v)
-        if m.attention == "mla"
-        else 2.0 * m.n_kv_heads * m.head_dim
-    )
-    kv = s.tokens * kv_elems / s.t * b
-    hop = m.attention_fraction * p2p_time(cluster, kv, s.t, relax=relax)
-    cp_fwd, cp_bwd = (s.c - 1.0) * hop, 2.0 * (s.c - 1.0) * hop
-    # tokens travel at the experts' input width (the latent of a LatentMoE); token
-    # dropping pads every expert's buffer to capacity, so capacity·k copies move
+    kv = s.tokens * kv_elems(m, s) / s.t * b
     sent = jnp.where(m.capacity_factor > 0, m.capacity_factor, 1.0)
     token_bytes = s.tokens / s.t * m.expert_input_dim * b * sent
-    a2a = dispatch_time(cluster, token_bytes, m.top_k, s.ep, s.etp, relax=relax)
-    ep = 4.0 * a2a * s.moe
-    return dict(tp=tp, cp_fwd=cp_fwd, cp_bwd=cp_bwd, ep=ep)
+    out = []
+    for phase in phases:
+        hops = 2.0 if phase == "backward" else 1.0
+        for kind in kinds:
+            for group, count in ((s.t, n_tp), (s.etp, s.moe)):
+                out.append(
+                    Collective(
+                        kind,
+                        "tp",
+                        phase,
+                        nbytes=buf,
+                        group=group,
+                        stride=1.0,
+                        count=count,
+                        overlap=tp_overlap,
+                    )  # fmt: skip
+                )
+        out.append(
+            Collective(
+                "p2p",
+                "cp",
+                phase,
+                nbytes=kv,
+                group=s.c,
+                stride=s.t,
+                count=hops * (s.c - 1.0) * m.attention_fraction,
+                overlap=1.0,
+            )  # fmt: skip
+        )
+        out.append(
+            Collective(
+                "all_to_all",
+                "ep",
+                phase,
+                nbytes=token_bytes,
+                group=s.ep,
+                stride=s.etp,
+                count=2.0 * s.moe,
+                overlap=ep_overlap,
+                fanout=m.top_k,
+            )  # fmt: skip
+        )
+    return out
+
+
+PASS_FACTORS = {
+    "matmul": (1.0, 2.0),
+    "attention": (1.0, 2.5),
+    "attention_unfused": (1.0, 2.0),
+    "ssm": (1.0, 2.5),
+    "elementwise": (1.0, 2.0),
+    "kernels": (1.0, 2.0),
+}
+"""(forward, backward) multiples of each class's forward time, for one layer.
+
+matmul: the backward pass runs two GEMMs per forward GEMM, dgrad and wgrad, of the
+same FLOP (Narayanan et al. 2021, §5.1: 3× the forward FLOP in all). attention: a
+fused (Flash) kernel's backward recomputes the scores, 5 GEMM-like products against
+the forward's 2 (Dao 2023, FlashAttention-2, which counts backward FLOP as 2.5×
+forward); unfused attention stores the scores and runs 4 (2×). ssm: the SSD scan's
+backward recomputes the chunk states like fused attention (2.5×, Dao & Gu 2024).
+elementwise: each backward op reads the output gradient and the saved input and writes
+the input gradient, about twice the forward traffic. kernels: the backward pass
+launches about twice the forward's kernels (dgrad + wgrad per GEMM). The trace
+(`model.trace`) splits every term by the same table.
+"""
+
+RECOMPUTED = {
+    "none": (),
+    "selective": ("attention",),
+    "full": ("matmul", "attention", "ssm", "elementwise", "kernels"),
+}
+"""Classes a recompute policy runs once more, as a forward pass, before the backward:
+selective recompute re-runs the core attention (Korthikanti et al. 2022, §5); full
+recompute the whole layer, its forward collectives included (phase "recompute" of
+`layer_collectives`)."""
+
+HEAD_KERNELS = 7.0
+"""Kernels of the head per microbatch, one per op of `head_time`'s formula: the logits
+GEMM forward, dgrad and wgrad (3), the fused cross-entropy forward and backward (2),
+the embedding gather and its gradient scatter-add (2)."""
 
 
 def head_time(
@@ -360,9 +452,11 @@ def head_time(
 ):
     """Embedding, logits GEMM (fwd + 2 bwd) and loss of one microbatch [s].
 
-    Logits: (T × D)·(D × V/t) in bf16; cross-entropy streams the T·V/t logits about
-    three times in fp32 forward and backward (12 B per logit); the embedding gather and
-    its gradient scatter move 3·T·D·b bytes.
+    Logits: (T × D)·(D × V/t) in bf16, forward + backward by `PASS_FACTORS["matmul"]`;
+    cross-entropy streams the T·V/t logits three times in fp32 (3 × 4 = 12 B per
+    logit: max, exp-sum and gradient passes of Megatron's vocab-parallel cross
+    entropy); the embedding gather (read + write T·D) and its gradient scatter-add
+    (T·D) move 3·T·D·b bytes; plus `HEAD_KERNELS` fixed kernel costs.
     """
     chip = cluster.chip
     logits = gemm_time(
@@ -376,4 +470,5 @@ def head_time(
     )
     loss = memory_time(chip, s.tokens * model.vocab_size / s.t * 12.0)
     emb = memory_time(chip, 3.0 * s.tokens * model.d_model * s.b_act)
-    return 3.0 * logits + loss + emb + 6.0 * chip.kernel_overhead
+    gemms = sum(PASS_FACTORS["matmul"])
+    return gemms * logits + loss + emb + HEAD_KERNELS * chip.kernel_overhead

@@ -38,10 +38,20 @@ from ..specs.workload import Transformer
 from .data_parallel import param_groups, stage_params
 from .layer import LOW_PRECISION
 
-__all__ = ["train_memory", "train_memory_parts"]
+__all__ = ["train_memory", "train_memory_parts", "microbatches_in_flight"]
 
 ADAM_STATE_BYTES = 12.0
 """fp32 master weights, first and second moments [B per parameter]."""
+
+
+def microbatches_in_flight(mapping: Parallelism, *, relax: AbstractRelax) -> Array:
+    """Microbatches whose activations the first stage holds at its peak.
+
+    1F1B: min(p, m) (p − 1 warm-up forwards plus the one in flight); the interleaved
+    schedule holds (1 + (p − 1)/(p·v)) times as many (Narayanan et al. 2021, §2.2.2).
+    """
+    p, v, m = mapping.pp, mapping.vpp, mapping.microbatches()
+    return relax.min(p, m) * (1.0 + (p - 1.0) / (p * v) * relax.step(v - 1.5))
 
 
 def _activation_bytes_per_token(
@@ -115,13 +125,16 @@ def train_memory_parts(
 
     seq = mapping.tokens(model)
     tokens = mapping.microbatch * seq / mapping.cp
-    p, v, m = mapping.pp, mapping.vpp, mapping.microbatches()
-    in_flight = relax.min(p, m) * (1.0 + (p - 1.0) / (p * v) * relax.step(v - 1.5))
+    p = mapping.pp
+    in_flight = microbatches_in_flight(mapping, relax=relax)
     per_layer = tokens * _activation_bytes_per_token(model, mapping, mapping.recompute)
     acts = model.n_layers / p * per_layer * in_flight
     if mapping.recompute == "full":  # one layer's full activations during recompute
         acts = acts + tokens * _activation_bytes_per_token(model, mapping, "none")
-    logits = tokens * model.vocab_size / mapping.tp * 6.0  # bf16 logits + fp32 grad
+    # the logits in the activation dtype and their fp32 gradient (4 B; Megatron's
+    # vocab-parallel cross entropy computes in fp32)
+    b_logit = model.precision.bytes("activations") + 4.0
+    logits = tokens * model.vocab_size / mapping.tp * b_logit
     return dict(
         weights=weights,
         gradients=grads,

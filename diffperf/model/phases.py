@@ -40,10 +40,11 @@ from ..specs.mapping import (
     resolved_attention_kernel,
 )
 from ..specs.workload import Transformer
-from .collectives import collective_time, p2p_time
+from .collectives import collective_time
+from .comm import Collective, comm_time, instance_time, scaled
 from .data_parallel import stage_params
 from .fidelity import Fidelity, tier
-from .layer import LayerShape, layer_comm, layer_forward
+from .layer import LayerShape, layer_collectives, layer_forward
 from .ops import gemm_time, memory_time
 
 __all__ = [
@@ -51,6 +52,8 @@ __all__ = [
     "prefill",
     "decode_step",
     "phase_breakdown",
+    "phase_collectives",
+    "phase_shape",
     "serving_shape",
 ]
 
@@ -115,6 +118,25 @@ def serving_shape(model, serving, relax, *, q_len, seq, causal) -> LayerShape:
     )
 
 
+def phase_shape(model, serving, relax, phase: str, *, context=None) -> LayerShape:
+    """The layer shape of a prefill or a decode step (module docstring).
+
+    prefill: B prompts of S_in tokens, causal over S_in keys; decode: one new token
+    per sequence over `context` cached keys (default the mean over the generation,
+    S_in + S_out/2).
+    """
+    if phase == "prefill":
+        s_in = serving.input_len
+        return serving_shape(model, serving, relax, q_len=s_in, seq=s_in, causal=True)
+    if phase == "decode":
+        if context is None:
+            context = serving.input_len + serving.output_len / 2.0
+        return serving_shape(
+            model, serving, relax, q_len=1.0, seq=context, causal=False
+        )
+    raise ValueError(f"phase={phase!r} must be prefill or decode")
+
+
 def phase_breakdown(
     cluster, model, serving, s: LayerShape, relax, attention=None, kv_tokens=None
 ) -> PhaseBreakdown:
@@ -131,7 +153,7 @@ def phase_breakdown(
     """
     chip, host = cluster.chip, cluster.host
     lay = layer_forward(cluster, model, s, relax)
-    com = layer_comm(cluster, model, s, relax, sequence_parallel=False)
+    records = phase_collectives(model, serving, s, relax=relax)
     layers = model.n_layers
     b = s.b_act
     # Logits of the last token of each sequence, vocabulary-parallel, then sampling.
@@ -146,7 +168,8 @@ def phase_breakdown(
         relax=relax,
     )
     head = logits + memory_time(chip, serving.batch * model.vocab_size * 4.0)
-    hop = p2p_time(cluster, s.tokens * model.d_model * b, serving.tp, relax=relax)
+    (pp,) = [r for r in records if r.axis == "pp"]
+    hop = instance_time(cluster, pp, relax=relax)
     gpu = dict(
         matmul=layers * lay["gemm"],
         attention=layers * (lay["attn"] + lay["ssm"])
@@ -154,8 +177,8 @@ def phase_breakdown(
         else attention + layers * lay["ssm"],
         elementwise=layers * lay["elem"],
         kernel_overhead=layers * lay["kernels"] * chip.kernel_overhead,
-        tp_comm=layers * com["tp"] / 2.0,  # forward half of fwd + bwd
-        ep_comm=layers * com["ep"] / 2.0,
+        tp_comm=comm_time(cluster, [r for r in records if r.axis == "tp"], relax=relax),
+        ep_comm=comm_time(cluster, [r for r in records if r.axis == "ep"], relax=relax),
         pp_p2p=(serving.pp - 1.0) * hop,
         head=head,
     )
@@ -174,6 +197,24 @@ def phase_breakdown(
     )
 
 
+def phase_collectives(model, serving, s: LayerShape, *, relax) -> list[Collective]:
+    """Every collective of one forward pass of a replica, per chip (counts per step).
+
+    The forward pass of each of the L layers (`layer_collectives`: TP all-reduces,
+    EP dispatch + combine; no sequence parallelism or overlap in serving engines) and
+    the pipeline send of the step's activations (T·D·b bytes to the next stage, tp
+    ranks away), once on every chip but those of the last stage. `phase_breakdown`
+    reads its time from them (the critical path crosses the p − 1 stage boundaries),
+    the serving NIC demand its bytes (`comm.nic_bytes`).
+    """
+    layers = layer_collectives(model, s, sequence_parallel=False, phases=("forward",))
+    send = Collective(
+        "p2p", "pp", "step", nbytes=s.tokens * model.d_model * s.b_act,
+        group=serving.pp, stride=serving.tp, count=relax.min(serving.pp - 1.0, 1.0),
+    )  # fmt: skip
+    return scaled(layers, model.n_layers) + [send]
+
+
 def prefill(
     cluster: Cluster,
     model: Transformer,
@@ -187,10 +228,7 @@ def prefill(
     `fidelity` picks the tier ("detailed" or "roofline", see `diffperf.model.fidelity`).
     """
     cluster, _ = tier(fidelity, cluster)
-    s = serving_shape(
-        model, serving, relax, q_len=serving.input_len, seq=serving.input_len,
-        causal=True,
-    )  # fmt: skip
+    s = phase_shape(model, serving, relax, "prefill")
     return phase_breakdown(cluster, model, serving, s, relax)
 
 
@@ -215,9 +253,7 @@ def decode_step(
         fidelity: "detailed" (default) or "roofline" (`diffperf.model.fidelity`).
     """
     cluster, _ = tier(fidelity, cluster)
-    if context is None:
-        context = serving.input_len + serving.output_len / 2.0
-    s = serving_shape(model, serving, relax, q_len=1.0, seq=context, causal=False)
+    s = phase_shape(model, serving, relax, "decode", context=context)
     return phase_breakdown(cluster, model, serving, s, relax)
 
 

@@ -16,7 +16,7 @@ from ..specs.hardware import Cluster
 from ..specs.mapping import Parallelism, Serving
 from ..specs.workload import Transformer
 from .layer import layer_forward
-from .phases import serving_shape
+from .phases import phase_shape
 from .train import training_shape
 
 __all__ = ["roofline_points", "ceilings", "PHASES"]
@@ -45,14 +45,8 @@ def _phase_shape(model: Transformer, serving: Serving, phase: str):
             attention_kernel=serving.attention_kernel,
         )
         return training_shape(model, mapping, relax)
-    if phase == "prefill":
-        s_in = serving.input_len
-        return serving_shape(model, serving, relax, q_len=s_in, seq=s_in, causal=True)
-    if phase == "decode":
-        context = serving.input_len + serving.output_len / 2.0
-        return serving_shape(
-            model, serving, relax, q_len=1.0, seq=context, causal=False
-        )
+    if phase in ("prefill", "decode"):
+        return phase_shape(model, serving, relax, phase)
     raise ValueError(f"phase={phase!r} must be one of {', '.join(PHASES)}")
 
 

@@ -41,15 +41,16 @@ from ..core.relax import AbstractRelax, Exact
 from ..specs.hardware import Cluster
 from ..specs.mapping import Serving, check_serving
 from ..specs.workload import Transformer
+from .comm import nic_bytes
 from .economics import hourly_cost, usd_per_million_tokens
 from .fidelity import Fidelity, tier
 from .layer import layer_forward
-from .offchip import phase_nic_bytes
 from .phases import (
     PhaseBreakdown,
     decode_step,
     kv_bytes_per_token,
     phase_breakdown,
+    phase_collectives,
     serving_shape,
     ssm_state_bytes,
     weight_bytes,
@@ -165,7 +166,8 @@ def continuous_batching(
     Returns:
         dict with `step` (PhaseBreakdown of one mixed step), `tpot` [s], `ttft` [s],
         `output_tokens_per_s` of the replica and `nic_demand` [B/s per chip] (bytes
-        a chip sends over its NICs per step / step time, `offchip.phase_nic_bytes`).
+        a chip sends over its NICs per step / step time, from the step's
+        `phases.phase_collectives`).
     """
     b, s_in, s_out = serving.batch, serving.input_len, serving.output_len
     context = s_in + s_out / 2.0
@@ -186,7 +188,8 @@ def continuous_batching(
     )
     t = step.total
     chunks = relax.max(s_out / b, 1.0)  # steps to prefill one prompt, at least one
-    nic = phase_nic_bytes(cluster, model, mixed, s, relax=relax) / t
+    records = phase_collectives(model, mixed, s, relax=relax)
+    nic = nic_bytes(cluster, records, relax=relax) / t
     return dict(
         step=step, tpot=t, ttft=chunks * t, output_tokens_per_s=b / t, nic_demand=nic
     )

@@ -48,9 +48,15 @@ from ..specs.hardware import Cluster
 from ..specs.mapping import Parallelism, Serving, check_mapping, check_serving
 from ..specs.workload import Transformer
 from .breakdown import Breakdown
-from .layer import layer_comm, layer_forward
-from .phases import PhaseBreakdown, decode_step, prefill
-from .train import train_step, training_shape
+from .comm import comm_time, nic_bytes
+from .phases import (
+    PhaseBreakdown,
+    decode_step,
+    phase_collectives,
+    phase_shape,
+    prefill,
+)
+from .train import LAYER_TERMS, layer_passes, train_step
 
 __all__ = ["train_trace", "infer_trace", "schedule_order", "MAX_DRAWN_STAGES"]
 
@@ -65,7 +71,8 @@ ROWS = {
     "tp_hidden": "TP comm (overlapped)",
     "cp_comm": "CP comm (exposed)",
     "cp_hidden": "CP comm (overlapped)",
-    "ep_comm": "EP comm",
+    "ep_comm": "EP comm (exposed)",
+    "ep_hidden": "EP comm (overlapped)",
     "pp_p2p": "PP send/recv",
     "dp_comm": "DP comm (exposed)",
     "dp_hidden": "DP comm (overlapped)",
@@ -74,17 +81,6 @@ ROWS = {
     "host": "host",
 }
 _TID = {name: i + 1 for i, name in enumerate(ROWS)}
-LAYER_TERMS = (
-    "recompute",
-    "matmul",
-    "attention",
-    "elementwise",
-    "kernel_overhead",
-    "tp_comm",
-    "cp_comm",
-    "ep_comm",
-)
-"""Per-layer terms of a chunk, in drawing order (recompute precedes the backward)."""
 _ROW_OF = {"tp_comm": "tp_comm", "cp_comm": "cp_comm", "ep_comm": "ep_comm"}
 
 
@@ -168,43 +164,64 @@ def schedule_order(stage: int, p: int, v: int, m: int) -> list[tuple[str, int, i
     return order + bwd[steady:]
 
 
-def _chunk_terms(cluster, model, mapping, b: Breakdown, m: int, v: int):
+def _slices(cluster, records, axis, phase, total, scale):
+    """Exposed seconds `total` of an axis in a pass, split over its records.
+
+    One (label, seconds, args) per record with time, in proportion to its raw time
+    count·t (`comm.comm_time`); `scale` turns a record's per-unit count into the
+    chunk's. The records of one axis and pass share one overlap, so the split is the
+    model's own.
+    """
+    mine = [r for r in records if r.axis == axis and r.phase == phase]
+    raw = [float(comm_time(cluster, r, relax=_EXACT)) for r in mine]
+    whole = sum(raw)
+    if whole <= 0.0 or total <= 0.0:
+        return []
+    out = []
+    for r, x in zip(mine, raw, strict=True):
+        if x <= 0.0:
+            continue
+        what = "dispatch/combine" if r.fanout is not None else r.kind
+        args = dict(
+            collective=r.kind,
+            bytes=float(r.nbytes),
+            group=float(r.group),
+            stride=float(r.stride),
+            count=float(r.count) * scale,
+            nic_bytes=float(nic_bytes(cluster, r, relax=_EXACT)) * scale,
+        )
+        out.append((f"{axis.upper()} {what}", total * x / whole, args))
+    return out
+
+
+def _chunk_terms(cluster, model, mapping, v: int):
     """Seconds of one chunk (1/v of a stage) of one microbatch, per pass and term.
 
-    Returns ({"F": {term: s}, "B": {term: s}}, hidden TP {pass: s}, hidden CP
-    {pass: s}); see the module docstring for the forward/backward shares.
+    Returns ({"F": {term: s}, "B": {term: s}}, {axis: {pass: hidden s}},
+    {pass: {term: [(label, s, args)]}}): the terms and the overlapped communication
+    of `train.layer_passes` (the forward/backward split of `layer.PASS_FACTORS`)
+    times the last stage's layers / v, and each exposed communication term split over
+    the `Collective` records it comes from.
     """
-    relax = _EXACT
-    s = training_shape(model, mapping, relax)
-    lay = layer_forward(cluster, model, s, relax)
-    com = layer_comm(cluster, model, s, relax, mapping.sequence_parallel)
-    r_attn = 2.5 if s.flash else 2.0
-    cp_f = float(relax.exceed(com["cp_fwd"], lay["attn"]))
-    cp_b = float(relax.exceed(com["cp_bwd"], r_attn * lay["attn"]))
-    passes = 4.0 if mapping.recompute == "full" else 3.0
-    fwd_share = dict(
-        recompute=0.0,
-        matmul=1.0 / 3.0,
-        attention=1.0 / (1.0 + r_attn),
-        elementwise=1.0 / 3.0,
-        kernel_overhead=1.0 / passes,
-        tp_comm=0.5,
-        cp_comm=cp_f / (cp_f + cp_b) if cp_f + cp_b > 0 else 1.0 / 3.0,
-        ep_comm=0.5,
-    )
-    terms = {k: float(getattr(b, k)) / (m * v) for k in LAYER_TERMS}
-    parts = {
-        "F": {k: terms[k] * fwd_share[k] for k in LAYER_TERMS},
-        "B": {k: terms[k] * (1.0 - fwd_share[k]) for k in LAYER_TERMS},
+    lp = layer_passes(cluster, model, mapping, relax=_EXACT)
+    k = float(model.n_layers / mapping.pp + model.n_mtp_layers) / v
+    passes = {"F": lp.forward, "B": lp.backward}
+    parts = {p: {t: float(x[t]) * k for t in LAYER_TERMS} for p, x in passes.items()}
+    hidden = {
+        a: {"F": float(h["forward"]) * k, "B": float(h["backward"]) * k}
+        for a, h in lp.hidden.items()
     }
-    tp_h = float(b.overlapped_tp_comm) / (m * v)
-    hidden_tp = {"F": tp_h / 2.0, "B": tp_h / 2.0}
-    raw_f, raw_b = float(com["cp_fwd"]), float(com["cp_bwd"])
-    cp_h = float(b.overlapped_cp_comm) / (m * v)
-    denom = (raw_f - cp_f) + (raw_b - cp_b)
-    f_share = (raw_f - cp_f) / denom if denom > 0 else 0.5
-    hidden_cp = {"F": cp_h * f_share, "B": cp_h * (1.0 - f_share)}
-    return parts, hidden_tp, hidden_cp
+    phase = {"F": "forward", "B": "backward"}
+    slices = {
+        p: {
+            f"{a}_comm": _slices(
+                cluster, lp.collectives, a, phase[p], parts[p][f"{a}_comm"], k
+            )
+            for a in ("tp", "cp", "ep")
+        }
+        for p in passes
+    }
+    return parts, hidden, slices
 
 
 class _Pipeline:
@@ -216,10 +233,10 @@ class _Pipeline:
     interleaved warm-up / cool-down boundaries (module docstring).
     """
 
-    def __init__(self, tr: _Trace, p: int, v: int, m: int, terms: dict, parts, hidden):
+    def __init__(self, tr: _Trace, p: int, v: int, m: int, terms: dict, chunks):
         self.tr, self.p, self.v, self.m = tr, p, v, m
         self.last = p - 1
-        self.parts, self.hidden = parts, hidden
+        self.parts, self.hidden, self.slices = chunks
         self.head, self.host = terms["head"] / m, terms["host_stall"] / m
         pp = terms["pp_p2p"]
         self.hop = pp / (2.0 * (m + p - 1.0)) if v == 1 and p > 1 else 0.0
@@ -315,7 +332,8 @@ class _Pipeline:
             crit,
             crit and s != last,
             self.v,
-            *(h[kind] for h in self.hidden),
+            {a: h[kind] for a, h in self.hidden.items()},
+            self.slices[kind],
         )
         if s == last and kind == "F" and chunk == self.v - 1:
             tr.add(
@@ -377,10 +395,10 @@ def train_trace(
     m = int(round(float(mapping.microbatches())))
     orders = [schedule_order(s, p, v, m) for s in range(p)]
     terms = {k: float(x) for k, x in b.terms().items()}
-    parts, hidden_tp, hidden_cp = _chunk_terms(cluster, model, mapping, b, m, v)
+    chunks = _chunk_terms(cluster, model, mapping, v)
     drawn = set(range(p)) if p <= MAX_DRAWN_STAGES else {0, 1, p // 2, p - 2, p - 1}
     tr = _Trace(lambda pid: pid in drawn)
-    pipe = _Pipeline(tr, p, v, m, terms, parts, (hidden_tp, hidden_cp))
+    pipe = _Pipeline(tr, p, v, m, terms, chunks)
     t_pipe = pipe.run(orders)
     _draw_idle(tr, pipe.busy, t_pipe)
     _draw_tail(tr, b, terms, pipe.free, t_pipe, int(round(float(mapping.zero))))
@@ -399,48 +417,47 @@ def train_trace(
     return trace, b
 
 
-def _draw_chunk(tr, s, kind, mb, chunk, t0, part, crit, bubble, v, tp_h, cp_h):
+def _draw_chunk(tr, s, kind, mb, chunk, t0, part, crit, bubble, v, hidden, slices):
     """One forward or backward chunk: its terms in sequence; returns its end [s].
 
     On the pacing (last) stage a chunk's slices are the step's terms; the warm-up and
     cool-down chunks of the other stages that the critical path runs through are the
-    pipeline bubble (`bubble=True`, term `pp_bubble`).
+    pipeline bubble (`bubble=True`, term `pp_bubble`). Each exposed communication term
+    is drawn as one slice per `Collective` record (`slices`); the overlapped TP, CP
+    and EP communication (`hidden`) on their own rows from the chunk's start.
     """
     label = f"{kind} mb{mb}" + (f" chunk{chunk}" if v > 1 else "")
     args = dict(stage=s, mb=mb, chunk=chunk)
     tr.add(s, "compute", label, t0, sum(part.values()), **args)  # enclosing slice
     t = t0
     for k in LAYER_TERMS:
+        pieces = slices.get(k) or [(k, part[k], {})]
+        t_in = t
+        for name, dur, info in pieces:
+            tr.add(
+                s,
+                _ROW_OF.get(k, "compute"),
+                f"{label} {name}",
+                t_in,
+                dur,
+                term="pp_bubble" if bubble else k,
+                critical=crit,
+                layer_term=k,
+                **info,
+                **args,
+            )
+            t_in += dur
+        t += part[k]
+    for axis in ("tp", "cp", "ep"):
         tr.add(
             s,
-            _ROW_OF.get(k, "compute"),
-            f"{label} {k}",
-            t,
-            part[k],
-            term="pp_bubble" if bubble else k,
-            critical=crit,
-            layer_term=k,
+            f"{axis}_hidden",
+            f"{label} {axis.upper()} (overlapped)",
+            t0,
+            hidden[axis],
+            term=f"overlapped_{axis}_comm",
             **args,
         )
-        t += part[k]
-    tr.add(
-        s,
-        "tp_hidden",
-        f"{label} TP (overlapped)",
-        t0,
-        tp_h,
-        term="overlapped_tp_comm",
-        **args,
-    )
-    tr.add(
-        s,
-        "cp_hidden",
-        f"{label} CP (overlapped)",
-        t0,
-        cp_h,
-        term="overlapped_cp_comm",
-        **args,
-    )
     return t
 
 
@@ -506,13 +523,15 @@ _PER_LAYER = (
 )
 
 
-def _draw_phase(tr, phase: str, pb: PhaseBreakdown, t0: float, layers: int, p: int):
+def _draw_phase(tr, phase: str, pb: PhaseBreakdown, t0: float, layers: int, p: int,
+                slices):  # fmt: skip
     """One prefill or decode step of a replica from t0; returns its end [s].
 
     Stage s runs layers [s·L/p, (s + 1)·L/p) (rounded), each layer's per-layer terms
-    in sequence (term / L each), then one pipeline hop (pp_p2p / (p − 1)) to the next
-    stage; the last stage then runs the head, the host stall (the GPU waiting for the
-    CPU to launch the step's kernels) and the serving engine's per-step overhead.
+    in sequence (term / L each; the TP and EP terms one slice per `Collective` record,
+    `slices`), then one pipeline hop (pp_p2p / (p − 1)) to the next stage; the last
+    stage then runs the head, the host stall (the GPU waiting for the CPU to launch
+    the step's kernels) and the serving engine's per-step overhead.
     """
     terms = {k: float(x) for k, x in pb.terms().items()}
     bounds = [round(s * layers / p) for s in range(p + 1)]
@@ -523,17 +542,21 @@ def _draw_phase(tr, phase: str, pb: PhaseBreakdown, t0: float, layers: int, p: i
             lt = t
             for k in _PER_LAYER:
                 dur = terms[k] / layers
-                tr.add(
-                    s,
-                    _PHASE_ROW.get(k, "compute"),
-                    f"{phase} L{layer} {k}",
-                    t,
-                    dur,
-                    term=k,
-                    critical=True,
-                    phase=phase,
-                    layer=layer,
-                )
+                t_in = t
+                for name, piece, info in slices.get(k) or [(k, dur, {})]:
+                    tr.add(
+                        s,
+                        _PHASE_ROW.get(k, "compute"),
+                        f"{phase} L{layer} {name}",
+                        t_in,
+                        piece,
+                        term=k,
+                        critical=True,
+                        phase=phase,
+                        layer=layer,
+                        **info,
+                    )
+                    t_in += piece
                 t += dur
             tr.add(
                 s,
@@ -599,8 +622,22 @@ def infer_trace(
     p = int(round(float(serving.pp)))
     layers = int(round(float(model.n_layers)))
     tr = _Trace(lambda pid: True)
-    t = _draw_phase(tr, "prefill", pre, 0.0, layers, p)
-    _draw_phase(tr, "decode", dec, t, layers, p)
+    t = 0.0
+    for phase, pb in (("prefill", pre), ("decode", dec)):
+        shape = phase_shape(model, serving, _EXACT, phase)
+        records = phase_collectives(model, serving, shape, relax=_EXACT)
+        slices = {
+            f"{a}_comm": _slices(
+                cluster,
+                records,
+                a,
+                "forward",
+                float(getattr(pb, f"{a}_comm")) / layers,
+                1.0 / layers,
+            )  # fmt: skip
+            for a in ("tp", "ep")
+        }
+        t = _draw_phase(tr, phase, pb, t, layers, p, slices)
     trace = tr.finish(lambda pid: f"replica stage {pid} of {p}")
     trace["otherData"] = dict(
         model=model.name,

@@ -4,31 +4,62 @@ One representative layer (dense and MoE layers mixed by their share) is costed p
 microbatch on one chip and multiplied by the L/p layers of a pipeline stage; no Python
 loop runs over layers, so compile time does not grow with depth.
 
-Per microbatch (B sequences of S tokens; T = B·S/c tokens on a chip, t = tp):
-  forward  = GEMMs + fused attention + Mamba-2 scan + elementwise + kernels
-             + TP/CP/EP collectives (EP partly hidden with `ep_overlap`)
-  backward = 2 × forward GEMMs (dgrad, wgrad) + 2.5 × attention + 2.5 × scan
-             + 2 × elementwise  (fused attention and the SSD scan recompute forward)
-  recompute: full = one more forward; selective = one more attention forward
+Per microbatch (B sequences of S tokens; T = B·S/c tokens on a chip, t = tp), each
+class of work runs in a forward and a backward pass, by one table of pass factors
+(`layer.PASS_FACTORS`: GEMMs 1 : 2, fused attention and the SSD scan 1 : 2.5,
+elementwise 1 : 2, kernels 1 : 2) and a recompute policy (`layer.RECOMPUTED`: full =
+one more forward of the whole layer, its collectives included; selective = one more
+attention forward). The layer's collectives are `Collective` records
+(`layer.layer_collectives`), and how much of each hides behind compute is decided per
+parallel axis (`layer_passes`): TP by `tp_overlap`; CP ring sends behind the pass's
+attention; EP dispatch/combine, the `ep_overlap` share, behind the layer's compute of
+all passes (Megatron-core's combined 1F1B pairs one microbatch's all-to-all with an
+adjacent microbatch's forward or backward).
 Step (m microbatches, p stages, v virtual stages; Narayanan et al. SC'21):
   T = m·t_mb + (p − 1)/v · t_mb + p2p + exposed DP + optimizer + host
       + exposed offload + input-pipeline stall   (`offchip.py`)
 with the bubble (p − 1)/v·t_mb of 1F1B / interleaved schedules. The last stage also runs
-the model's multi-token-prediction blocks (one layer and one more head each).
+the model's multi-token-prediction blocks (one layer and one more head each). The NIC
+bytes of the step are read off the same records (`comm.nic_bytes`).
 """
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
 
 from ..core.relax import AbstractRelax, Exact
 from ..specs.hardware import Cluster
 from ..specs.mapping import Parallelism, check_mapping, resolved_attention_kernel
 from ..specs.workload import Transformer
 from .breakdown import Breakdown
-from .data_parallel import dp_exposed, optimizer_time, p2p_exposed
+from .comm import Collective, comm_time, nic_bytes, scaled
+from .data_parallel import (
+    dp_collectives,
+    dp_exposed,
+    optimizer_time,
+    p2p_exposed,
+    pp_collectives,
+)
 from .fidelity import Fidelity, tier
-from .layer import LayerShape, head_time, layer_comm, layer_forward
+from .layer import (
+    PASS_FACTORS,
+    RECOMPUTED,
+    LayerShape,
+    head_time,
+    layer_collectives,
+    layer_forward,
+)
 from .memory import train_memory
-from .offchip import input_exposed, offload_exposed, train_nic_bytes
+from .offchip import input_exposed, offload_exposed
 
-__all__ = ["train_step"]
+__all__ = [
+    "train_step",
+    "training_shape",
+    "layer_passes",
+    "step_collectives",
+    "LayerPasses",
+    "LAYER_TERMS",
+]
 
 _EXACT = Exact()
 
@@ -52,6 +83,167 @@ def training_shape(
         sequence_parallel=mapping.sequence_parallel,
         flash=resolved_attention_kernel(mapping) != "unfused",
         fa2=resolved_attention_kernel(mapping) == "fa2",
+    )
+
+
+LAYER_TERMS = (
+    "recompute",
+    "matmul",
+    "attention",
+    "elementwise",
+    "kernel_overhead",
+    "tp_comm",
+    "cp_comm",
+    "ep_comm",
+)
+"""Breakdown terms of one layer's passes, in drawing order (recompute precedes the
+backward)."""
+
+COMM_CLASS = {"tp": "matmul", "cp": "attention", "ep": "matmul"}
+"""The class of work each layer collective belongs to: a recompute policy that re-runs
+the class re-runs its collectives (TP around the GEMMs, CP ring sends inside the core
+attention, EP dispatch/combine around the expert GEMMs)."""
+
+
+class LayerPasses(NamedTuple):
+    """One layer's seconds per microbatch on one chip, by pass and Breakdown term.
+
+    `forward` and `backward` map `LAYER_TERMS` to seconds; the backward holds the
+    recomputed forward (term `recompute`; its kernels under `kernel_overhead`).
+    `hidden` maps an axis (tp, cp, ep) to its overlapped seconds per pass ("forward",
+    "backward"). `collectives` are the layer's `Collective` records (counts per layer
+    and microbatch); `exposed` maps (axis, phase) to their exposed seconds. `runs` is
+    the number of passes over the layer (2, or 3 with full recompute) and
+    `kernel_passes` the multiple of the forward's kernels launched.
+    """
+
+    forward: dict
+    backward: dict
+    hidden: dict
+    collectives: list
+    exposed: dict
+    layer: dict
+    shape: LayerShape
+    runs: float
+    kernel_passes: float
+
+
+def _share(part, whole):
+    """The ratio part / whole, 0 where whole = 0 (double where: finite gradients)."""
+    ok = whole > 0
+    return jnp.where(ok, part / jnp.where(ok, whole, 1.0), 0.0)
+
+
+def layer_passes(
+    cluster: Cluster, model: Transformer, mapping: Parallelism, *, relax: AbstractRelax
+) -> LayerPasses:
+    """Forward and backward seconds of one layer per microbatch (module docstring).
+
+    Work of class k in pass i: PASS_FACTORS[k][i] × its forward time; the recomputed
+    forward (`RECOMPUTED[policy]`) runs the listed classes once more. Communication: the
+    layer's `Collective` records (`layer_collectives`; a recomputed class repeats its
+    collectives, `COMM_CLASS`), each axis' raw time T = Σ count·time, of which the
+    records' overlap share may hide behind a window of compute:
+        exposed = Σ (1 − ov)·T_r + max(Σ ov·T_r, W) − W                          [s]
+    with W, per axis: TP, the GEMMs of the same pass (Transformer Engine's userbuffer
+    overlap pipelines each all-gather / reduce-scatter with the GEMM it feeds; Wang et
+    al., ASPLOS 2023); CP, the attention of the same pass (ring attention overlaps each
+    K/V send with the block attention; Liu et al. 2023); EP, the layer's compute of all
+    its passes (Megatron-core combined 1F1B overlaps one microbatch's dispatch/combine
+    with an adjacent microbatch's forward or backward), its exposed time split among
+    the passes by their raw shares.
+    """
+    s = training_shape(model, mapping, relax)
+    lay = layer_forward(cluster, model, s, relax)
+    redo = RECOMPUTED[mapping.recompute]
+    attn = "attention" if s.flash else "attention_unfused"
+    factors = {k: PASS_FACTORS[k] for k in ("matmul", "ssm", "elementwise", "kernels")}
+    factors["attention"] = PASS_FACTORS[attn]
+    fwd = dict(
+        matmul=lay["gemm"],
+        attention=lay["attn"],
+        ssm=lay["ssm"],
+        elementwise=lay["elem"],
+        kernels=lay["kernels"] * cluster.chip.kernel_overhead,
+    )
+    work = {
+        "forward": {k: factors[k][0] * v for k, v in fwd.items()},
+        "backward": {k: factors[k][1] * v for k, v in fwd.items()},
+        "recompute": {k: (v if k in redo else 0.0 * v) for k, v in fwd.items()},
+    }
+    records = [
+        r
+        for r in layer_collectives(
+            model,
+            s,
+            sequence_parallel=mapping.sequence_parallel,
+            phases=("forward", "backward", "recompute"),
+            tp_overlap=mapping.tp_overlap,
+            ep_overlap=mapping.ep_overlap,
+        )  # fmt: skip
+        if r.phase != "recompute" or COMM_CLASS[r.axis] in redo
+    ]
+    phases = ("forward", "backward", "recompute")
+
+    def split(axis, phase):  # (Σ (1 − ov)·T, Σ ov·T) of the axis' records in a pass
+        mine = [r for r in records if r.axis == axis and r.phase == phase]
+        t = [comm_time(cluster, r, relax=relax) for r in mine]
+        pairs = list(zip(mine, t, strict=True))
+        blocking = sum(((1.0 - r.overlap) * x for r, x in pairs), 0.0)
+        hideable = sum((r.overlap * x for r, x in pairs), 0.0)
+        return blocking, hideable
+
+    def compute(phase):
+        w = work[phase]
+        return w["matmul"] + w["attention"] + w["ssm"] + w["elementwise"]
+
+    exposed, hidden = {}, {}
+    for axis, window in (("tp", "matmul"), ("cp", "attention")):
+        for phase in phases:
+            blocking, hideable = split(axis, phase)
+            shown = relax.exceed(hideable, work[phase][window])
+            exposed[(axis, phase)] = blocking + shown
+            hidden[(axis, phase)] = hideable - shown
+    ep = {phase: split("ep", phase) for phase in phases}
+    raw = sum(b + h for b, h in ep.values())
+    hideable = sum(h for _, h in ep.values())
+    shown = relax.exceed(hideable, sum(compute(phase) for phase in phases))
+    ep_exposed = raw - hideable + shown
+    for phase in phases:
+        part = _share(ep[phase][0] + ep[phase][1], raw)
+        exposed[("ep", phase)] = ep_exposed * part
+        hidden[("ep", phase)] = (hideable - shown) * part
+
+    def terms(phase):
+        w = work[phase]
+        return dict(
+            recompute=0.0 * w["matmul"],
+            matmul=w["matmul"],
+            attention=w["attention"] + w["ssm"],
+            elementwise=w["elementwise"],
+            kernel_overhead=w["kernels"],
+            tp_comm=exposed[("tp", phase)],
+            cp_comm=exposed[("cp", phase)],
+            ep_comm=exposed[("ep", phase)],
+        )
+
+    forward, backward = terms("forward"), terms("backward")
+    again = work["recompute"]
+    backward["recompute"] = compute("recompute") + sum(
+        exposed[(a, "recompute")] for a in COMM_CLASS
+    )
+    backward["kernel_overhead"] = backward["kernel_overhead"] + again["kernels"]
+    hid = {
+        a: {
+            "forward": hidden[(a, "forward")],
+            "backward": hidden[(a, "backward")] + hidden[(a, "recompute")],
+        }
+        for a in COMM_CLASS
+    }
+    kernel_passes = sum(factors["kernels"]) + (1.0 if "kernels" in redo else 0.0)
+    runs = 2.0 + (1.0 if mapping.recompute == "full" else 0.0)
+    return LayerPasses(
+        forward, backward, hid, records, exposed, lay, s, runs, kernel_passes
     )
 
 
@@ -86,103 +278,110 @@ def train_step(
     """
     check_mapping(model, mapping)
     cluster, mapping = tier(fidelity, cluster, mapping)
-    s = training_shape(model, mapping, relax)
+    lp = layer_passes(cluster, model, mapping, relax=relax)
+    s, lay = lp.shape, lp.layer
     p, v = mapping.pp, mapping.vpp
     m = mapping.microbatches()
     ls = model.n_layers / p  # layers per stage
-    lay = layer_forward(cluster, model, s, relax)
-    com = layer_comm(cluster, model, s, relax, mapping.sequence_parallel)
-    chip = cluster.chip
-
-    bwd_attn = (2.5 if s.flash else 2.0) * lay["attn"]  # flash recomputes the scores
-    cp_fwd = relax.exceed(com["cp_fwd"], lay["attn"])
-    cp_bwd = relax.exceed(com["cp_bwd"], bwd_attn)
-    tp = (1.0 - mapping.tp_overlap) * com["tp"]
-    compute = lay["gemm"] + lay["attn"] + lay["ssm"] + lay["elem"]
-    # EP overlap: the overlapped share of the all-to-all is hidden behind up to one
-    # pass's compute of the layer (another microbatch's, or the shared experts')
-    ep_on = mapping.ep_overlap * com["ep"]
-    ep = com["ep"] - ep_on + relax.exceed(ep_on, 3.0 * compute)
-    full = mapping.recompute == "full"
-    recompute = {
-        "none": 0.0,
-        "selective": lay["attn"],
-        "full": compute + tp / 2.0,
-    }[mapping.recompute]
-    passes = 4.0 if full else 3.0  # forward + backward (2×) + recomputed forward
-    kernels = lay["kernels"] * passes
-    per_layer = dict(
-        matmul=3.0 * lay["gemm"],
-        attention=lay["attn"] + bwd_attn + 3.5 * lay["ssm"],
-        elementwise=3.0 * lay["elem"],
-        kernel_overhead=kernels * chip.kernel_overhead,
-        recompute=recompute,
-        tp_comm=tp,
-        cp_comm=cp_fwd + cp_bwd,
-        ep_comm=ep,
-    )
+    per_layer = {k: lp.forward[k] + lp.backward[k] for k in LAYER_TERMS}
     # the last stage also runs the multi-token-prediction blocks (DeepSeek-V3 MTP)
     last = ls + model.n_mtp_layers
     stage = {k: last * val for k, val in per_layer.items()}
     t_layers = sum(stage.values())
     head = head_time(cluster, model, s, relax) * (1.0 + model.n_mtp_layers)
     t_mb = t_layers + head  # the last stage, which also runs the head, sets the pace
-    host_mb = last * lay["host_ops"] * passes * cluster.host.dispatch_overhead
+    host = cluster.host
+    host_mb = last * lay["host_ops"] * lp.kernel_passes * host.dispatch_overhead
     # the MoE layer's host round trip (token counts device→host, then the CPU issues
-    # the rest of the layer) once per MoE layer and pass; charged with token dropping
-    # too: Megatron-Bridge's token-dropping runs are not systematically faster
-    # (VALIDATION.md), although padded static shapes could avoid the sync
-    syncs = last * s.moe * (passes - 1.0) * cluster.host.sync_overhead
+    # the rest of the layer) once per MoE layer and pass over it; charged with token
+    # dropping too: Megatron-Bridge's token-dropping runs are not systematically
+    # faster (VALIDATION.md), although padded static shapes could avoid the sync
+    syncs = last * s.moe * lp.runs * host.sync_overhead
     # DP collectives overlap with the layers as they really run: GPU time plus the
     # time the GPU waits for a host-bound CPU.
     t_busy = t_layers + relax.exceed(host_mb, t_mb)
-    dp, dp_hidden = dp_exposed(cluster, model, mapping, s, t_busy, ls, relax=relax)
+    dp_records = dp_collectives(model, mapping)
+    pp_records = pp_collectives(model, mapping, s, relax=relax)
+    dp, dp_hidden = dp_exposed(cluster, dp_records, mapping, t_busy, ls, relax=relax)
     off, off_hidden, off_bytes = offload_exposed(
         cluster, model, mapping, t_busy + head, relax=relax
     )
     terms = {k: m * val for k, val in stage.items()} | dict(
         head=m * head,
         pp_bubble=(p - 1.0) / v * t_layers,
-        pp_p2p=p2p_exposed(cluster, model, mapping, s, relax=relax),
+        pp_p2p=p2p_exposed(cluster, pp_records, mapping, relax=relax),
         dp_comm=dp,
         optimizer=optimizer_time(cluster, model, mapping),
         host_stall=m * (relax.exceed(host_mb, t_mb) + syncs),
         offload=off,
-        step_overhead=cluster.host.step_overhead,
+        step_overhead=host.step_overhead,
     )
     tokens = mapping.batch() * s.seq
     terms["input_stall"] = input_exposed(
         cluster, tokens / mapping.chips, sum(terms.values()), relax=relax
     )
+    # model FLOP: the MFU convention (Chowdhery et al. 2022, app. B), 3× the forward
+    # FLOP of the weights and of causal attention, whatever the kernels recompute
     a = model.attention_fraction
     attn_model = 6.0 * s.seq * model.n_heads * (s.h_qk + s.h_v) * model.n_layers * a
     ssm_model = 3.0 * lay["ssm_flops"] * s.t / s.tokens * model.n_layers
     model_flops = (6.0 * model.active_params() + attn_model + ssm_model) * tokens
-    extra = {
-        "none": 0.0,
-        "selective": lay["attn_flops"],
-        "full": lay["flops"] + lay["attn_flops"] + lay["ssm_flops"],
-    }[mapping.recompute]
-    attn_passes = 3.5 if s.flash else 3.0
-    mixer = attn_passes * lay["attn_flops"] + 3.5 * lay["ssm_flops"]
-    per_chip = m * (last * (3.0 * lay["flops"] + mixer + extra))
-    per_chip = per_chip + m * 6.0 * s.tokens * model.d_model * model.vocab_size / (
-        s.t * p
-    ) * (1.0 + model.n_mtp_layers)
+    # executed FLOP: every pass of every class, by the same pass factors
+    redo = RECOMPUTED[mapping.recompute]
+    attn_f = PASS_FACTORS["attention" if s.flash else "attention_unfused"]
+
+    def runs(factors, cls):
+        return sum(factors) + (1.0 if cls in redo else 0.0)
+
+    layer_flops = (
+        runs(PASS_FACTORS["matmul"], "matmul") * lay["flops"]
+        + runs(attn_f, "attention") * lay["attn_flops"]
+        + runs(PASS_FACTORS["ssm"], "ssm") * lay["ssm_flops"]
+    )
+    head_flops = 2.0 * s.tokens * model.d_model * model.vocab_size / (s.t * p)
+    per_chip = m * last * layer_flops + m * sum(PASS_FACTORS["matmul"]) * head_flops * (
+        1.0 + model.n_mtp_layers
+    )
+    # NIC bytes: every collective of the step, from the same records
+    records = scaled(lp.collectives, m * last) + dp_records + pp_records
+    hidden = {a: lp.hidden[a]["forward"] + lp.hidden[a]["backward"] for a in lp.hidden}
     return Breakdown(
         **terms,
-        overlapped_tp_comm=mapping.tp_overlap * com["tp"] * last * m,
-        overlapped_cp_comm=last * m * (com["cp_fwd"] + com["cp_bwd"] - cp_fwd - cp_bwd),
+        overlapped_tp_comm=m * last * hidden["tp"],
+        overlapped_cp_comm=m * last * hidden["cp"],
         overlapped_dp_comm=dp_hidden,
-        overlapped_ep_comm=last * m * (com["ep"] - ep),
+        overlapped_ep_comm=m * last * hidden["ep"],
         overlapped_offload=off_hidden,
-        memory_per_gpu=train_memory(model, mapping, chip, relax=relax),
-        memory_capacity=chip.hbm_capacity,
+        memory_per_gpu=train_memory(model, mapping, cluster.chip, relax=relax),
+        memory_capacity=cluster.chip.hbm_capacity,
         model_flops=model_flops,
         hardware_flops=per_chip * mapping.chips,
         tokens=tokens,
         chips=mapping.chips,
-        nic_bytes=train_nic_bytes(cluster, model, mapping, s, relax=relax),
+        nic_bytes=nic_bytes(cluster, records, relax=relax),
         offload_memory=off_bytes,
         offload_capacity=cluster.offload_tier(relax).capacity,
+    )
+
+
+def step_collectives(
+    cluster: Cluster,
+    model: Transformer,
+    mapping: Parallelism,
+    *,
+    relax: AbstractRelax = _EXACT,
+) -> list[Collective]:
+    """Every collective of one training step on a chip of the last stage.
+
+    The layer's records with counts per step (× m microbatches × the stage's layers),
+    the data-parallel collectives and the pipeline sends: the list `train_step` reads
+    its communication time and its `nic_bytes` from.
+    """
+    check_mapping(model, mapping)
+    lp = layer_passes(cluster, model, mapping, relax=relax)
+    last = model.n_layers / mapping.pp + model.n_mtp_layers
+    return (
+        scaled(lp.collectives, mapping.microbatches() * last)
+        + dp_collectives(model, mapping)
+        + pp_collectives(model, mapping, lp.shape, relax=relax)
     )

@@ -252,7 +252,12 @@ class Host(eqx.Module):
     `dispatch_overhead` is CPU time per launched kernel, hidden while the GPU has queued
     work; `sync_overhead` is the time exposed by one device-to-host synchronization
     (the GPU drains, then waits for the CPU to launch what follows), e.g. the token
-    counts of a dropless MoE layer.
+    counts of a dropless MoE layer. `moe_host_ops` is the number of small CPU-side ops
+    an MoE layer issues per pass besides its kernels (router bookkeeping, auxiliary
+    loss, token-count histogram, permutation indices, all-to-all splits), each costing
+    `dispatch_overhead`; its default, 40, is a prior counted from the structure of
+    Megatron-core's MoE layer (router, token dispatcher), not a measurement:
+    `diffperf calibrate --leaves host.moe_host_ops,...` fits it.
 
     PCIe: each chip's link is `pcie_bandwidth` [B/s per direction], or, when
     `pcie_gen` is given, pcie_lanes × the per-lane rate of that generation
@@ -285,6 +290,7 @@ class Host(eqx.Module):
     cpu_time_per_token: Array = eqx.field(**_F, default=0.0)  # core-s per token
     sync_overhead: Array = eqx.field(**_F, default=1e-3)  # s exposed per host sync
     serve_overhead: Array = eqx.field(**_F, default=2e-3)  # s per serving engine step
+    moe_host_ops: Array = eqx.field(**_F, default=40.0)  # CPU ops per MoE layer pass
     pcie_gen: int = eqx.field(static=True, default=0)  # 0: use pcie_bandwidth
 
     def __check_init__(self):
@@ -304,6 +310,7 @@ class Host(eqx.Module):
                 "step_overhead",
                 "sync_overhead",
                 "serve_overhead",
+                "moe_host_ops",
                 "power",
                 "price",
             ),
