@@ -11,11 +11,12 @@ head, is never starved (checked by the tests, and on 2,400 mappings of 5 machine
 
 Training (m microbatches, p stages, v virtual chunks per stage; Narayanan et al. SC'21):
   * per microbatch and stage, each per-layer term of the L/p layers is split into its
-    forward and backward share (matmul and elementwise 1 : 2, attention 1 : 2.5 with
-    Flash (recomputed scores) else 1 : 2, TP and EP collectives 1 : 1, CP ring passes
-    as the model's exposed forward and backward hops, kernels 1 : 2 (+1 recomputed
-    forward pass with full recompute), recompute all in the backward), and a chunk of
-    a virtual stage is 1/v of that;
+    forward and backward share by the model's own pass table (`train.layer_passes`,
+    from `layer.PASS_FACTORS` and `layer.RECOMPUTED`: the recomputed forward runs at
+    the start of the backward), and a chunk of a virtual stage is 1/v of that; every
+    exposed TP / CP / EP term is drawn as one slice per `Collective` record it comes
+    from (kind, bytes, group, stride, count and NIC bytes in the event's args), in
+    proportion to the record's time;
   * each stage runs its chunks in the 1F1B order (warm-up p − s − 1 forwards, then one
     forward one backward, then the cool-down backwards) or, for v > 1, in Megatron-LM's
     interleaved order (warm-up 2·(p − s − 1) + (v − 1)·p virtual forwards; needs
@@ -31,11 +32,12 @@ Training (m microbatches, p stages, v virtual chunks per stage; Narayanan et al.
   * the pipeline bubble is the warm-up forwards of microbatch 0 on stages 0..p − 2 and
     the cool-down backwards of the last microbatch (the critical path runs through them,
     term `pp_bubble`); exposed DP collectives, the optimizer and the per-step overhead
-    follow; overlapped TP / CP / DP communication is drawn on its own rows concurrently
-    with the compute that hides it, and is not on the critical path.
+    follow; overlapped TP / CP / EP / DP communication is drawn on its own rows
+    concurrently with the compute that hides it, and is not on the critical path.
 
 Serving: one prefill and one decode step of a replica, back to back: per stage its
-L/p layers (each layer's GEMMs, attention, elementwise, kernels, TP and EP collectives),
+L/p layers (each layer's GEMMs, attention, elementwise, kernels, and its TP and EP
+collectives, one slice per record of `phases.phase_collectives`),
 a pipeline hop to the next stage, then the head, the host stall and the per-step
 serving overhead on the last stage.
 

@@ -63,10 +63,13 @@ class Parallelism(eqx.Module):
     chip's best. `ep_overlap` is the share of the MoE dispatch/combine
     all-to-all run concurrently with computation of another microbatch or of the shared
     experts (Megatron-core `overlap_moe_expert_parallel_comm` / DeepEP-style 1F1B
-    overlap, `moe_shared_expert_overlap`); it hides at most the layer's compute.
+    overlap, `moe_shared_expert_overlap`); it hides at most the layer's compute of
+    all its passes. `tp_overlap` hides TP collectives behind the GEMMs of their pass
+    (`model.train.layer_passes`).
     `offload_optimizer` and `offload_activations` are the
     fractions of the optimizer state and of the stored activations kept in the
-    cluster's `MemoryTier` (host DRAM / CXL / Grace) instead of HBM (`_offload.py`).
+    cluster's `MemoryTier` (host DRAM / CXL / Grace) instead of HBM
+    (`model/offchip.py`).
     """
 
     tp: Array = eqx.field(**_F, default=1.0)
