@@ -1,7 +1,8 @@
 """Exact and smooth versions of the few non-smooth operations a cost model needs.
 
-Cost code never calls `jnp.maximum`, `jnp.ceil` or `jnp.where` on costs: it calls
-`relax.max/min/ceil/relu/step/select`, with `relax` passed in as a keyword argument.
+Cost code never calls `jnp.maximum`, `jnp.minimum` or `jnp.where` on costs: it calls
+`relax.max/min/relu/step` (and `clip`, `exceed` built on them), with `relax` passed in
+as a keyword argument.
 `Exact()` gives the piecewise model used for reporting; `Smooth(sharpness)` gives a
 differentiable relaxation used for optimization. Both have finite values and gradients
 everywhere, including at zero and at ties (the double-`where` trick: every input of a
@@ -15,8 +16,6 @@ Bounds (p = sharpness; inputs of `max`/`min` are non-negative, as times and byte
 | `min(a, b)` | (a^-p + b^-p)^(-1/p) | 2^(-1/p)·Exact ≤ Smooth ≤ Exact |
 | `relu(x, scale)` | scale/p·softplus(p·x/scale) | 0 ≤ Smooth − Exact ≤ scale·ln2/p |
 | `step(x, scale)` | sigmoid(p·x/scale) | ≤ sigmoid(−k) off where abs(x) ≥ k·scale/p |
-| `ceil(x)` (x ≥ 0) | x + tanh(p·x)/2 | |Smooth − Exact| ≤ 1, and ≤ 1/2 where x ≥ 2/p |
-| `select(values, scores)` | softmax(p·scores)·values | a convex combination of values |
 
 The scale-free p-norm forms suit quantities spanning 1e-9 to 1e3 s.
 """
@@ -71,14 +70,6 @@ class AbstractRelax(eqx.Module):
     def step(self, x: ArrayLike, scale: ArrayLike = 1.0) -> Array:
         """1 where x > 0, else 0; `scale` as for `relu`."""
 
-    @abc.abstractmethod
-    def ceil(self, x: ArrayLike) -> Array:
-        """Smallest integer ≥ x, for x ≥ 0."""
-
-    @abc.abstractmethod
-    def select(self, values: ArrayLike, scores: ArrayLike) -> Array:
-        """The entry of `values` (last axis) whose score is largest."""
-
     def clip(self, x: ArrayLike, lo: ArrayLike, hi: ArrayLike) -> Array:
         """min(max(x, lo), hi) for non-negative x, lo ≤ hi."""
         return self.min(self.max(x, lo), hi)
@@ -92,7 +83,7 @@ class AbstractRelax(eqx.Module):
 
 
 class Exact(AbstractRelax):
-    """The piecewise model (hard max/min/ceil), for reporting and re-scoring."""
+    """The piecewise model (hard max/min/relu/step), for reporting and re-scoring."""
 
     def max(self, a, b):
         return jnp.maximum(as_float(a), as_float(b))
@@ -105,14 +96,6 @@ class Exact(AbstractRelax):
 
     def step(self, x, scale=1.0):
         return jnp.where(as_float(x) > 0, 1.0, 0.0)
-
-    def ceil(self, x):
-        return jnp.ceil(as_float(x))
-
-    def select(self, values, scores):
-        values, scores = as_float(values), as_float(scores)
-        idx = jnp.argmax(scores, axis=-1, keepdims=True)
-        return jnp.take_along_axis(values, idx, axis=-1)[..., 0]
 
 
 class Smooth(AbstractRelax):
@@ -135,13 +118,3 @@ class Smooth(AbstractRelax):
 
     def step(self, x, scale=1.0):
         return jax.nn.sigmoid(self.sharpness * as_float(x) / as_float(scale))
-
-    def ceil(self, x):
-        x = as_float(x)
-        return x + 0.5 * jnp.tanh(self.sharpness * x)
-
-    def select(self, values, scores):
-        values, scores = as_float(values), as_float(scores)
-        z = self.sharpness * scores
-        w = jnp.exp(z - jnp.max(z, axis=-1, keepdims=True))
-        return jnp.sum(w * values, axis=-1) / jnp.sum(w, axis=-1)

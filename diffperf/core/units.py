@@ -1,18 +1,9 @@
-"""Units and constants.
+"""Units: bytes per element of each dtype.
 
 Everything inside diffperf is SI: seconds (s), bytes (B), floating-point operations
-(FLOP), FLOP/s, B/s, watts (W), square metres (m²) and US dollars (USD). The constants
-below exist only
-to make conversions at the edges (TOML comments, CLI output) readable.
+(FLOP), FLOP/s, B/s, watts (W), square metres (m²) and US dollars (USD); TOML files
+write values in e-notation (`50e9  # 400 Gb/s`), so no conversion constants are needed.
 """
-
-KB = 1e3
-MB = 1e6
-GB = 1e9
-TB = 1e12
-TFLOP = 1e12
-GBIT = 1e9 / 8
-"""One gigabit expressed in bytes (network rates are quoted in Gb/s)."""
 
 BYTES = {
     "fp32": 4.0,
