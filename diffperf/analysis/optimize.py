@@ -10,8 +10,9 @@ mapping m the loss of a design is
     J_m(x) = s·log f_m(x) + w·relu(mem_m/cap − 1) + μ·Σ_j relu(log(B_j/limit_j) + δ)²
 
 with f_m the objective under `Smooth(p)` (s = +1 to minimize, −1 to maximize), a
-penalty on memory overflow, and a quadratic penalty on each budget B_j (die area, chip
-power, $/h, capex) with a small margin δ. The integer mapping choice is handled in one
+penalty on memory overflow (w = `MEMORY_PENALTY`, bent over `MEMORY_PENALTY_WIDTH`),
+and a quadratic penalty on each budget B_j (die area, chip power, $/h, capex) with a
+small margin δ. The integer mapping choice is handled in one
 of two ways: "enumerate" (default) gives every valid mapping its own starts, i.e.
 min over m of min over x, all in one vmapped scan; "softmin" optimizes one design
 against the soft-min −τ⁻¹·logsumexp(−τ·J_m) over the mappings (a relaxation of the
@@ -57,6 +58,19 @@ from .sensitivity import RESOURCES, binding_resource
 MARGIN = 3e-4
 """Budgets are met with this relative margin during the search (the Exact re-score
 then checks them without margin)."""
+
+MEMORY_PENALTY = 10.0
+"""w: the memory-overflow penalty per unit of relative excess, in units of the log
+objective. A design that overflows HBM by 10% scores like one e (2.7×) worse, so the
+search leaves infeasible regions well before a typical objective gain of a few tens of
+percent could pay for them. A search weight, not a physical constant: the reported
+design is re-scored with `Exact` and must fit in memory (`_Problem.exact`)."""
+
+MEMORY_PENALTY_WIDTH = 0.01
+"""The `relax.relu` bending scale of the memory penalty, as a fraction of capacity:
+under Smooth(p) the penalty exceeds the exact relu by at most 0.01·ln2/p (≤ 0.09% of
+capacity at the first sharpness p = 8), and its gradient (a sigmoid of p·excess/0.01)
+rises over the last few 0.01/p of capacity, ahead of the wall."""
 
 SCHEDULE = (
     ("sharpness", 8.0, 256.0),
@@ -300,7 +314,8 @@ class _Problem(eqx.Module):
 
     def _penalized(self, value, excess, relax):
         """s·log f plus a memory-overflow penalty (per mapping)."""
-        return self.sign * jnp.log(value) + 10.0 * relax.relu(excess, 0.01)
+        penalty = MEMORY_PENALTY * relax.relu(excess, MEMORY_PENALTY_WIDTH)
+        return self.sign * jnp.log(value) + penalty
 
     def loss_softmin(self, z, aux, knob):
         """(Soft-min over all mappings of the penalized log objective, budgets)."""

@@ -192,7 +192,8 @@ def anchor(cluster: Cluster, *, given: frozenset = frozenset()) -> Cluster:
 
     Solves, for the leaves not in `given`: logic_density so that `die_area` equals
     `chip.die_area`; markup so that `chip_price` equals `chip.price`; idle_power =
-    0.15·TDP and flop_energy so that `chip_tdp` equals `chip.power`. Leaves whose
+    `Cost.idle_power_fraction`·TDP (a prior, default 0.15) and flop_energy so that
+    `chip_tdp` equals `chip.power`. Leaves whose
     solution would be non-physical (a die too small for its SRAM and PHYs, a TDP
     below idle + memory + links) keep their defaults.
     """
@@ -209,7 +210,7 @@ def anchor(cluster: Cluster, *, given: frozenset = frozenset()) -> Cluster:
         if logic > 0:
             k = put(k, "logic_density", float(c.flops_bf16) / logic)
     if "idle_power" not in given and float(c.power) > 0:
-        k = put(k, "idle_power", 0.15 * float(c.power))
+        k = put(k, "idle_power", float(k.idle_power_fraction) * float(c.power))
     if "flop_energy" not in given and float(c.power) > 0:
         rest = float(power_per_chip(_with(cluster, k), busy_compute=0.0))
         if float(c.power) > rest:

@@ -23,9 +23,9 @@ Serving metrics (static batch, steady state):
   TTFT = t_prefill;  TPOT = t_decode at the mean context S_in + S_out/2;
   e2e = TTFT + (S_out − 1)·TPOT;  output tokens/s = B·S_out / e2e (per replica).
 Memory per chip: weights/(t·p) + KV cache B·(S_in + S_out)·L/p·kv/t (attention
-layers) + B·Mamba-2 state (constant per sequence, SSM layers) + prefill
-activations of one prompt (4·S_in·D·2 B; engines prefill prompts one chunk at a time)
-+ reserved. max_batch is the largest batch whose KV caches fit beside the rest.
+layers) + B·Mamba-2 state (constant per sequence, SSM layers) + the peak activations of
+one prompt's prefill (`prefill_activation_bytes`; engines prefill prompts one chunk at a
+time) + reserved. max_batch is the largest batch whose KV caches fit beside the rest.
 """
 
 import equinox as eqx
@@ -280,6 +280,33 @@ def ssm_state_bytes(model: Transformer, serving: Serving) -> Array:
     """
     layers = model.n_layers / serving.pp * model.ssm_fraction
     return layers * model.ssm_state_bytes() / serving.tp
+
+
+def prefill_activation_bytes(model: Transformer, serving: Serving) -> Array:
+    """Activations alive at the peak of one prompt's prefill on one chip [B].
+
+    Engines prefill one prompt (chunk) at a time and free each layer's intermediates
+    before the next layer, so the peak is one layer's widest point for the S_in
+    tokens: the residual stream and the block's normed input (2·D per token) plus
+    the widest block intermediate, all sharded by t except D:
+        attention: (N + 2K)·H (Q, K, V) + N·H (attention output)
+        MLP:       up·F + F (up/gate output, activation output); in MoE layers
+                   F = k·F_expert + F_shared per token
+        Mamba-2:   the in_proj output (2·d_in + 2·G·Ns + Hs)
+        M = S_in · b_act · (2·D + max(attention, MLP, Mamba-2) / t)
+    in the activation dtype (`precision.activations`).
+    """
+    m, t = model, serving.tp
+    up = m.mlp_mats - 1.0
+    attn = (m.n_heads + 2.0 * m.n_kv_heads) * m.head_dim + m.n_heads * m.head_dim
+    routed = m.d_ff_expert * m.top_k + m.shared_width
+    dense = jnp.where(m.dense_mlp_fraction > 0, m.d_ff, 0.0)
+    ffn = (up + 1.0) * jnp.maximum(dense, jnp.where(m.moe_fraction > 0, routed, 0.0))
+    ssm = jnp.where(m.ssm_fraction > 0, m.ssm_in_proj_width(), 0.0)
+    attn = jnp.where(m.attention_fraction > 0, attn, 0.0)
+    widest = jnp.maximum(jnp.maximum(attn, ffn), ssm)
+    per_token = 2.0 * m.d_model + widest / t
+    return serving.input_len * per_token * m.precision.bytes("activations")
 
 
 def weight_bytes(model: Transformer, serving: Serving) -> Array:

@@ -51,6 +51,7 @@ from .phases import (
     kv_bytes_per_token,
     phase_breakdown,
     phase_collectives,
+    prefill_activation_bytes,
     serving_shape,
     ssm_state_bytes,
     weight_bytes,
@@ -123,8 +124,7 @@ def serve(
     weights = weight_bytes(model, serving)
     kv_token = kv_bytes_per_token(model, serving)
     context = serving.input_len + serving.output_len
-    # prefill activations alive at once: a few D-wide tensors of the prompts in flight
-    act_one = 4.0 * serving.input_len * model.d_model * 2.0
+    act_one = prefill_activation_bytes(model, serving)
     free = chip.hbm_capacity - chip.reserved_memory - weights - act_one
     per_seq = kv_token * context * (1.0 - serving.offload_kv) + ssm_state_bytes(
         model, serving
