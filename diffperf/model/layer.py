@@ -169,9 +169,11 @@ def _elementwise_bytes(model: Transformer, s: LayerShape):
 
     Per token: a norm (read + write D) and a residual add (3·D) per block (attention,
     Mamba-2, MLP) on the SP shard; the MLP activation (read up·F, write F); rotary on
-    Q and K; the Mamba-2 causal conv (read + write d_in + 2·G·Ns) and gated norm (read
-    y and z, write y); with fp8/fp4 GEMMs, a cast of each GEMM input (read b, write 1
-    byte).
+    Q and K, 4·(N + K)·H: an estimate between Transformer Engine's fused RoPE kernel
+    (read + write, 2 passes) and Megatron-core's unfused `apply_rotary_pos_emb` (9
+    passes: the rotate_half copy, two products and their sum); the Mamba-2 causal conv
+    (read + write d_in + 2·G·Ns) and gated norm (read y and z, write y); with fp8/fp4
+    GEMMs, a cast of each GEMM input (read b, write 1 byte).
     """
     m, t = model, s.t
     up = m.mlp_mats - 1.0

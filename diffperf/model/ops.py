@@ -194,7 +194,9 @@ def attention_work(
     x = 3.0 / (2.0 / jnp.maximum(kv_tokens, 1.0) + 1.0 / head_dim_qk)
     eff = chip.attention_efficiency * (chip.attention_fa2_efficiency if fa2 else 1.0)
     t_compute = flops / (peak * _efficiency(chip, x) * eff)
-    # K/V re-reads: one pass per query block, for the share of K/V missing the L2.
+    # K/V re-reads: one pass per query block, for the share of K/V missing the L2;
+    # the block size B_r = M / (4·d) of FlashAttention's tiling (Dao et al. 2022,
+    # Algorithm 1, with M the on-chip SRAM in elements)
     block = chip.core_sram / (4.0 * head_dim_qk * nbytes)
     q_blocks = relax.max(q_tokens / (batch * block), 1.0)
     in_flight = relax.min(kv_heads, relax.max(chip.cores / q_blocks, 1.0))

@@ -167,6 +167,7 @@ def phase_breakdown(
         weight_nbytes=model.precision.bytes("weights"),
         relax=relax,
     )
+    # the sampler reads each sequence's fp32 logits once (4 B per vocabulary entry)
     head = logits + memory_time(chip, serving.batch * model.vocab_size * 4.0)
     (pp,) = [r for r in records if r.axis == "pp"]
     hop = instance_time(cluster, pp, relax=relax)
