@@ -47,8 +47,9 @@ class Breakdown(eqx.Module):
       offload: exposed transfers of offloaded optimizer state / activations
       step_overhead: fixed per-step host cost (data loading, logging, sync)
     `overlapped_*` are communication seconds hidden behind compute (not in `total`).
-    `nic_bytes` is what one chip sends over its NICs per step (`nic_demand` per
-    second); `offload_memory` what it keeps in the memory tier.
+    `nic_bytes` is what one chip of the last pipeline stage sends over its NICs per
+    step (`nic_demand` per second), read off the step's `Collective` records
+    (`model.train.step_collectives`); `offload_memory` what it keeps in the memory tier.
     """
 
     matmul: Array

@@ -65,6 +65,14 @@ __all__ = [
 ]
 
 
+IDLE_POWER_PRIOR = 0.15
+"""The prior of the `Cost.idle_power` leaf as a share of TDP, used by `anchor` when a
+hardware file does not give `idle_power`. An assumption, not a measurement: no public
+per-SKU idle figure was found (idle-with-context power is a fixed DVFS state, not a
+function of memory use; Vadari 2026, arXiv:2605.23918). Set `[cost] idle_power` from a
+measured idle draw when one exists; the leaf is differentiable like any other."""
+
+
 def _sram(cluster: Cluster) -> Array:
     c = cluster.chip
     return c.sram_capacity + c.cores * c.core_sram
@@ -192,10 +200,9 @@ def anchor(cluster: Cluster, *, given: frozenset = frozenset()) -> Cluster:
 
     Solves, for the leaves not in `given`: logic_density so that `die_area` equals
     `chip.die_area`; markup so that `chip_price` equals `chip.price`; idle_power =
-    `Cost.idle_power_fraction`·TDP (a prior, default 0.15) and flop_energy so that
-    `chip_tdp` equals `chip.power`. Leaves whose
-    solution would be non-physical (a die too small for its SRAM and PHYs, a TDP
-    below idle + memory + links) keep their defaults.
+    `IDLE_POWER_PRIOR`·TDP and flop_energy so that `chip_tdp` equals `chip.power`.
+    Leaves whose solution would be non-physical (a die too small for its SRAM and
+    PHYs, a TDP below idle + memory + links) keep their defaults.
     """
     c = cluster.chip
 
@@ -210,7 +217,7 @@ def anchor(cluster: Cluster, *, given: frozenset = frozenset()) -> Cluster:
         if logic > 0:
             k = put(k, "logic_density", float(c.flops_bf16) / logic)
     if "idle_power" not in given and float(c.power) > 0:
-        k = put(k, "idle_power", float(k.idle_power_fraction) * float(c.power))
+        k = put(k, "idle_power", IDLE_POWER_PRIOR * float(c.power))
     if "flop_energy" not in given and float(c.power) > 0:
         rest = float(power_per_chip(_with(cluster, k), busy_compute=0.0))
         if float(c.power) > rest:

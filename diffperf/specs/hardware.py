@@ -413,9 +413,6 @@ class Cost(eqx.Module):
     scale_up_cost: Array = eqx.field(**_F, default=6.7e-9)  # USD per B/s per chip
     # Power (HBM3 ~3.9 pJ/bit, O'Connor et al. 2017; 112G SerDes ~2.5 pJ/bit).
     idle_power: Array = eqx.field(**_F, default=100.0)  # W per chip
-    # idle_power as a fraction of TDP when anchored: a prior, not a measurement (no
-    # public per-SKU figure found; set idle_power or this fraction from a measurement)
-    idle_power_fraction: Array = eqx.field(**_F, default=0.15)
     flop_energy: Array = eqx.field(**_F, default=0.48e-12)  # J per bf16 FLOP
     hbm_energy: Array = eqx.field(**_F, default=3.1e-11)  # J/B
     link_energy: Array = eqx.field(**_F, default=2e-11)  # J/B
@@ -457,7 +454,7 @@ class Cost(eqx.Module):
                 "link_energy",
                 "usd_per_kwh",
             ),
-            fraction=("misc_area_fraction", "idle_power_fraction"),
+            fraction=("misc_area_fraction",),
         )
 
 
