@@ -2,11 +2,13 @@
 
 The only module of the library that touches files. Specs live in `hardware/` and
 `workloads/` at the repository root; an installed wheel carries copies under
-`diffperf/_specs/`. A name is a file stem, an alias from `[meta] aliases` (compared
-after lower-casing and dropping spaces and `-_.(),/`), or a path.
+`diffperf/_specs/`. A name is a path, a file stem, an alias from `[meta] aliases`
+(compared after lower-casing and dropping spaces and `-_.(),/`), or a name as people
+write it (vendor tables, papers, MLPerf, cloud instances, TPU slices, Hugging Face ids;
+the rules are in `io.names`). A hardware name's power limit and TPU slice are applied
+to the loaded spec (`io.systems`).
 """
 
-import difflib
 import json
 import re
 import tomllib
@@ -24,6 +26,8 @@ from ..specs.hardware import (
     NetworkTier,
 )
 from ..specs.workload import Transformer
+from . import names as _names
+from .systems import power_cap, tpu_slice
 
 __all__ = [
     "load_hardware",
@@ -32,6 +36,8 @@ __all__ = [
     "workload_names",
     "spec_dir",
     "from_hf_config",
+    "resolve_hardware",
+    "resolve_workload",
 ]
 
 _HERE = Path(__file__).resolve().parents[1]  # the diffperf package
@@ -45,9 +51,7 @@ def spec_dir(kind: str) -> Path:
     raise FileNotFoundError(f"no bundled {kind}/ folder next to {_HERE}")
 
 
-def normalize(name: str) -> str:
-    """Lower-case and drop spaces and `-_.(),/` so spellings of a name compare equal."""
-    return re.sub(r"[\s\-_.(),/]+", "", name.lower())
+normalize = _names.normalize
 
 
 @dataclass(frozen=True)
@@ -67,35 +71,73 @@ def _read_toml(path: Path) -> dict:
         raise ValueError(f"{path}: cannot read: {e.strerror}") from None
 
 
+_CACHE: dict[tuple, dict[str, _Spec]] = {}
+
+
 def _registry(kind: str) -> dict[str, _Spec]:
-    specs = {}
-    for path in sorted(spec_dir(kind).glob("*.toml")):
-        meta = _read_toml(path).get("meta", {})
-        specs[path.stem] = _Spec(path.stem, path, tuple(meta.get("aliases", ())))
-    return specs
+    paths = sorted(spec_dir(kind).glob("*.toml"))
+    key = (kind, tuple((p, p.stat().st_mtime_ns) for p in paths))
+    if key not in _CACHE:
+        specs = {}
+        for path in paths:
+            meta = _read_toml(path).get("meta", {})
+            specs[path.stem] = _Spec(path.stem, path, tuple(meta.get("aliases", ())))
+        _CACHE.clear()  # one entry per kind is enough; files changed
+        _CACHE[key] = specs
+    return _CACHE[key]
+
+
+def _is_path(name: str) -> bool:
+    p = Path(name)
+    return p.suffix in (".toml", ".json") or p.is_file()
+
+
+def resolve_hardware(name: str | Path) -> _names.HardwareName:
+    """What a hardware name resolves to (`io.names.HardwareName`).
+
+    Raises:
+        ValueError: unknown (with close matches) or ambiguous (with the candidates).
+    """
+    text = str(name)
+    if _is_path(text):
+        return _names.HardwareName(text, Path(text).stem, "path")
+    reg = _registry("hardware")
+    return _names.parse_hardware(text, {s: v.aliases for s, v in reg.items()})
+
+
+def resolve_workload(name: str | Path) -> _names.WorkloadName:
+    """What a model name resolves to (`io.names.WorkloadName`).
+
+    Raises:
+        ValueError: unknown (with close matches) or ambiguous (with the candidates).
+    """
+    text = str(name)
+    if _is_path(text):
+        return _names.WorkloadName(text, Path(text).stem, "path")
+    reg = _registry("workloads")
+    return _names.parse_workload(
+        text, {s: v.aliases for s, v in reg.items()}, _published
+    )
+
+
+def _published(stem: str):
+    reg = _registry("workloads")
+    return (
+        _read_toml(reg[stem].path).get("meta", {}).get("params")
+        if stem in reg
+        else None
+    )
 
 
 def resolve_path(kind: str, name: str) -> Path:
-    """Path of a spec given its stem, alias or path; ValueError with close matches."""
+    """Path of a spec given its name (module docstring); ValueError if unknown."""
     p = Path(name)
-    if p.suffix in (".toml", ".json") or p.is_file():
+    if _is_path(name):
         if not p.is_file():
             raise ValueError(f"{kind} file {name!r} does not exist")
         return p
-    reg = _registry(kind)
-    table = {}
-    for spec in reg.values():
-        for alias in (spec.stem, *spec.aliases):
-            table.setdefault(normalize(alias), spec.path)
-    key = normalize(name)
-    if key in table:
-        return table[key]
-    close = difflib.get_close_matches(key, table, n=3, cutoff=0.6)
-    names = {table[c].stem for c in close}
-    hint = f"; did you mean {', '.join(sorted(names))}?" if names else ""
-    raise ValueError(
-        f"unknown {kind} {name!r}{hint} (known: `diffperf list {kind}` or a TOML path)"
-    )
+    found = resolve_hardware(name) if kind == "hardware" else resolve_workload(name)
+    return _registry(kind)[found.spec].path
 
 
 def _merged(kind: str, path: Path, seen: tuple = ()) -> dict:
@@ -165,13 +207,30 @@ def _check_meta(meta: dict, path: Path):
 
 
 def load_hardware(name: str | Path) -> Cluster:
-    """A `Cluster` from a hardware name, alias or TOML path.
+    """A `Cluster` from a hardware name (module docstring) or TOML path.
+
+    A power limit in the name caps the chip's power; a TPU slice name (v5p-512) cuts
+    the pod's ICI domain to the slice (`io.systems`).
 
     Raises:
-        ValueError: unknown name (with close matches), malformed TOML, unknown or
-            missing keys, or a value out of range (e.g. a negative bandwidth).
+        ValueError: unknown or ambiguous name, malformed TOML, unknown or missing
+            keys, or a value out of range (e.g. a negative bandwidth).
     """
-    path = resolve_path("hardware", str(name))
+    found = resolve_hardware(name)
+    path = (
+        resolve_path("hardware", str(name))
+        if found.how == "path"
+        else _registry("hardware")[found.spec].path
+    )
+    cluster = _load_hardware_path(path)
+    if found.power_w is not None:
+        cluster = power_cap(cluster, found.power_w)
+    if found.slice_chips:
+        cluster = tpu_slice(cluster, found.slice_chips)
+    return cluster
+
+
+def _load_hardware_path(path: Path) -> Cluster:
     data = _merged("hardware", path)
     _check_meta(data.get("meta", {}), path)
     where = path.name
@@ -203,15 +262,19 @@ def _tier(table, where: str) -> NetworkTier:
 
 
 def load_workload(name: str | Path) -> Transformer:
-    """A `Transformer` from a workload name, alias, TOML path or HF `config.json` path.
+    """A `Transformer` from a workload name, TOML path or HF `config.json` path.
+
+    A TOML may start from another model with `[meta] extends = "<name>"` and change
+    some of its `[model]` keys (a 405B proxy with `n_layers = 8`).
 
     Raises:
-        ValueError: unknown name, malformed file, unknown/missing keys, bad values.
+        ValueError: unknown or ambiguous name, malformed file, unknown/missing keys,
+            bad values.
     """
     path = resolve_path("workloads", str(name))
     if path.suffix == ".json":
         return from_hf_config(path)
-    data = _read_toml(path)
+    data = _merged("workloads", path)
     _check_meta(data.get("meta", {}), path)
     return _build(
         Transformer,
