@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 __all__ = [
     "normalize",
     "HardwareName",
+    "UnknownName",
     "WorkloadName",
     "parse_hardware",
     "parse_workload",
@@ -231,13 +232,17 @@ def _alias_table(registry: dict[str, tuple[str, ...]]) -> dict[str, str]:
     return table
 
 
+class UnknownName(ValueError):
+    """A name that matches no spec (an ambiguous one is a plain ValueError)."""
+
+
 def _unknown(
     kind: str, text: str, table: dict[str, str], extra: str = ""
 ) -> ValueError:
     close = difflib.get_close_matches(normalize(text), table, n=3, cutoff=0.6)
     names = sorted({table[c] for c in close})
     hint = f"; did you mean {', '.join(names)}?" if names else ""
-    return ValueError(
+    return UnknownName(
         f"unknown {kind} {text!r}{extra}{hint} (known: `diffperf list {kind}` or a "
         "TOML path)"
     )

@@ -27,6 +27,7 @@ from ..specs.hardware import (
 )
 from ..specs.workload import Transformer
 from . import names as _names
+from .architecture import ARCHITECTURE_FIELDS, architecture_values, with_architecture
 from .systems import power_cap, tpu_slice
 
 __all__ = [
@@ -261,27 +262,60 @@ def _tier(table, where: str) -> NetworkTier:
     return _build(NetworkTier, table, where)
 
 
-def load_workload(name: str | Path) -> Transformer:
+def load_workload(name: str | Path, architecture: dict | None = None) -> Transformer:
     """A `Transformer` from a workload name, TOML path or HF `config.json` path.
 
     A TOML may start from another model with `[meta] extends = "<name>"` and change
-    some of its `[model]` keys (a 405B proxy with `n_layers = 8`).
+    some of its `[model]` keys (a 405B proxy with `n_layers = 8`); its `[model]` table
+    may use the field names or the architecture vocabulary of the measurement CSVs
+    (`layers`, `hidden`, ...: `io.architecture`). `architecture` (a CSV row or CLI
+    flags) overrides the named model's fields, or defines the model when the name is
+    unknown.
 
     Raises:
-        ValueError: unknown or ambiguous name, malformed file, unknown/missing keys,
-            bad values.
+        ValueError: unknown name without the fields that define a model, ambiguous
+            name, malformed file, unknown/missing keys, bad values.
     """
-    path = resolve_path("workloads", str(name))
+    values = architecture_values(architecture or {})
+    try:
+        path = resolve_path("workloads", str(name))
+    except _names.UnknownName:
+        if not values:
+            raise
+        return with_architecture(None, values, str(name))
     if path.suffix == ".json":
-        return from_hf_config(path)
-    data = _merged("workloads", path)
-    _check_meta(data.get("meta", {}), path)
-    return _build(
-        Transformer,
-        data.get("model"),
-        f"{path.name} [model]",
-        fixed={"name": path.stem},
-    )
+        model = from_hf_config(path)
+    else:
+        data = _merged("workloads", path)
+        _check_meta(data.get("meta", {}), path)
+        model = _build(
+            Transformer,
+            _model_table(data.get("model"), path),
+            f"{path.name} [model]",
+            fixed={"name": path.stem},
+        )
+    return with_architecture(model, values) if values else model
+
+
+def _model_table(table, path: Path):
+    """A `[model]` table with CSV-vocabulary keys (`layers = 8`) renamed to fields."""
+    if not isinstance(table, dict):
+        return table
+    vocab = {k: v for k, v in table.items() if ARCHITECTURE_FIELDS.get(k)}
+    if not vocab:
+        return table
+    fields = {
+        ARCHITECTURE_FIELDS[k]: v
+        for k, v in architecture_values(vocab, f"{path.name} [model]").items()
+    }
+    if "seq_len" in vocab:  # a TOML's seq_len is the model's context
+        fields["max_seq_len"] = float(vocab["seq_len"])
+    rest = {k: v for k, v in table.items() if k not in vocab}
+    for k, v in fields.items():
+        if isinstance(v, float) and v.is_integer() and k != "max_seq_len":
+            v = int(v)
+        rest[k] = v
+    return rest
 
 
 def published_params(name: str) -> float | None:
