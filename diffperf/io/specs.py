@@ -207,27 +207,56 @@ def _check_meta(meta: dict, path: Path):
         )
 
 
-def load_hardware(name: str | Path) -> Cluster:
+def load_hardware(name: str | Path, ici_chips: int | None = None) -> Cluster:
     """A `Cluster` from a hardware name (module docstring) or TOML path.
 
     A power limit in the name caps the chip's power; a TPU slice name (v5p-512) cuts
-    the pod's ICI domain to the slice (`io.systems`).
+    the pod's ICI domain to the slice (`io.systems`). `ici_chips` (a mesh's ICI axes)
+    asks for a scale-up domain of that many chips: a TPU host spec becomes a slice of
+    its pod spec.
 
     Raises:
         ValueError: unknown or ambiguous name, malformed TOML, unknown or missing
-            keys, or a value out of range (e.g. a negative bandwidth).
+            keys, a value out of range (e.g. a negative bandwidth), or an ICI domain
+            the hardware cannot have.
     """
     found = resolve_hardware(name)
+    reg = _registry("hardware")
     path = (
         resolve_path("hardware", str(name))
         if found.how == "path"
-        else _registry("hardware")[found.spec].path
+        else reg[found.spec].path
     )
     cluster = _load_hardware_path(path)
     if found.power_w is not None:
         cluster = power_cap(cluster, found.power_w)
-    if found.slice_chips:
-        cluster = tpu_slice(cluster, found.slice_chips)
+    chips = found.slice_chips
+    if ici_chips and chips and ici_chips != chips:
+        raise ValueError(
+            f"the mesh's ICI axes span {ici_chips} chips but {name!r} is a slice of "
+            f"{chips}"
+        )
+    chips = chips or ici_chips
+    if chips and chips != round(float(cluster.scale_up.size)):
+        if chips > float(cluster.scale_up.size):
+            family = _names.HARDWARE_TRAITS.get(found.spec, ("",))[0]
+            pods = [
+                s
+                for s, t in _names.HARDWARE_TRAITS.items()
+                if t[0] == family and t[3] == "pod" and s in reg
+            ]
+            if not pods:
+                raise ValueError(
+                    f"an ICI domain of {chips} chips exceeds {cluster.name}'s scale-up "
+                    f"domain ({float(cluster.scale_up.size):g} chips)"
+                )
+            cluster = _load_hardware_path(reg[pods[0]].path)
+            if found.power_w is not None:
+                cluster = power_cap(cluster, found.power_w)
+        if cluster.scale_up.dims and chips < float(cluster.scale_up.size):
+            cluster = tpu_slice(cluster, chips)
+        elif chips > float(cluster.scale_up.size):
+            cluster = tpu_slice(cluster, chips)
     return cluster
 
 

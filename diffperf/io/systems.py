@@ -30,11 +30,17 @@ __all__ = ["tpu_slice", "power_cap", "slice_shape"]
 def slice_shape(chips: int, limits: list[int]) -> list[int]:
     """The most cubic factorization of `chips` into len(limits) axes within limits.
 
+    3D tori (v4, v5p) of 64 chips or more are built of 4x4x4 cubes, so every axis is
+    then a multiple of 4 (v4-384: 4x4x12).
+
     Raises:
         ValueError: `chips` does not fit the pod's axes.
     """
     best = None
-    divisors = [d for d in range(1, chips + 1) if chips % d == 0]
+    cubes = len(limits) >= 3 and chips >= 64 and chips % 64 == 0
+    divisors = [
+        d for d in range(1, chips + 1) if chips % d == 0 and (not cubes or d % 4 == 0)
+    ]
     for combo in itertools.product(divisors, repeat=len(limits)):
         if math.prod(combo) != chips or any(
             c > lim for c, lim in zip(combo, limits, strict=True)

@@ -10,6 +10,8 @@ Per microbatch (B sequences of S tokens; T = B·S/c tokens on a chip, t = tp):
   backward = 2 × forward GEMMs (dgrad, wgrad) + 2.5 × attention + 2.5 × scan
              + 2 × elementwise  (fused attention and the SSD scan recompute forward)
   recompute: full = one more forward; selective = one more attention forward
+  fine-tuning (`finetune.py`): frozen base weights skip their wgrad, (2 + τ) × GEMMs,
+             and LoRA adapters add 3 × their forward GEMMs
 Step (m microbatches, p stages, v virtual stages; Narayanan et al. SC'21):
   T = m·t_mb + (p − 1)/v · t_mb + p2p + exposed DP + optimizer + host
       + exposed offload + input-pipeline stall   (`offchip.py`)
@@ -24,6 +26,7 @@ from ..specs.workload import Transformer
 from .breakdown import Breakdown
 from .data_parallel import dp_exposed, optimizer_time, p2p_exposed
 from .fidelity import Fidelity, tier
+from .finetune import lora_forward, lora_layer_params
 from .layer import LayerShape, head_time, layer_comm, layer_forward
 from .memory import train_memory
 from .offchip import input_exposed, offload_exposed, train_nic_bytes
@@ -92,13 +95,15 @@ def train_step(
     ls = model.n_layers / p  # layers per stage
     lay = layer_forward(cluster, model, s, relax)
     com = layer_comm(cluster, model, s, relax, mapping.sequence_parallel)
+    lora = lora_forward(cluster, model, lay, mapping, relax=relax)
+    tau = mapping.trainable  # share of base weights with a weight gradient
     chip = cluster.chip
 
     bwd_attn = (2.5 if s.flash else 2.0) * lay["attn"]  # flash recomputes the scores
     cp_fwd = relax.exceed(com["cp_fwd"], lay["attn"])
     cp_bwd = relax.exceed(com["cp_bwd"], bwd_attn)
     tp = (1.0 - mapping.tp_overlap) * com["tp"]
-    compute = lay["gemm"] + lay["attn"] + lay["ssm"] + lay["elem"]
+    compute = lay["gemm"] + lay["attn"] + lay["ssm"] + lay["elem"] + lora["time"]
     # EP overlap: the overlapped share of the all-to-all is hidden behind up to one
     # pass's compute of the layer (another microbatch's, or the shared experts')
     ep_on = mapping.ep_overlap * com["ep"]
@@ -110,9 +115,9 @@ def train_step(
         "full": compute + tp / 2.0,
     }[mapping.recompute]
     passes = 4.0 if full else 3.0  # forward + backward (2×) + recomputed forward
-    kernels = lay["kernels"] * passes
+    kernels = (lay["kernels"] + lora["kernels"]) * passes
     per_layer = dict(
-        matmul=3.0 * lay["gemm"],
+        matmul=(2.0 + tau) * lay["gemm"] + 3.0 * lora["time"],
         attention=lay["attn"] + bwd_attn + 3.5 * lay["ssm"],
         elementwise=3.0 * lay["elem"],
         kernel_overhead=kernels * chip.kernel_overhead,
@@ -157,15 +162,18 @@ def train_step(
     a = model.attention_fraction
     attn_model = 6.0 * s.seq * model.n_heads * (s.h_qk + s.h_v) * model.n_layers * a
     ssm_model = 3.0 * lay["ssm_flops"] * s.t / s.tokens * model.n_layers
-    model_flops = (6.0 * model.active_params() + attn_model + ssm_model) * tokens
+    weights = 2.0 * (2.0 + tau) * model.active_params()  # forward, dgrad, τ·wgrad
+    adapters = 6.0 * model.n_layers * lora_layer_params(model, mapping)
+    model_flops = (weights + adapters + attn_model + ssm_model) * tokens
     extra = {
         "none": 0.0,
         "selective": lay["attn_flops"],
-        "full": lay["flops"] + lay["attn_flops"] + lay["ssm_flops"],
+        "full": lay["flops"] + lora["flops"] + lay["attn_flops"] + lay["ssm_flops"],
     }[mapping.recompute]
     attn_passes = 3.5 if s.flash else 3.0
     mixer = attn_passes * lay["attn_flops"] + 3.5 * lay["ssm_flops"]
-    per_chip = m * (last * (3.0 * lay["flops"] + mixer + extra))
+    gemms = (2.0 + tau) * lay["flops"] + 3.0 * lora["flops"]
+    per_chip = m * (last * (gemms + mixer + extra))
     per_chip = per_chip + m * 6.0 * s.tokens * model.d_model * model.vocab_size / (
         s.t * p
     ) * (1.0 + model.n_mtp_layers)
