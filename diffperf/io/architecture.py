@@ -34,7 +34,12 @@ import re
 
 from ..specs.workload import Transformer
 
-__all__ = ["ARCHITECTURE_FIELDS", "architecture_values", "with_architecture"]
+__all__ = [
+    "ARCHITECTURE_FIELDS",
+    "architecture_values",
+    "defined_fields",
+    "with_architecture",
+]
 
 ARCHITECTURE_FIELDS = {
     "layers": "n_layers",
@@ -101,6 +106,31 @@ def architecture_values(source: dict, where: str = "column") -> dict:
     return out
 
 
+def defined_fields(values: dict) -> dict:
+    """Transformer keyword arguments of a model the fields define (defaults applied).
+
+    `values` (from `architecture_values`) must hold the required fields.
+    """
+    h, n = values["hidden"], values["heads"]
+    moe = values.get("n_experts", 0.0) > 0
+    return dict(
+        n_layers=values["layers"],
+        d_model=h,
+        n_heads=n,
+        n_kv_heads=values.get("kv_heads", n),
+        head_dim=values.get("head_dim", h / n),
+        d_ff=values.get("ffn_hidden", 4.0 * h),
+        vocab_size=values["vocab"],
+        max_seq_len=values["seq_len"],
+        mlp=values.get("mlp_activation", "plain"),
+        tied_embeddings=values.get("tied_embeddings", True),
+        n_experts=values.get("n_experts", 0.0),
+        top_k=values.get("top_k", 0.0) if moe else 0.0,
+        n_shared_experts=values.get("shared_experts", 0.0) if moe else 0.0,
+        d_ff_expert=values.get("moe_ffn_hidden", 0.0) if moe else 0.0,
+    )
+
+
 def with_architecture(
     base: Transformer | None, values: dict, name: str = "custom"
 ) -> Transformer:
@@ -120,24 +150,7 @@ def with_architecture(
                 f"model {name!r} is not a known spec; to define it give the "
                 f"architecture field(s) {', '.join(missing)}"
             )
-        h, n = values["hidden"], values["heads"]
-        moe = values.get("n_experts", 0.0) > 0
-        table = dict(
-            n_layers=values["layers"],
-            d_model=h,
-            n_heads=n,
-            n_kv_heads=values.get("kv_heads", n),
-            head_dim=values.get("head_dim", h / n),
-            d_ff=values.get("ffn_hidden", 4.0 * h),
-            vocab_size=values["vocab"],
-            max_seq_len=values["seq_len"],
-            mlp=values.get("mlp_activation", "plain"),
-            tied_embeddings=values.get("tied_embeddings", True),
-            n_experts=values.get("n_experts", 0.0),
-            top_k=values.get("top_k", 0.0) if moe else 0.0,
-            n_shared_experts=values.get("shared_experts", 0.0) if moe else 0.0,
-            d_ff_expert=values.get("moe_ffn_hidden", 0.0) if moe else 0.0,
-        )
+        table = defined_fields(values)
         try:
             model = Transformer(**table, name=re.sub(r"\W+", "_", name).strip("_"))
         except ValueError as e:

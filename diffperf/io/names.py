@@ -170,11 +170,11 @@ _SYSTEMS = [
     ),  # fmt: skip
     (r"a4x", ("gb200", 0, "nvl72", "GCP A4X: GB200 NVL72")),
     (r"a4-highgpu|(?<![a-z0-9])a4(?![0-9a-z])", ("b200", 0, "", "GCP A4: 8x B200")),
-    (r"nd ?96 ?asr|ndv4|nd a100 v4", ("a100", 40, "", "Azure NDv4: A100 40GB")),
-    (r"nd ?96 ?amsr|ndm ?a100 ?v4", ("a100", 80, "", "Azure NDm A100 v4: A100 80GB")),
-    (r"nd ?96 ?isr ?h100|nd h100 v5", ("h100", 80, "", "Azure ND H100 v5: 8x H100")),
-    (r"nd ?96 ?isr ?h200|nd h200 v5", ("h200", 141, "", "Azure ND H200 v5: 8x H200")),
-    (r"nd ?mi300x", ("mi300x", 192, "", "Azure ND MI300X v5: 8x MI300X")),
+    (r"nd96asr|ndv4|nd a100 v4", ("a100", 40, "", "Azure NDv4: A100 40GB")),
+    (r"nd96amsr|ndm ?a100", ("a100", 80, "", "Azure NDm A100 v4: A100 80GB")),
+    (r"nd96isr[ _-]?h100|nd h100", ("h100", 80, "", "Azure ND H100 v5: 8x H100")),
+    (r"nd96isr[ _-]?h200|nd h200", ("h200", 141, "", "Azure ND H200 v5: 8x H200")),
+    (r"nd96isr[ _-]?mi300x|nd mi300x", ("mi300x", 192, "", "Azure ND MI300X v5")),
     (r"nd ?gb200", ("gb200", 0, "nvl72", "Azure ND GB200 v6: GB200 NVL72")),
     (r"selene", ("a100", 80, "dgx", "Selene: NVIDIA's DGX A100 SuperPOD")),
     (r"(?<![a-z])eos(?![a-z])", ("h100", 80, "dgx", "Eos: NVIDIA's DGX H100 SuperPOD")),
@@ -184,7 +184,7 @@ _NOISE = {"nvidia", "amd", "instinct", "google", "cloud", "aws", "amazon", "inte
           "habana", "tesla", "microsoft", "azure", "gcp", "ec2", "hbm", "hbm2", "hbm2e",
           "hbm3", "hbm3e", "gpu", "gpus", "accelerator", "chip", "chips", "node",
           "nodes", "system", "server", "board", "module", "tensor", "core", "hgx",
-          "superpod", "pod", "cluster", "x", "per", "with", "and", "the",
+          "superpod", "pod", "cluster", "x", "per", "with", "and", "the", "standard",
           "tpu"}  # fmt: skip
 
 
@@ -273,9 +273,17 @@ def parse_hardware(text: str, registry: dict[str, tuple[str, ...]]) -> HardwareN
     power_w = float(power.group(1)) if power else None
     base = dict(power_w=power_w, power_capped=capped,
                 count=int(count_m.group(1)) if count_m else None)  # fmt: skip
+    sl = _SLICE.search(low)
+    if sl:  # an alias that is a slice name (v5e-256) still says its size
+        fam = {"v5litepod": "tpu_v5e"}.get(sl.group(1), "tpu_" + sl.group(1))
+        n = int(sl.group(2))
+        chips = n // 2 if SLICE_COUNTS_CORES.get(fam, False) else n
     for key in (normalize(text), normalize(bare)):
         if key in table:
-            return _with_counting(HardwareName(text, table[key], "alias", **base))
+            found = HardwareName(text, table[key], "alias", **base)
+            if sl:
+                found = HardwareName(**(asdict(found) | dict(slice_chips=chips)))
+            return _with_counting(found)
     stripped = re.sub(r"(\d{3,5}(?:\.\d+)?)\s*w(?:atts?)?(?![a-z0-9])", " ", low)
     stripped = re.sub(r"power[\s\-_]*(?:capped|cap|limited|limit)", " ", stripped)
     stripped = re.sub(
@@ -328,9 +336,10 @@ def _parse_features(text: str, low: str, table, base) -> HardwareName:
             f"hardware {text!r} names both {found_families[0]} and {family} "
             f"({notes[0] if notes else 'slice'})"
         )
-    mem = re.search(r"(\d+(?:\.\d+)?)\s*(?:gb|gib|g)(?![a-z0-9])", low)
-    if mem and memory is None:
-        memory = float(mem.group(1))
+    mem = re.search(r"(\d+(?:\.\d+)?)\s*(gb|gib|g)(?![a-z0-9])", low)
+    if mem and memory is None and not notes:  # an instance name's "-8g" is a count
+        if mem.group(2) != "g" or float(mem.group(1)) >= 16:
+            memory = float(mem.group(1))
     form = None
     forms = (
         (r"sxm\d?", "sxm"),

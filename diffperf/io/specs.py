@@ -27,7 +27,12 @@ from ..specs.hardware import (
 )
 from ..specs.workload import Transformer
 from . import names as _names
-from .architecture import ARCHITECTURE_FIELDS, architecture_values, with_architecture
+from .architecture import (
+    ARCHITECTURE_FIELDS,
+    architecture_values,
+    defined_fields,
+    with_architecture,
+)
 from .systems import power_cap, tpu_slice
 
 __all__ = [
@@ -327,24 +332,43 @@ def load_workload(name: str | Path, architecture: dict | None = None) -> Transfo
 
 
 def _model_table(table, path: Path):
-    """A `[model]` table with CSV-vocabulary keys (`layers = 8`) renamed to fields."""
+    """A `[model]` table whose CSV-vocabulary keys (`layers = 8`) became fields.
+
+    Vocabulary keys change the fields they name; when the table (after `extends`)
+    lacks a model's required fields, the vocabulary defines it with the defaults of
+    `io.architecture` (as a CSV row would).
+    """
     if not isinstance(table, dict):
         return table
     vocab = {k: v for k, v in table.items() if ARCHITECTURE_FIELDS.get(k)}
     if not vocab:
         return table
-    fields = {
-        ARCHITECTURE_FIELDS[k]: v
-        for k, v in architecture_values(vocab, f"{path.name} [model]").items()
-    }
-    if "seq_len" in vocab:  # a TOML's seq_len is the model's context
-        fields["max_seq_len"] = float(vocab["seq_len"])
+    where = f"{path.name} [model]"
+    values = architecture_values({k: str(v) for k, v in vocab.items()}, where)
     rest = {k: v for k, v in table.items() if k not in vocab}
-    for k, v in fields.items():
-        if isinstance(v, float) and v.is_integer() and k != "max_seq_len":
-            v = int(v)
-        rest[k] = v
-    return rest
+    required = ("n_layers", "d_model", "n_heads", "vocab_size", "max_seq_len")
+    if all(k in rest for k in required):
+        fields = {ARCHITECTURE_FIELDS[k]: v for k, v in values.items()}
+        if "seq_len" in values:
+            fields["max_seq_len"] = values["seq_len"]
+    else:
+        need = ("layers", "hidden", "heads", "vocab", "seq_len")
+        missing = [
+            k for k in need if k not in values and ARCHITECTURE_FIELDS[k] not in rest
+        ]
+        if missing:
+            raise ValueError(f"{where}: missing key(s) {', '.join(missing)}")
+        merged = values | {
+            k: float(rest[ARCHITECTURE_FIELDS[k]])
+            for k in ("layers", "hidden", "heads", "vocab", "seq_len")
+            if k not in values
+        }
+        fields = defined_fields(merged)
+    out = rest | fields
+    for k, v in out.items():  # whole floats back to ints for _build's type checks
+        if isinstance(v, float) and v.is_integer():
+            out[k] = int(v)
+    return out
 
 
 def published_params(name: str) -> float | None:
