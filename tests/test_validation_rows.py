@@ -152,6 +152,17 @@ def test_trainium_neuron_cores_are_counted_per_chip():
     # 32 NeuronCores = 16 chips; TP 8 over cores = TP 4 over chips
     assert (cluster.name, gpus, float(mapping.tp), float(mapping.dp)) == (
         "trn1", 16, 4.0, 4.0)  # fmt: skip
+    # Trainium2 at LNC = 1: 8 logical NeuronCores per chip, so 128 of them = 16 chips
+    trn2 = row | {
+        "gpu": "trn2.48xlarge",
+        "num_gpus": "128",
+        "tp": "8",
+        "lnc": "1",
+        "global_batch": "16",
+    }
+    _, cluster, _, mapping, gpus, _ = resolve_training_row(trn2)
+    assert (cluster.name, gpus, float(mapping.tp), float(mapping.dp)) == (
+        "trn2", 16, 1.0, 16.0)  # fmt: skip
 
 
 def test_summary_counts_excluded_refused_and_infeasible_rows():
@@ -194,3 +205,23 @@ def test_throughput_units_are_honoured():
     assert _scope("output tokens/s (per-GPU vs total not stated)") == "gpu"
     assert _scope("tokens/s per replica") == "replica"
     assert _scope("output tokens/s") == "system"
+
+
+def test_cli_defines_a_model_by_flags_and_fine_tunes_it(capsys):
+    import json
+
+    from diffperf.cli.main import main
+
+    argv = ["train", "--hardware", "h100_sxm", "--model", "tiny-proxy", "--gpus", "8",
+            "--layers", "2", "--hidden", "256", "--heads", "4", "--vocab", "1000",
+            "--seq-len", "256", "--mlp-activation", "swiglu", "--shard-group", "4",
+            "--zero", "3", "--finetune", "lora", "--lora-targets", "qkv,mlp_down",
+            "--json"]  # fmt: skip
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["resolved_model"]["how"] == "architecture"
+    assert out["mapping"]["lora_targets"] == ["qkv", "mlp_down"]
+    assert (out["mapping"]["trainable"], out["mapping"]["shard_group"]) == (0.0, 4.0)
+    assert main(argv[:-3] + ["--lora-targets", "bogus"]) == 2
+    err = capsys.readouterr().err
+    assert "--lora-targets" in err and err.count("\n") == 1

@@ -18,6 +18,7 @@ from ..model.serving import continuous_batching, disaggregated, serve, speculati
 from ..model.train import train_step
 from ..specs.mapping import (
     ATTENTION_KERNELS,
+    LORA_TARGETS,
     Parallelism,
     Serving,
     check_mapping,
@@ -196,6 +197,40 @@ def train_arguments(p):
             default=0.0,
             help=f"fraction of the {what} kept in the memory tier (host / CXL / C2C)",
         )
+    p.add_argument(
+        "--shard-group",
+        type=_positive_int("--shard-group"),
+        help="hybrid sharding: ZeRO shards over this many data-parallel ranks and the "
+        "shards' gradients are all-reduced across the rest (HSDP; MaxText's fsdp axis)",
+    )
+    p.add_argument(
+        "--finetune",
+        choices=("full", "lora", "frozen"),
+        default="full",
+        help="lora: frozen base plus LoRA adapters; frozen: no weight gradients",
+    )
+    p.add_argument("--lora-rank", type=_positive_int("--lora-rank"), default=16)
+    p.add_argument(
+        "--lora-targets",
+        default="qkv,attn_out",
+        help="comma-separated projections: " + ", ".join(LORA_TARGETS),
+    )
+
+
+def _finetune(args) -> dict:
+    """Parallelism fields of --finetune / --lora-rank / --lora-targets (UsageError)."""
+    if args.finetune == "full":
+        return {}
+    if args.finetune == "frozen":
+        return dict(trainable=0.0)
+    targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
+    bad = [t for t in targets if t not in LORA_TARGETS]
+    if bad or not targets:
+        raise UsageError(
+            f"--lora-targets={args.lora_targets!r} must be comma-separated names "
+            f"among {', '.join(LORA_TARGETS)}"
+        )
+    return dict(trainable=0.0, lora_rank=float(args.lora_rank), lora_targets=targets)
 
 
 def infer_arguments(p):
@@ -339,6 +374,10 @@ def run_train(args) -> dict:
             "dtype": args.dtype,
             "offload_optimizer": args.offload_optimizer,
             "offload_activations": args.offload_activations,
+            "shard_group": float(mapping.shard_group),
+            "trainable": float(mapping.trainable),
+            "lora_rank": float(mapping.lora_rank),
+            "lora_targets": list(mapping.lora_targets),
         },
     }
     return out
@@ -380,6 +419,8 @@ def train_job(args):
         attention_kernel=args.attention_kernel,
         offload_optimizer=args.offload_optimizer,
         offload_activations=args.offload_activations,
+        shard_group=float(args.shard_group or 0),
+        **_finetune(args),
     )
     check_mapping(model, mapping, gpus=args.gpus)
     return cluster, model, mapping

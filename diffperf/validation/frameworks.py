@@ -28,8 +28,8 @@ shards parameters over its `fsdp` mesh axes.
 
 Columns read (blank = default): recompute (none|selective|full), seq_parallel (y/n),
 zero (0-3), attention_kernel (fa3|fa2|unfused), dp_overlap (0..1), flops_formula,
-mesh, count_unit (chip|device|core), finetune (full|sft|lora|frozen), lora_rank,
-lora_targets.
+mesh, count_unit (chip|device|core), lnc (Trainium2's logical NeuronCore config,
+1 or 2; default 2), finetune (full|sft|lora|frozen), lora_rank, lora_targets.
 
 FLOP formulas for rows that report TFLOP/s or MFU only (the source's own count):
   - `megatron`: Megatron-LM's `num_floating_point_operations`: 3 passes of the

@@ -115,8 +115,13 @@ def _degrees(row, found, gpus_text: float):
     unit = (row.get("count_unit") or "chip").strip().lower().rstrip("s")
     if unit not in ("chip", "device", "core"):
         raise ValueError(f"column count_unit={unit!r} must be chip, device or core")
-    per_chip = {"chip": 1.0, "device": found.devices_per_chip,
-                "core": found.cores_per_chip}[unit]  # fmt: skip
+    devices = found.devices_per_chip
+    lnc = number(row, "lnc")  # Trainium2's logical NeuronCore config (1 or 2)
+    if lnc is not None:
+        if lnc not in (1.0, 2.0) or found.cores_per_chip < 8:
+            raise ValueError(f"column lnc={lnc:g} must be 1 or 2, on Trainium2 only")
+        devices = found.cores_per_chip / lnc
+    per_chip = {"chip": 1.0, "device": devices, "core": found.cores_per_chip}[unit]
     mesh = parse_mesh(row["mesh"]) if (row.get("mesh") or "").strip() else None
     deg = {k: number(row, k) for k in ("tp", "pp", "cp", "ep", "dp")}
     if mesh:
