@@ -47,6 +47,10 @@ DCN axes across slices; names with or without `_parallelism`): tp = tensor axes,
 sequence/context, ep = expert, pp = stage, dp = data·fsdp, and the ZeRO-3 shard group is
 the fsdp axes; the product of the ICI axes is the slice (the ICI domain).
 
+A TPU row without a mesh or a slice name runs in one slice of all its chips (up to
+the pod; MaxText's single-slice jobs); a `num_gpus` equal to a slice name's TensorCore
+count (512 with v5p-512) counts TensorCores.
+
 `count_unit` says what num_gpus, the degrees and the microbatch count: chips (default),
 framework devices (`device`: Trainium NeuronCores at the logical NeuronCore config,
 MI250X GCDs, TPU v2/v3 TensorCores) or physical cores (`core`), converted to chips with

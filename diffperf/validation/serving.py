@@ -80,6 +80,14 @@ def _precision(text: str) -> Precision:
 _TIME = {"s": 1.0, "sec": 1.0, "ms": 1e3, "us": 1e6, "µs": 1e6}
 
 
+def _measured_value(row: dict) -> float:
+    """The row's `value`, a positive number (ValueError naming the column)."""
+    value = number(row, "value")
+    if value is None or not value > 0:
+        raise ValueError(f"column value={row.get('value')!r} must be a number > 0")
+    return value
+
+
 def _time_scale(unit: str) -> float:
     """Units per second of a latency's `unit` cell (first word: s, ms, us)."""
     word = (unit.strip().split() or [""])[0].lower()
@@ -118,7 +126,7 @@ def predict_infer_row(row: dict, *, fidelity: str = "detailed") -> dict:
         if not re.search(r"/\s*s\b|per second", unit.lower()):
             raise ValueError(f"unit {unit!r} of {metric} must be a rate per second")
     cluster, model, serving, names = resolve_infer_row(row, with_names=True)
-    measured = float(row["value"])
+    measured = _measured_value(row)
     out = dict(
         metric=metric, measured=measured, hardware=cluster.name, model=model.name,
         resolved_hardware=names["hardware"], resolved_model=names["model"],
@@ -213,7 +221,7 @@ def _predict_op_row(row: dict, metric: str, fidelity: str) -> dict:
     )
     unit = row.get("unit", "s").strip()
     scale = {"s": 1.0, "ms": 1e3, "us": 1e6}.get(unit, 1.0)
-    measured = float(row["value"])
+    measured = _measured_value(row)
     predicted = seconds * scale
     return dict(
         metric=metric, measured=measured, predicted=predicted,

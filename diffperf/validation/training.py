@@ -99,6 +99,11 @@ def _ep_overlap(kind: str, cluster, model, degrees: tuple) -> float:
     return 1.0 if (model.name, cluster.name, *degrees) in _A2A_OVERLAP else 0.0
 
 
+def _tpu_host(hw) -> bool:
+    """The name resolved to a TPU host spec (whose family has a pod spec)."""
+    return hw.spec.startswith("tpu_") and not hw.spec.endswith("_pod")
+
+
 def _flag(row, key) -> bool | None:
     text = (row.get(key) or "").strip().lower()
     if not text:
@@ -161,9 +166,19 @@ def resolve_training_row(row: dict, cluster=None):
         gpus_text = float(hw.slice_chips)
     if not gpus_text:
         raise ValueError("column num_gpus is blank and the gpu names no slice size")
+    cores = hw.slice_chips and hw.cores_per_chip > 1
+    if (
+        cores
+        and gpus_text == hw.slice_chips * hw.cores_per_chip
+        and not row.get("count_unit", "").strip()
+    ):  # num_gpus repeats the slice name's TensorCore count (v5p-512: 512)
+        gpus_text = float(hw.slice_chips)
     gpus, tp, pp, cp, ep, dp, micro, mesh = _degrees(row, hw, gpus_text)
     if cluster is None:
         slice_chips = int(mesh["ici"]) if mesh and mesh["ici"] > 1 else None
+        if slice_chips is None and not hw.slice_chips and _tpu_host(hw):
+            # a TPU job without a mesh or slice name: one slice of all its chips
+            slice_chips = round(gpus)
         cluster = io.load_hardware(row["gpu"], ici_chips=slice_chips)
     dtype = _dtype(row.get("dtype", ""))
     if float(cluster.chip.peak_flops(dtype)) <= 0:
@@ -201,6 +216,9 @@ def resolve_training_row(row: dict, cluster=None):
 def _measured(row, kind, model, mapping, b, gpus):
     """(metric, measured, predicted) of the row's most direct measurement."""
     step, tokens = float(b.total), float(b.tokens)
+    for key, value in row.items():
+        if key and key.startswith("measured_") and number(row, key, 0.0) < 0:
+            raise ValueError(f"column {key}={value!r} must be >= 0")
     tok = number(row, "measured_tokens_per_s_per_gpu")
     if tok:
         return "tokens_per_s_per_gpu", tok, tokens / (step * gpus)
