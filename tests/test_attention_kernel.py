@@ -9,7 +9,7 @@ import pytest
 import diffperf as dp
 from diffperf.cli import main
 from diffperf.model.ops import attention_time
-from diffperf.validation.training import _attention_kernel, _source_kind
+from diffperf.validation.frameworks import PROFILES, profile
 
 from .helpers import get_leaf, scale_leaf
 
@@ -145,8 +145,12 @@ def test_cli_bad_attention_kernel_exits_2(capsys, cmd):
         ("Megatron-LM README (Sept 2020)", "Megatron-LM (2020)", "unfused"),
         ("some lab's blog", "Composer/llm-foundry (PyTorch FSDP)", "fa2"),
         ("some lab's blog", "", "fa3"),
+        # the 2024 Megatron-LM README: its wording must not make it a 2020 run
+        ("Megatron-LM README (2024) weak scaling", "Megatron-Core (2024)", "fa3"),
+        ("Megatron-LM README", "Megatron-LM (2024)", "fa3"),
     ],
 )
 def test_validation_rows_resolve_the_kernel_from_framework(source, framework, kernel):
-    row = {"source": source, "framework": framework}
-    assert _attention_kernel(row, _source_kind(source)) == kernel
+    # the default comes from the framework column only; the source text is not read
+    del source
+    assert PROFILES[profile(framework)]["kernel"] == kernel

@@ -18,6 +18,7 @@ from ..model.serving import continuous_batching, disaggregated, serve, speculati
 from ..model.train import train_step
 from ..specs.mapping import (
     ATTENTION_KERNELS,
+    LORA_TARGETS,
     Parallelism,
     Serving,
     check_mapping,
@@ -81,6 +82,72 @@ def _attention_argument(p):
     )
 
 
+_ARCH_INT = (
+    "layers",
+    "hidden",
+    "heads",
+    "kv_heads",
+    "head_dim",
+    "ffn_hidden",
+    "vocab",
+    "n_experts",
+    "top_k",
+    "shared_experts",
+    "moe_ffn_hidden",
+)
+
+
+def _architecture_arguments(p):
+    """Architecture flags: override the named model's fields, or define an unknown one.
+
+    The vocabulary of `io.architecture` (the measurement CSVs' columns); defining a
+    model needs --layers --hidden --heads --vocab and a sequence length.
+    """
+    g = p.add_argument_group(
+        "model architecture (override --model's fields, or define an unknown model)"
+    )
+    for key in _ARCH_INT:
+        flag = "--" + key.replace("_", "-")
+        g.add_argument(flag, type=_positive_int(flag), dest=f"arch_{key}")
+    g.add_argument(
+        "--mlp-activation",
+        choices=("swiglu", "geglu", "relu", "gelu", "squared_relu"),
+        dest="arch_mlp_activation",
+    )
+    g.add_argument(
+        "--tied-embeddings",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        dest="arch_tied_embeddings",
+    )
+
+
+def architecture_flags(args, seq_len) -> dict:
+    """The architecture fields given on the command line (`io.architecture`)."""
+    out = {
+        key[len("arch_") :]: value
+        for key, value in vars(args).items()
+        if key.startswith("arch_") and value is not None
+    }
+    if out and seq_len:
+        out["seq_len"] = seq_len  # used only when the flags define the model
+    return out
+
+
+def resolved_names(hardware: str, model: str, overrides: dict | None = None) -> dict:
+    """`resolved_hardware` / `resolved_model`: what the names resolved to.
+
+    `overrides` are the architecture fields that changed (or defined) the model.
+    """
+    out = {"resolved_hardware": io.resolve_hardware(hardware).as_dict()}
+    try:
+        out["resolved_model"] = io.resolve_workload(model).as_dict()
+    except ValueError:  # defined by architecture flags
+        out["resolved_model"] = {"text": model, "spec": None, "how": "architecture"}
+    out["resolved_model"]["architecture"] = dict(overrides or {})
+    return out
+
+
 def add_train(sub):
     p = sub.add_parser("train", help="time, memory and MFU of one training step")
     train_arguments(p)
@@ -122,6 +189,7 @@ def train_arguments(p):
     p.add_argument("--zero", type=int, choices=(0, 1, 2, 3), default=1)
     _attention_argument(p)
     p.add_argument("--dtype", choices=DTYPES, default="bf16", help="GEMM math dtype")
+    _architecture_arguments(p)
     for what in ("optimizer", "activations"):
         p.add_argument(
             f"--offload-{what}",
@@ -129,6 +197,40 @@ def train_arguments(p):
             default=0.0,
             help=f"fraction of the {what} kept in the memory tier (host / CXL / C2C)",
         )
+    p.add_argument(
+        "--shard-group",
+        type=_positive_int("--shard-group"),
+        help="hybrid sharding: ZeRO shards over this many data-parallel ranks and the "
+        "shards' gradients are all-reduced across the rest (HSDP; MaxText's fsdp axis)",
+    )
+    p.add_argument(
+        "--finetune",
+        choices=("full", "lora", "frozen"),
+        default="full",
+        help="lora: frozen base plus LoRA adapters; frozen: no weight gradients",
+    )
+    p.add_argument("--lora-rank", type=_positive_int("--lora-rank"), default=16)
+    p.add_argument(
+        "--lora-targets",
+        default="qkv,attn_out",
+        help="comma-separated projections: " + ", ".join(LORA_TARGETS),
+    )
+
+
+def _finetune(args) -> dict:
+    """Parallelism fields of --finetune / --lora-rank / --lora-targets (UsageError)."""
+    if args.finetune == "full":
+        return {}
+    if args.finetune == "frozen":
+        return dict(trainable=0.0)
+    targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
+    bad = [t for t in targets if t not in LORA_TARGETS]
+    if bad or not targets:
+        raise UsageError(
+            f"--lora-targets={args.lora_targets!r} must be comma-separated names "
+            f"among {', '.join(LORA_TARGETS)}"
+        )
+    return dict(trainable=0.0, lora_rank=float(args.lora_rank), lora_targets=targets)
 
 
 def infer_arguments(p):
@@ -141,7 +243,12 @@ def infer_arguments(p):
     p.add_argument("--batch", type=_positive_int("--batch"), default=1)
     p.add_argument("--input-len", type=_positive_int("--input-len"), default=1024)
     p.add_argument("--output-len", type=_positive_int("--output-len"), default=128)
-    p.add_argument("--dtype", choices=DTYPES, default="bf16", help="weights and math")
+    p.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        help="weights and math (default: the checkpoint's format when the model "
+        "name states one, e.g. ...-FP8, else bf16)",
+    )
     p.add_argument("--kv-dtype", choices=DTYPES, help="KV cache (default: --dtype)")
     p.add_argument(
         "--graphs", action="store_true", help="decode steps replayed as CUDA graphs"
@@ -153,6 +260,7 @@ def infer_arguments(p):
         default=0.0,
         help="fraction of the KV cache kept in the memory tier (host / CXL / C2C)",
     )
+    _architecture_arguments(p)
 
 
 def add_infer(sub):
@@ -241,7 +349,8 @@ def run_train(args) -> dict:
     cluster, model, mapping = train_job(args)
     cluster, mapping = tier(args.fidelity, cluster, mapping)
     out = train_result(cluster, model, mapping)
-    out |= {
+    arch = architecture_flags(args, args.seq_len)
+    out |= resolved_names(args.hardware, args.model, arch) | {
         "fidelity": args.fidelity,
         "hardware": cluster.name,
         "model": model.name,
@@ -265,6 +374,10 @@ def run_train(args) -> dict:
             "dtype": args.dtype,
             "offload_optimizer": args.offload_optimizer,
             "offload_activations": args.offload_activations,
+            "shard_group": float(mapping.shard_group),
+            "trainable": float(mapping.trainable),
+            "lora_rank": float(mapping.lora_rank),
+            "lora_targets": list(mapping.lora_targets),
         },
     }
     return out
@@ -273,7 +386,7 @@ def run_train(args) -> dict:
 def train_job(args):
     """(cluster, model, mapping) of `train_arguments` flags, checked (UsageError)."""
     cluster = io.load_hardware(args.hardware)
-    model = io.load_workload(args.model)
+    model = io.load_workload(args.model, architecture_flags(args, args.seq_len))
     model = with_precision(model, Precision.training(args.dtype))
     if args.capacity_factor is not None:
         # dataclasses.replace re-runs the workload's checks on the new value
@@ -306,6 +419,8 @@ def train_job(args):
         attention_kernel=args.attention_kernel,
         offload_optimizer=args.offload_optimizer,
         offload_activations=args.offload_activations,
+        shard_group=float(args.shard_group or 0),
+        **_finetune(args),
     )
     check_mapping(model, mapping, gpus=args.gpus)
     return cluster, model, mapping
@@ -382,7 +497,14 @@ def infer_result(cluster, model, serving, *, gpus=None, ttft_slo=None,
 def infer_job(args):
     """(cluster, model, serving, precision) of `infer_arguments` flags (UsageError)."""
     cluster = io.load_hardware(args.hardware)
-    model = io.load_workload(args.model)
+    context = args.input_len + args.output_len
+    model = io.load_workload(args.model, architecture_flags(args, context))
+    if args.dtype is None:  # the checkpoint's format, as its name states (...-FP8)
+        try:
+            hint = io.resolve_workload(args.model).precision
+        except ValueError:
+            hint = None
+        args.dtype = hint or "bf16"
     kv = args.kv_dtype or args.dtype
     math_dtype = args.dtype if args.dtype not in ("int4",) else "bf16"
     prec = Precision(math=math_dtype, weights=args.dtype, kv_cache=kv)
@@ -436,7 +558,8 @@ def run_infer(args) -> dict:
             "tpot_s": float(tpot),
             "speedup": float(out["tpot_s"] / tpot),
         }
-    out |= {
+    arch = architecture_flags(args, args.input_len + args.output_len)
+    out |= resolved_names(args.hardware, args.model, arch) | {
         "fidelity": args.fidelity,
         "hardware": cluster.name,
         "model": model.name,

@@ -14,7 +14,9 @@ from .specs import (
     normalize,
     published_params,
     read_csv,
+    resolve_hardware,
     resolve_path,
+    resolve_workload,
     spec_dir,
     workload_names,
 )
@@ -28,7 +30,9 @@ __all__ = [
     "normalize",
     "published_params",
     "read_csv",
+    "resolve_hardware",
     "resolve_path",
+    "resolve_workload",
     "spec_dir",
     "workload_names",
 ]

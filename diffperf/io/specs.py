@@ -2,11 +2,13 @@
 
 The only module of the library that touches files. Specs live in `hardware/` and
 `workloads/` at the repository root; an installed wheel carries copies under
-`diffperf/_specs/`. A name is a file stem, an alias from `[meta] aliases` (compared
-after lower-casing and dropping spaces and `-_.(),/`), or a path.
+`diffperf/_specs/`. A name is a path, a file stem, an alias from `[meta] aliases`
+(compared after lower-casing and dropping spaces and `-_.(),/`), or a name as people
+write it (vendor tables, papers, MLPerf, cloud instances, TPU slices, Hugging Face ids;
+the rules are in `io.names`). A hardware name's power limit and TPU slice are applied
+to the loaded spec (`io.systems`).
 """
 
-import difflib
 import json
 import re
 import tomllib
@@ -24,6 +26,14 @@ from ..specs.hardware import (
     NetworkTier,
 )
 from ..specs.workload import Transformer
+from . import names as _names
+from .architecture import (
+    ARCHITECTURE_FIELDS,
+    architecture_values,
+    defined_fields,
+    with_architecture,
+)
+from .systems import power_cap, tpu_slice
 
 __all__ = [
     "load_hardware",
@@ -32,6 +42,8 @@ __all__ = [
     "workload_names",
     "spec_dir",
     "from_hf_config",
+    "resolve_hardware",
+    "resolve_workload",
 ]
 
 _HERE = Path(__file__).resolve().parents[1]  # the diffperf package
@@ -45,9 +57,7 @@ def spec_dir(kind: str) -> Path:
     raise FileNotFoundError(f"no bundled {kind}/ folder next to {_HERE}")
 
 
-def normalize(name: str) -> str:
-    """Lower-case and drop spaces and `-_.(),/` so spellings of a name compare equal."""
-    return re.sub(r"[\s\-_.(),/]+", "", name.lower())
+normalize = _names.normalize
 
 
 @dataclass(frozen=True)
@@ -67,35 +77,73 @@ def _read_toml(path: Path) -> dict:
         raise ValueError(f"{path}: cannot read: {e.strerror}") from None
 
 
+_CACHE: dict[tuple, dict[str, _Spec]] = {}
+
+
 def _registry(kind: str) -> dict[str, _Spec]:
-    specs = {}
-    for path in sorted(spec_dir(kind).glob("*.toml")):
-        meta = _read_toml(path).get("meta", {})
-        specs[path.stem] = _Spec(path.stem, path, tuple(meta.get("aliases", ())))
-    return specs
+    paths = sorted(spec_dir(kind).glob("*.toml"))
+    key = (kind, tuple((p, p.stat().st_mtime_ns) for p in paths))
+    if key not in _CACHE:
+        specs = {}
+        for path in paths:
+            meta = _read_toml(path).get("meta", {})
+            specs[path.stem] = _Spec(path.stem, path, tuple(meta.get("aliases", ())))
+        _CACHE.clear()  # one entry per kind is enough; files changed
+        _CACHE[key] = specs
+    return _CACHE[key]
+
+
+def _is_path(name: str) -> bool:
+    p = Path(name)
+    return p.suffix in (".toml", ".json") or p.is_file()
+
+
+def resolve_hardware(name: str | Path) -> _names.HardwareName:
+    """What a hardware name resolves to (`io.names.HardwareName`).
+
+    Raises:
+        ValueError: unknown (with close matches) or ambiguous (with the candidates).
+    """
+    text = str(name)
+    if _is_path(text):
+        return _names.HardwareName(text, Path(text).stem, "path")
+    reg = _registry("hardware")
+    return _names.parse_hardware(text, {s: v.aliases for s, v in reg.items()})
+
+
+def resolve_workload(name: str | Path) -> _names.WorkloadName:
+    """What a model name resolves to (`io.names.WorkloadName`).
+
+    Raises:
+        ValueError: unknown (with close matches) or ambiguous (with the candidates).
+    """
+    text = str(name)
+    if _is_path(text):
+        return _names.WorkloadName(text, Path(text).stem, "path")
+    reg = _registry("workloads")
+    return _names.parse_workload(
+        text, {s: v.aliases for s, v in reg.items()}, _published
+    )
+
+
+def _published(stem: str):
+    reg = _registry("workloads")
+    return (
+        _read_toml(reg[stem].path).get("meta", {}).get("params")
+        if stem in reg
+        else None
+    )
 
 
 def resolve_path(kind: str, name: str) -> Path:
-    """Path of a spec given its stem, alias or path; ValueError with close matches."""
+    """Path of a spec given its name (module docstring); ValueError if unknown."""
     p = Path(name)
-    if p.suffix in (".toml", ".json") or p.is_file():
+    if _is_path(name):
         if not p.is_file():
             raise ValueError(f"{kind} file {name!r} does not exist")
         return p
-    reg = _registry(kind)
-    table = {}
-    for spec in reg.values():
-        for alias in (spec.stem, *spec.aliases):
-            table.setdefault(normalize(alias), spec.path)
-    key = normalize(name)
-    if key in table:
-        return table[key]
-    close = difflib.get_close_matches(key, table, n=3, cutoff=0.6)
-    names = {table[c].stem for c in close}
-    hint = f"; did you mean {', '.join(sorted(names))}?" if names else ""
-    raise ValueError(
-        f"unknown {kind} {name!r}{hint} (known: `diffperf list {kind}` or a TOML path)"
-    )
+    found = resolve_hardware(name) if kind == "hardware" else resolve_workload(name)
+    return _registry(kind)[found.spec].path
 
 
 def _merged(kind: str, path: Path, seen: tuple = ()) -> dict:
@@ -164,14 +212,60 @@ def _check_meta(meta: dict, path: Path):
         )
 
 
-def load_hardware(name: str | Path) -> Cluster:
-    """A `Cluster` from a hardware name, alias or TOML path.
+def load_hardware(name: str | Path, ici_chips: int | None = None) -> Cluster:
+    """A `Cluster` from a hardware name (module docstring) or TOML path.
+
+    A power limit in the name caps the chip's power; a TPU slice name (v5p-512) cuts
+    the pod's ICI domain to the slice (`io.systems`). `ici_chips` (a mesh's ICI axes)
+    asks for a scale-up domain of that many chips: a TPU host spec becomes a slice of
+    its pod spec.
 
     Raises:
-        ValueError: unknown name (with close matches), malformed TOML, unknown or
-            missing keys, or a value out of range (e.g. a negative bandwidth).
+        ValueError: unknown or ambiguous name, malformed TOML, unknown or missing
+            keys, a value out of range (e.g. a negative bandwidth), or an ICI domain
+            the hardware cannot have.
     """
-    path = resolve_path("hardware", str(name))
+    found = resolve_hardware(name)
+    reg = _registry("hardware")
+    path = (
+        resolve_path("hardware", str(name))
+        if found.how == "path"
+        else reg[found.spec].path
+    )
+    cluster = _load_hardware_path(path)
+    if found.power_w is not None:
+        cluster = power_cap(cluster, found.power_w)
+    chips = found.slice_chips
+    if ici_chips and chips and ici_chips != chips:
+        raise ValueError(
+            f"the mesh's ICI axes span {ici_chips} chips but {name!r} is a slice of "
+            f"{chips}"
+        )
+    chips = chips or ici_chips
+    if chips and chips != round(float(cluster.scale_up.size)):
+        if chips > float(cluster.scale_up.size):
+            family = _names.HARDWARE_TRAITS.get(found.spec, ("",))[0]
+            pods = [
+                s
+                for s, t in _names.HARDWARE_TRAITS.items()
+                if t[0] == family and t[3] == "pod" and s in reg
+            ]
+            if not pods:
+                raise ValueError(
+                    f"an ICI domain of {chips} chips exceeds {cluster.name}'s scale-up "
+                    f"domain ({float(cluster.scale_up.size):g} chips)"
+                )
+            cluster = _load_hardware_path(reg[pods[0]].path)
+            if found.power_w is not None:
+                cluster = power_cap(cluster, found.power_w)
+        if cluster.scale_up.dims and chips < float(cluster.scale_up.size):
+            cluster = tpu_slice(cluster, chips)
+        elif chips > float(cluster.scale_up.size):
+            cluster = tpu_slice(cluster, chips)
+    return cluster
+
+
+def _load_hardware_path(path: Path) -> Cluster:
     data = _merged("hardware", path)
     _check_meta(data.get("meta", {}), path)
     where = path.name
@@ -202,23 +296,79 @@ def _tier(table, where: str) -> NetworkTier:
     return _build(NetworkTier, table, where)
 
 
-def load_workload(name: str | Path) -> Transformer:
-    """A `Transformer` from a workload name, alias, TOML path or HF `config.json` path.
+def load_workload(name: str | Path, architecture: dict | None = None) -> Transformer:
+    """A `Transformer` from a workload name, TOML path or HF `config.json` path.
+
+    A TOML may start from another model with `[meta] extends = "<name>"` and change
+    some of its `[model]` keys (a 405B proxy with `n_layers = 8`); its `[model]` table
+    may use the field names or the architecture vocabulary of the measurement CSVs
+    (`layers`, `hidden`, ...: `io.architecture`). `architecture` (a CSV row or CLI
+    flags) overrides the named model's fields, or defines the model when the name is
+    unknown.
 
     Raises:
-        ValueError: unknown name, malformed file, unknown/missing keys, bad values.
+        ValueError: unknown name without the fields that define a model, ambiguous
+            name, malformed file, unknown/missing keys, bad values.
     """
-    path = resolve_path("workloads", str(name))
+    values = architecture_values(architecture or {})
+    try:
+        path = resolve_path("workloads", str(name))
+    except _names.UnknownName:
+        if not values:
+            raise
+        return with_architecture(None, values, str(name))
     if path.suffix == ".json":
-        return from_hf_config(path)
-    data = _read_toml(path)
-    _check_meta(data.get("meta", {}), path)
-    return _build(
-        Transformer,
-        data.get("model"),
-        f"{path.name} [model]",
-        fixed={"name": path.stem},
-    )
+        model = from_hf_config(path)
+    else:
+        data = _merged("workloads", path)
+        _check_meta(data.get("meta", {}), path)
+        model = _build(
+            Transformer,
+            _model_table(data.get("model"), path),
+            f"{path.name} [model]",
+            fixed={"name": path.stem},
+        )
+    return with_architecture(model, values) if values else model
+
+
+def _model_table(table, path: Path):
+    """A `[model]` table whose CSV-vocabulary keys (`layers = 8`) became fields.
+
+    Vocabulary keys change the fields they name; when the table (after `extends`)
+    lacks a model's required fields, the vocabulary defines it with the defaults of
+    `io.architecture` (as a CSV row would).
+    """
+    if not isinstance(table, dict):
+        return table
+    vocab = {k: v for k, v in table.items() if ARCHITECTURE_FIELDS.get(k)}
+    if not vocab:
+        return table
+    where = f"{path.name} [model]"
+    values = architecture_values({k: str(v) for k, v in vocab.items()}, where)
+    rest = {k: v for k, v in table.items() if k not in vocab}
+    required = ("n_layers", "d_model", "n_heads", "vocab_size", "max_seq_len")
+    if all(k in rest for k in required):
+        fields = {ARCHITECTURE_FIELDS[k]: v for k, v in values.items()}
+        if "seq_len" in values:
+            fields["max_seq_len"] = values["seq_len"]
+    else:
+        need = ("layers", "hidden", "heads", "vocab", "seq_len")
+        missing = [
+            k for k in need if k not in values and ARCHITECTURE_FIELDS[k] not in rest
+        ]
+        if missing:
+            raise ValueError(f"{where}: missing key(s) {', '.join(missing)}")
+        merged = values | {
+            k: float(rest[ARCHITECTURE_FIELDS[k]])
+            for k in ("layers", "hidden", "heads", "vocab", "seq_len")
+            if k not in values
+        }
+        fields = defined_fields(merged)
+    out = rest | fields
+    for k, v in out.items():  # whole floats back to ints for _build's type checks
+        if isinstance(v, float) and v.is_integer():
+            out[k] = int(v)
+    return out
 
 
 def published_params(name: str) -> float | None:

@@ -10,6 +10,12 @@ expert-data-parallel group of tp·cp·dp/(ep·etp) ranks (stride ep·etp).
 ZeRO (Rajbhandari et al. 2020): stage 0 all-reduces gradients; stages 1–2 reduce-scatter
 gradients and all-gather updated bf16 parameters; stage 3 / FSDP all-gathers parameters
 before each forward and backward and reduce-scatters gradients, every microbatch.
+With hybrid sharding (`Parallelism.shard_group` s < dp·cp: HSDP, MaxText's ICI fsdp
+axis with DCN data parallelism) the gathers and reduce-scatters run over the s ranks of
+a shard group (stride t) and the 1/s gradient shard is all-reduced once per step over
+the dp·cp/s replicas (stride t·s); expert parameters shard over their whole group.
+Only trained parameters move gradients and updates (`Parallelism.trainable` of the base
+weights plus LoRA adapters, `model.finetune`); ZeRO-3 still gathers frozen weights.
 """
 
 import jax.numpy as jnp
@@ -19,12 +25,14 @@ from ..specs.hardware import Cluster
 from ..specs.mapping import Parallelism
 from ..specs.workload import Transformer
 from .comm import Collective, comm_time, instance_time
+from .finetune import lora_stage_params
 from .layer import PASS_FACTORS
 from .ops import memory_time
 
 __all__ = [
     "stage_params",
     "param_groups",
+    "zero_shards",
     "dp_collectives",
     "pp_collectives",
     "dp_exposed",
@@ -61,6 +69,12 @@ def param_groups(mapping: Parallelism):
     return (d * c, t), (n_expert, mapping.ep * mapping.etp)
 
 
+def zero_shards(mapping: Parallelism):
+    """(s_dense, s_expert): ranks a ZeRO stage shards dense / expert parameters over."""
+    (n_e, _) = param_groups(mapping)[1]
+    return mapping.zero_group(), n_e
+
+
 def dp_collectives(model, mapping: Parallelism) -> list[Collective]:
     """The data-parallel collectives of one step, as `Collective` records.
 
@@ -69,30 +83,44 @@ def dp_collectives(model, mapping: Parallelism) -> list[Collective]:
     """
     prec = model.precision
     b_g, b_w = prec.bytes("grads"), prec.bytes("weights")
+    adapters = lora_stage_params(model, mapping)
     out = []
-    for params, (n, stride) in zip(
-        stage_params(model, mapping), param_groups(mapping), strict=True
+    groups = param_groups(mapping)
+    for i, (params, (n, stride), s) in enumerate(
+        zip(stage_params(model, mapping), groups, zero_shards(mapping), strict=True)
     ):
-        grads, weights = params * b_g, params * b_w
+        extra = adapters if i == 0 else 0.0  # adapters sit with the dense weights
+        trained = mapping.trainable * params + extra
+        grads = trained * b_g
         if mapping.zero == 0:
-            calls = [("all_reduce", grads, 1.0)]
-        elif mapping.zero in (1, 2):
-            calls = [("reduce_scatter", grads, 1.0), ("all_gather", weights, 1.0)]
+            calls = [("all_reduce", grads, n, stride, 1.0)]
         else:
-            m = mapping.microbatches()
-            calls = [("all_gather", weights, 2.0 * m), ("reduce_scatter", grads, m)]
+            replicas = ("all_reduce", grads / s, n / s, stride * s, 1.0)
+            if mapping.zero in (1, 2):
+                calls = [
+                    ("reduce_scatter", grads, s, stride, 1.0),
+                    replicas,
+                    ("all_gather", trained * b_w, s, stride, 1.0),
+                ]
+            else:
+                m = mapping.microbatches()
+                calls = [
+                    ("all_gather", (params + extra) * b_w, s, stride, 2.0 * m),
+                    ("reduce_scatter", grads, s, stride, m),
+                    replicas,
+                ]
         out += [
             Collective(
                 kind,
                 "dp",
                 "step",
                 nbytes=nbytes,
-                group=n,
-                stride=stride,
+                group=group,
+                stride=st,
                 count=count,
                 overlap=mapping.dp_overlap,
             )  # fmt: skip
-            for kind, nbytes, count in calls
+            for kind, nbytes, group, st, count in calls
         ]
     return out
 
@@ -154,15 +182,18 @@ def dp_exposed(
 
 
 def optimizer_time(cluster: Cluster, model: Transformer, mapping: Parallelism):
-    """Adam update of the chip's parameter shard, HBM-bound [s].
+    """Adam update of the chip's trained parameter shard, HBM-bound [s].
 
-    T = P_local · 30 B / (β·η), P_local sharded by dp·cp (expert params by their
-    expert-data-parallel group) for ZeRO ≥ 1.
+    T = P_local · 30 B / (β·η), P_local the trained parameters (τ·P plus LoRA
+    adapters), sharded over the ZeRO group (expert params over their expert-data-
+    parallel group) for ZeRO ≥ 1.
     """
     dense, expert = stage_params(model, mapping)
+    dense = mapping.trainable * dense + lora_stage_params(model, mapping)
+    expert = mapping.trainable * expert
     if mapping.zero >= 1:
-        (n_d, _), (n_e, _) = param_groups(mapping)
-        dense, expert = dense / n_d, expert / n_e
+        s_d, s_e = zero_shards(mapping)
+        dense, expert = dense / s_d, expert / s_e
     return memory_time(cluster.chip, (dense + expert) * ADAM_BYTES)
 
 

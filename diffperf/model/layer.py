@@ -22,6 +22,10 @@ from .ops import (
 )
 
 __all__ = [
+    "PASS_FACTORS",
+    "RECOMPUTED",
+    "DGRAD",
+    "WGRAD",
     "LayerShape",
     "layer_forward",
     "layer_collectives",
@@ -411,8 +415,13 @@ def layer_collectives(
     return out
 
 
+DGRAD, WGRAD = 1.0, 1.0
+"""The backward GEMMs per forward GEMM: the input gradient (dgrad) and the weight
+gradient (wgrad), each of the forward's FLOP. Frozen base weights (fine-tuning,
+`Parallelism.trainable` τ < 1) run only τ of the wgrad."""
+
 PASS_FACTORS = {
-    "matmul": (1.0, 2.0),
+    "matmul": (1.0, DGRAD + WGRAD),
     "attention": (1.0, 2.5),
     "attention_unfused": (1.0, 2.0),
     "ssm": (1.0, 2.5),
@@ -422,7 +431,8 @@ PASS_FACTORS = {
 """(forward, backward) multiples of each class's forward time, for one layer.
 
 matmul: the backward pass runs two GEMMs per forward GEMM, dgrad and wgrad, of the
-same FLOP (Narayanan et al. 2021, §5.1: 3× the forward FLOP in all). attention: a
+same FLOP (Narayanan et al. 2021, §5.1: 3× the forward FLOP in all; LoRA adapters
+likewise; frozen base weights skip their wgrad, `WGRAD`). attention: a
 fused (Flash) kernel's backward recomputes the scores, 5 GEMM-like products against
 the forward's 2 (Dao 2023, FlashAttention-2, which counts backward FLOP as 2.5×
 forward); unfused attention stores the scores and runs 4 (2×). ssm: the SSD scan's

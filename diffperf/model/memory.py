@@ -4,8 +4,11 @@
 
 Weights b_w·P (fp8/fp4 training keeps fp8/fp4 primary weights), gradients b_g·P, Adam
 state 12·P (fp32 master, m, v), with P the chip's parameters (`stage_params`) divided
-by the data-parallel group per ZeRO stage: 1 shards the optimizer state, 2 also
-gradients, 3 also weights.
+by the ZeRO group (`Parallelism.zero_group`) per ZeRO stage: 1 shards the optimizer
+state, 2 also gradients, 3 also weights. Fine-tuning (`model.finetune`): gradients and
+optimizer state cover only the trained parameters, τ·P plus LoRA adapters (whose
+weights are added to P), and each adapter keeps its r-wide intermediate, r elements
+per token and target.
 
 Activations per layer per microbatch follow Korthikanti et al. 2022 ("Reducing
 Activation Recomputation in Large Transformer Models", eqs. 1–5), generalized to GQA,
@@ -35,7 +38,8 @@ from ..core.relax import AbstractRelax
 from ..specs.hardware import Chip
 from ..specs.mapping import Parallelism, resolved_attention_kernel
 from ..specs.workload import Transformer
-from .data_parallel import param_groups, stage_params
+from .data_parallel import stage_params, zero_shards
+from .finetune import lora_stage_params, lora_stored
 from .layer import LOW_PRECISION
 
 __all__ = ["train_memory", "train_memory_parts", "microbatches_in_flight"]
@@ -85,6 +89,7 @@ def _activation_bytes_per_token(
     # output and recomputes the conv and the gated norm in the backward pass
     ssm = (m.ssm_in_proj_width() + m.ssm_inner) * b
     other = (a * attn + f_ssm * ssm + ffn * (up * b + b_in)) / t
+    other = other + lora_stored(model, mapping) * b  # LoRA's r-wide intermediates
     if resolved_attention_kernel(mapping) == "unfused" and recompute == "none":
         # stored softmax output, dropout mask and output: (2b + 1)·N·S per token
         other = other + a * (2.0 * b + 1.0) * n * mapping.tokens(model) / t
@@ -111,17 +116,20 @@ def train_memory_parts(
     """Bytes by kind on the busiest chip, before offload (module docstring) [B]."""
     prec = model.precision
     dense, expert = stage_params(model, mapping)
-    (n_d, _), (n_e, _) = param_groups(mapping)
+    adapters = lora_stage_params(model, mapping)
+    n_d, n_e = zero_shards(mapping)
     b_w = prec.bytes("weights")
     b_g = prec.bytes("grads")
     z = mapping.zero
+    tau = mapping.trainable  # frozen weights have no gradient or optimizer state
 
     def shard(params, n, stage):
         return params / n if z >= stage else params
 
-    weights = b_w * (shard(dense, n_d, 3) + shard(expert, n_e, 3))
-    grads = b_g * (shard(dense, n_d, 2) + shard(expert, n_e, 2))
-    optim = ADAM_STATE_BYTES * (shard(dense, n_d, 1) + shard(expert, n_e, 1))
+    weights = b_w * (shard(dense + adapters, n_d, 3) + shard(expert, n_e, 3))
+    trained_d, trained_e = tau * dense + adapters, tau * expert
+    grads = b_g * (shard(trained_d, n_d, 2) + shard(trained_e, n_e, 2))
+    optim = ADAM_STATE_BYTES * (shard(trained_d, n_d, 1) + shard(trained_e, n_e, 1))
 
     seq = mapping.tokens(model)
     tokens = mapping.microbatch * seq / mapping.cp

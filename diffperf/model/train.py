@@ -14,7 +14,9 @@ attention forward). The layer's collectives are `Collective` records
 parallel axis (`layer_passes`): TP by `tp_overlap`; CP ring sends behind the pass's
 attention; EP dispatch/combine, the `ep_overlap` share, behind the layer's compute of
 all passes (Megatron-core's combined 1F1B pairs one microbatch's all-to-all with an
-adjacent microbatch's forward or backward).
+adjacent microbatch's forward or backward). Fine-tuning (`finetune.py`): frozen base
+weights skip their wgrad (GEMM backward 1 + τ instead of 2) and LoRA adapters run their
+GEMMs in every pass (1 : 2).
 Step (m microbatches, p stages, v virtual stages; Narayanan et al. SC'21):
   T = m·t_mb + (p − 1)/v · t_mb + p2p + exposed DP + optimizer + host
       + exposed offload + input-pipeline stall   (`offchip.py`)
@@ -41,9 +43,11 @@ from .data_parallel import (
     pp_collectives,
 )
 from .fidelity import Fidelity, tier
+from .finetune import lora_forward, lora_layer_params
 from .layer import (
     PASS_FACTORS,
     RECOMPUTED,
+    WGRAD,
     LayerShape,
     head_time,
     layer_collectives,
@@ -112,7 +116,9 @@ class LayerPasses(NamedTuple):
     recomputed forward (term `recompute`; its kernels under `kernel_overhead`).
     `hidden` maps an axis (tp, cp, ep) to its overlapped seconds per pass ("forward",
     "backward"). `collectives` are the layer's `Collective` records (counts per layer
-    and microbatch); `exposed` maps (axis, phase) to their exposed seconds. `runs` is
+    and microbatch); `exposed` maps (axis, phase) to their exposed seconds; `layer`
+    and `lora` are `layer_forward`'s and `finetune.lora_forward`'s outputs, `trainable`
+    the mapping's share τ of trained base weights. `runs` is
     the number of passes over the layer (2, or 3 with full recompute) and
     `kernel_passes` the multiple of the forward's kernels launched.
     """
@@ -123,6 +129,8 @@ class LayerPasses(NamedTuple):
     collectives: list
     exposed: dict
     layer: dict
+    lora: dict
+    trainable: object
     shape: LayerShape
     runs: float
     kernel_passes: float
@@ -155,22 +163,28 @@ def layer_passes(
     """
     s = training_shape(model, mapping, relax)
     lay = layer_forward(cluster, model, s, relax)
+    lora = lora_forward(cluster, model, lay, mapping, relax=relax)
+    tau = mapping.trainable
     redo = RECOMPUTED[mapping.recompute]
     attn = "attention" if s.flash else "attention_unfused"
     factors = {k: PASS_FACTORS[k] for k in ("matmul", "ssm", "elementwise", "kernels")}
     factors["attention"] = PASS_FACTORS[attn]
     fwd = dict(
-        matmul=lay["gemm"],
+        matmul=lay["gemm"] + lora["time"],
         attention=lay["attn"],
         ssm=lay["ssm"],
         elementwise=lay["elem"],
-        kernels=lay["kernels"] * cluster.chip.kernel_overhead,
+        kernels=(lay["kernels"] + lora["kernels"]) * cluster.chip.kernel_overhead,
     )
     work = {
         "forward": {k: factors[k][0] * v for k, v in fwd.items()},
         "backward": {k: factors[k][1] * v for k, v in fwd.items()},
         "recompute": {k: (v if k in redo else 0.0 * v) for k, v in fwd.items()},
     }
+    # frozen base weights (fine-tuning) skip their wgrad; the adapters train in full
+    work["backward"]["matmul"] = (
+        work["backward"]["matmul"] - (1.0 - tau) * WGRAD * (lay["gemm"])
+    )
     records = [
         r
         for r in layer_collectives(
@@ -243,7 +257,7 @@ def layer_passes(
     kernel_passes = sum(factors["kernels"]) + (1.0 if "kernels" in redo else 0.0)
     runs = 2.0 + (1.0 if mapping.recompute == "full" else 0.0)
     return LayerPasses(
-        forward, backward, hid, records, exposed, lay, s, runs, kernel_passes
+        forward, backward, hid, records, exposed, lay, lora, tau, s, runs, kernel_passes
     )
 
 
@@ -325,7 +339,9 @@ def train_step(
     a = model.attention_fraction
     attn_model = 6.0 * s.seq * model.n_heads * (s.h_qk + s.h_v) * model.n_layers * a
     ssm_model = 3.0 * lay["ssm_flops"] * s.t / s.tokens * model.n_layers
-    model_flops = (6.0 * model.active_params() + attn_model + ssm_model) * tokens
+    weights = 2.0 * (2.0 + lp.trainable) * model.active_params()  # fwd, dgrad, τ·wgrad
+    adapters = 6.0 * model.n_layers * lora_layer_params(model, mapping)
+    model_flops = (weights + adapters + attn_model + ssm_model) * tokens
     # executed FLOP: every pass of every class, by the same pass factors
     redo = RECOMPUTED[mapping.recompute]
     attn_f = PASS_FACTORS["attention" if s.flash else "attention_unfused"]
@@ -333,8 +349,10 @@ def train_step(
     def runs(factors, cls):
         return sum(factors) + (1.0 if cls in redo else 0.0)
 
+    frozen = (1.0 - lp.trainable) * WGRAD  # wgrad the frozen base weights skip
     layer_flops = (
-        runs(PASS_FACTORS["matmul"], "matmul") * lay["flops"]
+        (runs(PASS_FACTORS["matmul"], "matmul") - frozen) * lay["flops"]
+        + runs(PASS_FACTORS["matmul"], "matmul") * lp.lora["flops"]
         + runs(attn_f, "attention") * lay["attn_flops"]
         + runs(PASS_FACTORS["ssm"], "ssm") * lay["ssm_flops"]
     )

@@ -36,7 +36,12 @@ def resolved_attention_kernel(obj) -> str:
     return obj.attention_kernel if obj.flash_attention else "unfused"
 
 
+LORA_TARGETS = ("qkv", "attn_out", "mlp_up", "mlp_down")
+"""Projections LoRA can adapt (`model.finetune`): GEMM names of the layer."""
+
+
 __all__ = [
+    "LORA_TARGETS",
     "Parallelism",
     "Serving",
     "check_mapping",
@@ -70,6 +75,17 @@ class Parallelism(eqx.Module):
     fractions of the optimizer state and of the stored activations kept in the
     cluster's `MemoryTier` (host DRAM / CXL / Grace) instead of HBM
     (`model/offchip.py`).
+
+    `shard_group` is the number of data-parallel ranks (of dp·cp) a ZeRO stage shards
+    over; the shards are replicated across the dp·cp / shard_group groups, whose
+    gradients are all-reduced (hybrid sharding: PyTorch HSDP, MaxText's ICI `fsdp`
+    axis under DCN `data` parallelism, DeepSpeed ZeRO++ hpZ). 0 shards over all of
+    dp·cp (plain ZeRO / FSDP FULL_SHARD).
+
+    Fine-tuning (`model.finetune`): `trainable` is the fraction of the base weights
+    that are trained (1 = pre-training or full fine-tuning, 0 = a frozen base, as
+    under LoRA); `lora_rank` r and `lora_targets` (names in `LORA_TARGETS`) add LoRA
+    adapters to those projections.
     """
 
     tp: Array = eqx.field(**_F, default=1.0)
@@ -87,6 +103,10 @@ class Parallelism(eqx.Module):
     ep_overlap: Array = eqx.field(**_F, default=0.0)
     offload_optimizer: Array = eqx.field(**_F, default=0.0)  # fraction to host
     offload_activations: Array = eqx.field(**_F, default=0.0)  # fraction to host
+    shard_group: Array = eqx.field(**_F, default=0.0)  # ZeRO ranks; 0: all of dp·cp
+    trainable: Array = eqx.field(**_F, default=1.0)  # trained share of base weights
+    lora_rank: Array = eqx.field(**_F, default=0.0)  # r of the LoRA adapters
+    lora_targets: tuple[str, ...] = eqx.field(static=True, default=())
     recompute: Literal["none", "selective", "full"] = eqx.field(
         static=True, default="none"
     )
@@ -101,15 +121,25 @@ class Parallelism(eqx.Module):
         check_fields(
             self,
             positive=("tp", "pp", "dp", "cp", "ep", "etp", "vpp", "microbatch"),
-            nonneg=("global_batch", "seq_len"),
+            nonneg=("global_batch", "seq_len", "shard_group", "lora_rank"),
             fraction=(
                 "tp_overlap",
                 "dp_overlap",
                 "ep_overlap",
                 "offload_optimizer",
                 "offload_activations",
+                "trainable",
             ),
         )
+        bad = [t for t in self.lora_targets if t not in LORA_TARGETS]
+        if bad:
+            raise ValueError(
+                f"Parallelism(lora_targets) {', '.join(map(repr, bad))} must be among "
+                + ", ".join(LORA_TARGETS)
+            )
+        rank = concrete(self.lora_rank)
+        if self.lora_targets and rank is not None and not rank > 0:
+            raise ValueError("Parallelism(lora_rank) must be > 0 with lora_targets")
         if self.recompute not in ("none", "selective", "full"):
             raise ValueError(
                 f"Parallelism(recompute={self.recompute!r}) must be none, selective "
@@ -137,6 +167,10 @@ class Parallelism(eqx.Module):
     def tokens(self, model: Transformer) -> Array:
         """Training sequence length S [tokens]."""
         return jnp.where(self.seq_len > 0, self.seq_len, model.max_seq_len)
+
+    def zero_group(self) -> Array:
+        """Data-parallel ranks a ZeRO stage shards over: shard_group, else dp·cp."""
+        return jnp.where(self.shard_group > 0, self.shard_group, self.dp * self.cp)
 
 
 def _int(x, what: str) -> int | None:
@@ -200,6 +234,11 @@ def check_mapping(model: Transformer, mapping: Parallelism, gpus: int | None = N
             )
     elif deg["ep"] != 1:
         raise ValueError(f"--ep={deg['ep']} must be 1 for a dense model")
+    group = _int(mapping.shard_group, "Parallelism(shard_group)")
+    if group and (deg["dp"] * deg["cp"]) % group:
+        raise ValueError(
+            f"shard_group={group} must divide dp·cp={deg['dp'] * deg['cp']}"
+        )
     gb = _int(mapping.global_batch, "--global-batch")
     if gb and gb % (deg["dp"] * deg["microbatch"]):
         raise ValueError(

@@ -1,6 +1,20 @@
-"""What the training and serving validators share: cells, grouping, summaries."""
+"""What the training and serving validators share: cells, grouping, summaries.
 
+Every row of a CSV ends in exactly one of three states, and `summarize` counts each:
+  - scored: it has a prediction and an APE (`rows_predicted`);
+  - scored but excluded from the headline error because its source contradicts
+    itself (`excluded` gives the reason): its APE is reported, and every MAPE is
+    given without (`mape`) and with (`mape_with_excluded`) such rows;
+  - refused: it cannot be predicted, with the reason (`reason`; `refused` counts them
+    by reason).
+A scored row the model calls out of memory although it ran (`feasible: false`) keeps
+its APE and is counted as `infeasible`; no group's error is ever left out because of
+one row.
+"""
+
+import math
 import re
+from collections import Counter
 
 __all__ = ["number", "short_source", "summarize", "model_family"]
 
@@ -16,33 +30,66 @@ def number(row, key, default=None):
         raise ValueError(f"column {key}={v!r} must be a number") from None
 
 
-def summarize(results: list[dict]) -> dict:
-    """rows, rows_predicted, mape, median_ape overall, by source, GPU and model, MoE."""
-    done = [r for r in results if "ape" in r]
+def _stats(rs: list[dict]) -> dict:
+    """rows, mape, median_ape over non-excluded rows; infeasible, excluded counts."""
 
-    def stats(rs):
-        apes = sorted(r["ape"] for r in rs)
+    def mape_median(rows):
+        apes = sorted(r["ape"] for r in rows)
         n = len(apes)
-        med = (apes[(n - 1) // 2] + apes[n // 2]) / 2 if n else None
-        return dict(rows=n, mape=sum(apes) / n if n else None, median_ape=med)
+        if not n:
+            return None, None
+        return sum(apes) / n, (apes[(n - 1) // 2] + apes[n // 2]) / 2
 
+    counted = [r for r in rs if not r.get("excluded")]
+    mape, median = mape_median(counted)
+    out = dict(
+        rows=len(counted),
+        mape=mape,
+        median_ape=median,
+        infeasible=sum(1 for r in counted if r.get("feasible") is False),
+        excluded=len(rs) - len(counted),
+    )
+    if out["excluded"]:
+        out["mape_with_excluded"], out["median_ape_with_excluded"] = mape_median(rs)
+    return out
+
+
+def summarize(results: list[dict]) -> dict:
+    """rows, rows_predicted, mape, median_ape overall, by source, GPU and model, MoE.
+
+    Also the counts of refused (by reason), excluded and infeasible rows, and the MAPE
+    with the excluded rows (module docstring).
+    """
+    done = [r for r in results if "ape" in r]
+    for r in done:
+        if not math.isfinite(r["ape"]):
+            raise ValueError(f"row {r.get('row')}: non-finite APE {r['ape']}")
     by_source, by_gpu, by_model = {}, {}, {}
     for r in done:
         by_source.setdefault(short_source(r["source"]), []).append(r)
         by_gpu.setdefault(r["hardware"], []).append(r)
         by_model.setdefault(r["model"], []).append(r)
     moe = [r for r in done if r.get("moe")]
-    overall = stats(done)
+    overall = _stats(done)
+    refused = Counter(r["reason"] for r in results if "ape" not in r)
     return dict(
         kind="training",
         rows=len(results),
         rows_predicted=len(done),
+        rows_refused=len(results) - len(done),
+        rows_excluded=overall["excluded"],
+        rows_infeasible=overall["infeasible"],
         mape=overall["mape"],
         median_ape=overall["median_ape"],
-        by_source={k: stats(v) for k, v in sorted(by_source.items())},
-        by_gpu={k: stats(v) for k, v in sorted(by_gpu.items())},
-        by_model={k: stats(v) for k, v in sorted(by_model.items())},
-        moe=stats(moe),
+        mape_with_excluded=overall.get("mape_with_excluded", overall["mape"]),
+        median_ape_with_excluded=overall.get(
+            "median_ape_with_excluded", overall["median_ape"]
+        ),
+        refused=dict(refused.most_common()),
+        by_source={k: _stats(v) for k, v in sorted(by_source.items())},
+        by_gpu={k: _stats(v) for k, v in sorted(by_gpu.items())},
+        by_model={k: _stats(v) for k, v in sorted(by_model.items())},
+        moe=_stats(moe),
         results=results,
     )
 

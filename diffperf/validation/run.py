@@ -1,6 +1,7 @@
 """`diffperf validate`: read a measurement CSV, detect its kind, validate, report."""
 
 from .. import io
+from .kernels import validate_kernel_rows
 from .serving import validate_infer_rows
 from .training import validate_rows
 
@@ -15,23 +16,32 @@ def validate_file(path, *, fidelity: str = "detailed") -> dict:
     kind, rows = read_measurements(path)
     if kind == "training":
         return validate_rows(rows, fidelity=fidelity)
+    if kind == "kernel":
+        return validate_kernel_rows(rows)
     return validate_infer_rows(rows, fidelity=fidelity)
 
 
 def read_measurements(path) -> tuple[str, list[dict]]:
-    """("training" | "inference", rows) of a measurement CSV, by its columns."""
+    """("training" | "inference" | "kernel", rows) of a measurement CSV, by columns."""
     columns, rows = io.read_csv(path)
-    if (
-        "measured_tflops_per_gpu" in columns
-        or "measured_tokens_per_s_per_gpu" in columns
-    ):
-        kind, need = "training", ("gpu", "model", "num_gpus")
+    measured = (
+        "measured_tflops_per_gpu",
+        "measured_tokens_per_s_per_gpu",
+        "measured_tokens_per_s",
+        "measured_step_time_s",
+        "measured_mfu",
+    )
+    if any(c in columns for c in measured):
+        kind, need = "training", ("gpu", "model")
     elif {"metric", "value"} <= set(columns):
         kind, need = "inference", ("gpu", "model", "num_gpus", "unit")
+    elif {"M", "K", "N", "time_ms"} <= set(columns):
+        kind, need = "kernel", ("gpu", "op", "dtype")
     else:
         raise ValueError(
             "--data: unrecognized CSV; expected the training columns "
-            "(measured_tokens_per_s_per_gpu, ...) or the inference ones (metric, value)"
+            "(measured_tokens_per_s_per_gpu, ...), the inference ones (metric, value) "
+            "or a kernel table (M, K, N, time_ms)"
         )
     for col in need:
         if col not in columns:
@@ -40,18 +50,30 @@ def read_measurements(path) -> tuple[str, list[dict]]:
 
 
 def print_report(out: dict):
-    """Human-readable summary of `validate_file`'s result."""
+    """Human-readable summary of `validate_file`: every row is accounted for."""
     pct = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"  # noqa: E731
     print(
-        f"rows {out['rows']}, predicted {out['rows_predicted']}, "
-        f"MAPE {pct(out['mape'])}, median APE {pct(out['median_ape'])}"
+        f"rows {out['rows']}: scored {out['rows_predicted']}, refused "
+        f"{out['rows_refused']}; excluded from the MAPE {out['rows_excluded']}, "
+        f"predicted out of memory {out['rows_infeasible']}"
+    )
+    print(
+        f"MAPE {pct(out['mape'])}, median APE {pct(out['median_ape'])}; with the "
+        f"excluded rows {pct(out['mape_with_excluded'])}"
     )
     for title, table in (("source", out["by_source"]), ("gpu", out["by_gpu"])):
         print(f"\nby {title}:")
         for k, v in table.items():
-            print(f"  {k:<62} {v['rows']:4d}  MAPE {pct(v['mape']):>6}")
-    missing = [r for r in out["results"] if "reason" in r]
-    if missing:
-        print("\nnot predicted:")
-        for r in missing:
-            print(f"  row {r['row']}: {r['model_name']} on {r['gpu']}: {r['reason']}")
+            extra = (
+                f" (+{v['excluded']} excluded: {pct(v['mape_with_excluded'])})"
+                if v["excluded"]
+                else ""
+            )
+            print(f"  {k:<62} {v['rows']:4d}  MAPE {pct(v['mape']):>6}{extra}")
+    for key, title in (("reason", "not predicted"), ("excluded", "excluded"),
+                       ("miss", "predicted out of memory (scored)")):  # fmt: skip
+        rows = [r for r in out["results"] if r.get(key)]
+        if rows:
+            print(f"\n{title}:")
+            for r in rows:
+                print(f"  row {r['row']}: {r['model_name']} on {r['gpu']}: {r[key]}")

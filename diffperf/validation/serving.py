@@ -1,30 +1,42 @@
 """Validation of the serving model against measured inference runs.
 
 Rows use the long format of `data/inference_calibration.csv`: one metric per row
-(`metric`, `value`, `unit`). Each row is resolved to hardware, a workload, a `Serving`
-mapping and precisions, predicted with the Exact model, and compared on its metric:
+(`metric`, `value`, `unit`). Each row is resolved to hardware, a workload (names as
+people write them, `io.names`; architecture columns define or change the model,
+`io.architecture`), a `Serving` mapping and precisions, predicted with the Exact
+model, and compared on its metric:
 
 | metric | prediction |
 |---|---|
-| ttft, prefill_latency, prefill_latency_median | TTFT of the batch [ms] |
-| tpot_median, decode_latency_per_token | TPOT at the mean context [ms] |
-| e2e_latency, e2e_latency_median | TTFT + (S_out − 1)·TPOT [ms] |
-| output_throughput | B·S_out / e2e, per GPU if the unit says so, else per replica |
+| ttft, prefill_latency, prefill_latency_median | TTFT of the batch |
+| tpot_median, decode_latency_per_token | TPOT at the mean context |
+| e2e_latency, e2e_latency_median | TTFT + (S_out − 1)·TPOT |
+| output_throughput | B·S_out / e2e at the stated batch |
 | total_output_throughput, offline_tokens_per_s | the same at the largest batch that |
 | | fits, for all replicas of `num_gpus` |
 | offline_samples_per_s | that throughput / S_out |
 
-Per-operator latencies (`prefill_layer_op_latency:<op>`) use the per-operator tier
-(`layer_op_times`). Not predicted (listed with the reason): MLPerf Server-scenario
-statistics (no arrival-rate model), models without a spec, and rows that contradict
-the same source's other metrics (`_inconsistent`). C++ runtimes (TensorRT-LLM,
-FasterTransformer) are taken to hide per-kernel CPU launch cost (`graphs=True`); Python
-engines (vLLM) not.
-The TensorRT-LLM performance tables whose unit leaves "per GPU vs total" open are read
-as per GPU, like the H100 rows of the same page. Benchmarks that ran past a model's
-trained context (GPT-J at 2048 + 2048 tokens) are costed at the context they ran.
+Units are honoured: a latency's `unit` must be a time (s, ms, us); a throughput's
+scope is read from it: "per GPU" (also per chip/accelerator/device), "per node"
+(per server/host: num_gpus over the hardware's chips per node), "per replica"
+(per instance/engine: one tp·pp group), and otherwise the whole `num_gpus` system;
+"not stated" is read as per GPU (the TensorRT-LLM performance tables whose unit leaves
+per GPU vs total open, like the H100 rows of the same page). Throughput metrics need
+`output_len` (samples/s without it would be read as tokens/s): such a row is refused.
+
+Not predicted (listed with the reason): MLPerf Server-scenario statistics (no
+arrival-rate model), models without a spec or architecture columns. Rows that
+contradict the same source's other metrics (`_inconsistent`) are predicted and scored
+but excluded from the headline MAPE; the summaries give the MAPE with and without
+them. A row whose run the model says cannot fit at all (no batch fits in memory) is a
+miss: predicted zero throughput (APE 1) or, for a latency, APE 1. C++ runtimes
+(TensorRT-LLM, FasterTransformer) are taken to hide per-kernel CPU launch cost
+(`graphs=True`); Python engines (vLLM) not. Benchmarks that ran past a model's trained
+context (GPT-J at 2048 + 2048 tokens) are costed at the context they ran. A blank
+`dtype` takes the format a quantized checkpoint's name states (`...-FP8`), else bf16.
 """
 
+import math
 import re
 
 import equinox as eqx
@@ -36,8 +48,7 @@ from ..model.phases import OPS, layer_op_times
 from ..model.serving import serve
 from ..specs.mapping import Serving, check_serving
 from ..specs.workload import Precision
-from .common import summarize
-from .training import number, short_source
+from .common import number, short_source, summarize
 
 __all__ = ["predict_infer_row", "validate_infer_rows", "calibration_infer_rows"]
 
@@ -66,6 +77,37 @@ def _precision(text: str) -> Precision:
     raise ValueError(f"dtype {text!r} is not a known precision")
 
 
+_TIME = {"s": 1.0, "sec": 1.0, "ms": 1e3, "us": 1e6, "µs": 1e6}
+
+
+def _measured_value(row: dict) -> float:
+    """The row's `value`, a positive number (ValueError naming the column)."""
+    value = number(row, "value")
+    if value is None or not value > 0:
+        raise ValueError(f"column value={row.get('value')!r} must be a number > 0")
+    return value
+
+
+def _time_scale(unit: str) -> float:
+    """Units per second of a latency's `unit` cell (first word: s, ms, us)."""
+    word = (unit.strip().split() or [""])[0].lower()
+    if word not in _TIME:
+        raise ValueError(f"unit {unit!r} of a latency must be s, ms or us")
+    return _TIME[word]
+
+
+def _scope(unit: str) -> str:
+    """What a throughput is counted over: "gpu", "node", "replica" or "system"."""
+    u = unit.lower()
+    if "not stated" in u or re.search(r"per[\s-]*(gpu|chip|accelerator|device)", u):
+        return "gpu"
+    if re.search(r"per[\s-]*(node|server|host)", u):
+        return "node"
+    if re.search(r"per[\s-]*(replica|instance|engine)", u):
+        return "replica"
+    return "system"
+
+
 def predict_infer_row(row: dict, *, fidelity: str = "detailed") -> dict:
     """Prediction for one inference row (ValueError with the reason if unresolvable)."""
     metric = row.get("metric", "").strip()
@@ -75,36 +117,67 @@ def predict_infer_row(row: dict, *, fidelity: str = "detailed") -> dict:
         raise ValueError("MLPerf Server statistics need an arrival-rate model")
     if metric not in _LATENCY and metric not in _MAX_LOAD + ("output_throughput",):
         raise ValueError(f"metric {metric!r} is not in the inference vocabulary")
-    cluster, model, serving = resolve_infer_row(row)
+    unit = row.get("unit", "")
+    if metric not in _LATENCY:
+        if not number(row, "output_len"):
+            raise ValueError(
+                f"{metric} needs output_len (tokens per request) to be predicted"
+            )
+        if not re.search(r"/\s*s\b|per second", unit.lower()):
+            raise ValueError(f"unit {unit!r} of {metric} must be a rate per second")
+    cluster, model, serving, names = resolve_infer_row(row, with_names=True)
+    measured = _measured_value(row)
+    out = dict(
+        metric=metric, measured=measured, hardware=cluster.name, model=model.name,
+        resolved_hardware=names["hardware"], resolved_model=names["model"],
+    )  # fmt: skip
+    if float(serving.batch) < 1:  # not even one request fits next to the weights
+        return out | dict(
+            predicted=0.0, ape=1.0, feasible=False, memory_per_gpu_bytes=None,
+            miss="no batch fits in memory although the run ran",
+        )  # fmt: skip
     r = serve(cluster, model, serving, fidelity=fidelity)
-    measured = float(row["value"])
     if metric in _LATENCY:
-        predicted = 1e3 * float(getattr(r, _LATENCY[metric]))
+        predicted = _time_scale(unit) * float(getattr(r, _LATENCY[metric]))
     else:
-        gpus = int(number(row, "num_gpus", 1))
-        unit = row.get("unit", "")
-        per_gpu = "per gpu" in unit.lower() or "not stated" in unit
-        total = float(r.output_tokens_per_s) * gpus / float(serving.chips)
-        predicted = total / gpus if per_gpu else total
+        gpus = number(row, "num_gpus", 1.0)
+        per_replica = float(r.output_tokens_per_s)
+        total = per_replica * gpus / float(serving.chips)
+        scope = _scope(unit)
+        node = min(float(cluster.host.chips_per_node), gpus)
+        predicted = {"gpu": total / gpus, "node": total * node / gpus,
+                     "replica": per_replica, "system": total}[scope]  # fmt: skip
         if metric == "offline_samples_per_s":
             predicted /= float(serving.output_len)
-    return dict(
-        metric=metric, measured=measured, predicted=predicted,
-        ape=abs(predicted - measured) / measured, feasible=bool(r.feasible),
-        memory_per_gpu_bytes=float(r.memory_per_gpu), hardware=cluster.name,
-        model=model.name,
+    if not math.isfinite(predicted) or predicted <= 0:
+        raise ValueError(f"the model gives no finite {metric} for this row")
+    out |= dict(
+        predicted=predicted, ape=abs(predicted - measured) / measured,
+        feasible=bool(r.feasible), memory_per_gpu_bytes=float(r.memory_per_gpu),
     )  # fmt: skip
+    if not out["feasible"]:
+        out["miss"] = "predicted out of memory although the run ran"
+    return out
 
 
-def resolve_infer_row(row: dict):
+def resolve_infer_row(row: dict, *, with_names: bool = False):
     """(cluster, model, serving) of an inference row, checked; ValueError if not.
 
-    Rows without a batch, and max-load metrics, run at the largest batch that fits.
-    Shared by the validation and the serving calibration (experiments/).
+    Rows without a batch, and max-load metrics, run at the largest batch that fits
+    (0 when none does). With `with_names`, also what the gpu and model text resolved
+    to. Shared by the validation and the serving calibration (experiments/).
     """
     cluster = io.load_hardware(row["gpu"])
-    model = io.load_workload(row["model"])
-    model = eqx.tree_at(lambda m: m.precision, model, _precision(row.get("dtype", "")))
+    hw = io.resolve_hardware(row["gpu"])
+    try:
+        found = io.resolve_workload(row["model"])
+    except ValueError:
+        found = None  # unknown: the architecture columns must define it
+    model = io.load_workload(row["model"], row)
+    dtype = row.get("dtype", "")
+    if not dtype.strip() and found and found.precision:
+        dtype = found.precision
+    model = eqx.tree_at(lambda m: m.precision, model, _precision(dtype))
     gpus = int(number(row, "num_gpus", 1))
     tp = number(row, "tp") or gpus / (number(row, "pp") or 1)
     framework = row.get("framework", "").lower()
@@ -123,7 +196,8 @@ def resolve_infer_row(row: dict):
     if row.get("metric", "").strip() in _MAX_LOAD or not row.get("batch", "").strip():
         best = serve(cluster, model, serving).max_batch
         serving = eqx.tree_at(lambda s: s.batch, serving, best.astype(float))
-    return cluster, model, serving
+    names = dict(hardware=hw.as_dict(), model=found.as_dict() if found else None)
+    return (cluster, model, serving, names) if with_names else (cluster, model, serving)
 
 
 def _predict_op_row(row: dict, metric: str, fidelity: str) -> dict:
@@ -133,7 +207,7 @@ def _predict_op_row(row: dict, metric: str, fidelity: str) -> dict:
         raise ValueError(f"operator {op!r} is not one of {', '.join(OPS)}")
     cluster, _ = tier(fidelity, io.load_hardware(row["gpu"]))
     name = re.split(r",\s*one transformer layer", row["model"])[0]
-    model = io.load_workload(name)
+    model = io.load_workload(name, row)
     model = eqx.tree_at(lambda m: m.precision, model, _precision(row.get("dtype", "")))
     serving = Serving(
         tp=number(row, "tp") or number(row, "num_gpus", 1.0),
@@ -147,7 +221,7 @@ def _predict_op_row(row: dict, metric: str, fidelity: str) -> dict:
     )
     unit = row.get("unit", "s").strip()
     scale = {"s": 1.0, "ms": 1e3, "us": 1e6}.get(unit, 1.0)
-    measured = float(row["value"])
+    measured = _measured_value(row)
     predicted = seconds * scale
     return dict(
         metric=metric, measured=measured, predicted=predicted,
@@ -203,7 +277,11 @@ _TRIPLE = ("prefill_latency_median", "tpot_median", "e2e_latency_median")
 
 
 def validate_infer_rows(rows: list[dict], *, fidelity: str = "detailed") -> dict:
-    """Per-row predictions and error summary of inference CSV rows."""
+    """Per-row predictions and error summary of inference CSV rows.
+
+    Rows that contradict their own source are predicted and scored but marked
+    `excluded` (with the reason); the summary gives every MAPE without and with them.
+    """
     results = []
     bad = _inconsistent(rows)
     for i, row in enumerate(rows):
@@ -215,9 +293,9 @@ def validate_infer_rows(rows: list[dict], *, fidelity: str = "detailed") -> dict
             metric=row.get("metric", ""),
         )
         try:
-            if i in bad:
-                raise ValueError(bad[i])
             entry |= predict_infer_row(row, fidelity=fidelity)
+            if i in bad:
+                entry["excluded"] = bad[i]
         except ValueError as e:
             entry["reason"] = str(e).splitlines()[0]
         results.append(entry)
@@ -241,6 +319,8 @@ def calibration_infer_rows(rows: list[dict]) -> tuple[list[Row], dict[int, str]]
             if "_op_latency:" in metric:
                 raise ValueError("per-operator rows are not fitted")
             res = predict_infer_row(row)
+            if not res["predicted"] > 0:
+                raise ValueError(res["miss"])
             cluster, model, serving = resolve_infer_row(row)
         except ValueError as e:
             skipped[i] = str(e).splitlines()[0]

@@ -2,33 +2,29 @@
 
 Each CSV row (columns of `data/training_calibration.csv`) is resolved to hardware, a
 workload and a mapping, predicted with the Exact model, and compared on the metric the
-source measured most directly, in this order: tokens/s/GPU, step time, model
-TFLOP/s/GPU. Throughputs scale as 1/step time, so for every metric
+source measured most directly, in this order: tokens/s/GPU, tokens/s of the job, step
+time, model TFLOP/s/GPU (or MFU × its peak basis). Throughputs scale as 1/step time, so
+for every metric
 
     APE = |predicted − measured| / measured
 
 is computed from our step time and the source's own FLOP or token count. A row that
-cannot be resolved is reported with the reason, never guessed.
+cannot be resolved is reported with the reason, never guessed; a row the model calls
+out of memory although it ran is scored (its APE as for any row), flagged
+`feasible: false` and counted as `infeasible` in every summary.
 
-Defaults for columns a source leaves blank (documented in VALIDATION.md):
-  - Narayanan et al. SC'21 and the Megatron-LM 2020 README: full activation
-    recomputation (the paper's FLOP formula counts it; the 2020 scripts pass
-    --checkpoint-activations), ZeRO 0, no sequence parallelism, no FlashAttention and no
-    overlap of the gradient all-reduce with the backward pass (all predate 2022).
-  - MosaicML llm-foundry: FSDP FULL_SHARD (ZeRO-3), tp = pp = 1.
-  - Attention kernel (`_attention_kernel`), from the row's `framework` column (else its
-    source): Megatron-LM 2020/2021 unfused; Composer/llm-foundry FlashAttention-2
-    ("fa2": the benchmark README says the models use Flash Attention, and its tables
-    were measured in 2023 with flash-attn 2, before FlashAttention-3 appeared in July
-    2024); NeMo / Megatron-Bridge the chip's best fused kernel ("fa3": Transformer
-    Engine's cuDNN fused attention on Hopper/Blackwell).
-  - NVIDIA NeMo / Megatron-Bridge: distributed optimizer (ZeRO-1), sequence
-    parallelism when tp > 1, no recompute; MoE all-to-all overlapped with compute for
-    the layouts whose published recipe enables it (`_A2A_OVERLAP`); "(tokendrop)"
-    rows route with capacity factor 1 (padded), others dropless;
-    "(w/ MTP)" adds one multi-token-prediction module.
+Names: `gpu` and `model` as people write them (`io.names`); architecture columns
+(`io.architecture`) define a model the name does not, or change a named one. Run
+settings: the row's columns, else the documented defaults of its `framework`
+(`validation.frameworks`). Other fixed rules:
+  - NVIDIA NeMo / Megatron-Bridge (profile "megatron"): MoE all-to-all overlapped with
+    compute for the layouts whose published recipe enables it (`_A2A_OVERLAP`);
+    models named "(tokendrop)" route with capacity factor 1 (padded), others
+    dropless; "(w/ MTP)" adds one multi-token-prediction module.
+  - dtype blank: bf16.
 """
 
+import math
 import re
 
 import equinox as eqx
@@ -39,12 +35,14 @@ from ..model.train import train_step
 from ..specs.mapping import Parallelism, check_mapping
 from ..specs.workload import Precision
 from .common import number, short_source, summarize
+from .frameworks import PROFILES, lora_settings, parse_mesh, profile, source_flops
 
 __all__ = [
     "validate_rows",
     "predict_row",
     "calibration_rows",
     "spec_family",
+    "resolve_training_row",
 ]
 
 _DTYPES = [
@@ -52,22 +50,12 @@ _DTYPES = [
     (r"fp8", "fp8"),
     (r"bf16|fp16|amp_bf16", "bf16"),
 ]
-_SUFFIXES = r"\s*(\((tokendrop|dropless|w/ mtp)\)|sft)\s*$"
-
-
-def _source_kind(source: str) -> str:
-    s = source.lower()
-    if "narayanan" in s:
-        return "sc21"
-    if "megatron-lm readme" in s:
-        return "megatron2020"
-    if "mosaicml" in s:
-        return "mosaic"
-    return "nvidia"
 
 
 def _dtype(text: str) -> str:
-    t = text.lower()
+    t = text.lower().strip()
+    if not t:
+        return "bf16"
     for pattern, dtype in _DTYPES:
         if re.search(pattern, t):
             return dtype
@@ -75,22 +63,18 @@ def _dtype(text: str) -> str:
 
 
 def _model(row):
+    """(model with the row's architecture and variants, WorkloadName or None)."""
     name = row["model"].strip()
-    if re.search(r"\blora\b", name, re.I):
-        raise ValueError(
-            "LoRA fine-tuning is not modeled "
-            "(frozen base weights skip weight gradients)"
-        )
-    lower = name.lower()
-    base = re.sub(_SUFFIXES, "", name, flags=re.I)
-    model = io.load_workload(base)
-    if "mtp" in lower:  # DeepSeek-V3 multi-token prediction: one MTP module
+    try:
+        found = io.resolve_workload(name)
+    except ValueError:
+        found = None  # unknown: the architecture columns must define it
+    model = io.load_workload(name, row)
+    if found and "mtp" in found.variants:  # DeepSeek-V3 multi-token prediction
         model = eqx.tree_at(lambda m: m.n_mtp_layers, model, 1.0)
-    if (
-        "tokendrop" in lower
-    ):  # Megatron-Bridge token dropping: capacity factor 1, padded
+    if found and "tokendrop" in found.variants:  # token dropping: capacity 1, padded
         model = eqx.tree_at(lambda m: m.capacity_factor, model, 1.0)
-    return model
+    return model, found
 
 
 # Layouts whose Megatron-Bridge performance recipe overlaps the MoE all-to-all with
@@ -108,128 +92,182 @@ _A2A_OVERLAP = {
 }
 
 
-def _ep_overlap(row, kind: str, model, degrees: tuple) -> float:
+def _ep_overlap(kind: str, cluster, model, degrees: tuple) -> float:
     """1.0 for a Megatron-Bridge layout with the all-to-all overlap, else 0.0."""
-    if kind != "nvidia" or not float(model.n_experts):
+    if kind != "megatron" or not float(model.n_experts):
         return 0.0
-    key = (model.name, io.load_hardware(row["gpu"]).name, *degrees)
-    return 1.0 if key in _A2A_OVERLAP else 0.0
+    return 1.0 if (model.name, cluster.name, *degrees) in _A2A_OVERLAP else 0.0
 
 
-def _attention_kernel(row, kind: str) -> str:
-    """The row's attention kernel (module docstring): "unfused", "fa2" or "fa3"."""
-    framework = (row.get("framework") or "").lower()
-    if kind in ("sc21", "megatron2020") or re.search(r"megatron-lm \(20", framework):
-        return "unfused"
-    if kind == "mosaic" or re.search(r"llm-foundry|composer", framework):
-        return "fa2"
-    return "fa3"
+def _tpu_host(hw) -> bool:
+    """The name resolved to a TPU host spec (whose family has a pod spec)."""
+    return hw.spec.startswith("tpu_") and not hw.spec.endswith("_pod")
 
 
-def _mapping(row, kind: str, model) -> tuple[Parallelism, int]:
-    gpus = int(number(row, "num_gpus"))
-    tp = int(number(row, "tp") or 1)
-    pp = int(number(row, "pp") or 1)
-    cp = int(number(row, "cp") or 1)
-    dp = int(number(row, "dp") or gpus // (tp * pp * cp))
-    rec = (row.get("recompute") or "").strip().lower()
-    if not rec:
-        rec = "full" if kind in ("sc21", "megatron2020") else "none"
-    sp_text = (row.get("seq_parallel") or "").strip().lower()
-    if sp_text:
-        sp = sp_text in ("y", "yes", "true", "1")
-    else:
-        sp = tp > 1 and kind in ("nvidia",)
-    zero = {"mosaic": 3, "nvidia": 1}.get(kind, 0)
-    legacy = kind in ("sc21", "megatron2020")
-    ep, vpp = number(row, "ep") or 1, number(row, "vpp") or 1
-    overlap = _ep_overlap(row, kind, model, (tp, pp, round(vpp), round(ep)))
-    mapping = Parallelism(
-        tp=tp,
-        pp=pp,
-        dp=dp,
-        cp=cp,
-        ep=ep,
-        vpp=vpp,
-        microbatch=number(row, "microbatch") or 1,
-        global_batch=number(row, "global_batch"),
-        seq_len=number(row, "seq_len") or 0,
-        recompute=rec,
-        sequence_parallel=sp,
-        zero=zero,
-        attention_kernel=_attention_kernel(row, kind),
-        dp_overlap=0.0 if legacy else 1.0,
-        ep_overlap=overlap,
-    )
-    check_mapping(model, mapping, gpus=gpus)
-    return mapping, gpus
+def _flag(row, key) -> bool | None:
+    text = (row.get(key) or "").strip().lower()
+    if not text:
+        return None
+    if text in ("y", "yes", "true", "1"):
+        return True
+    if text in ("n", "no", "false", "0"):
+        return False
+    raise ValueError(f"column {key}={text!r} must be y or n")
 
 
-def _source_flops(row, kind, model, mapping) -> float:
-    """FLOP per step by the source's own formula (for rows reporting TFLOP/s only)."""
-    b, s = float(mapping.batch()), float(mapping.tokens(model))
-    L, h, V = float(model.n_layers), float(model.d_model), float(model.vocab_size)
-    if kind == "sc21":  # Narayanan et al. 2021, eq. (3): with recompute
-        return 96 * b * s * L * h**2 * (1 + s / (6 * h) + V / (16 * L * h))
-    # NeMo's llama formula (nemo/utils/flops_formulas.py): GQA, gated FFN, full attn.
-    g = float(model.n_kv_heads) / float(model.n_heads)
-    f = float(model.d_ff)
-    return b * s * L * h**2 * (12 + 12 * g + 18 * f / h + 12 * s / h + 6 * V / (L * h))
+def _degrees(row, found, gpus_text: float):
+    """(gpus, tp, pp, cp, ep, dp, microbatch, mesh) in chips (count_unit, mesh)."""
+    unit = (row.get("count_unit") or "chip").strip().lower().rstrip("s")
+    if unit not in ("chip", "device", "core"):
+        raise ValueError(f"column count_unit={unit!r} must be chip, device or core")
+    devices = found.devices_per_chip
+    lnc = number(row, "lnc")  # Trainium2's logical NeuronCore config (1 or 2)
+    if lnc is not None:
+        if lnc not in (1.0, 2.0) or found.cores_per_chip < 8:
+            raise ValueError(f"column lnc={lnc:g} must be 1 or 2, on Trainium2 only")
+        devices = found.cores_per_chip / lnc
+    per_chip = {"chip": 1.0, "device": devices, "core": found.cores_per_chip}[unit]
+    mesh = parse_mesh(row["mesh"]) if (row.get("mesh") or "").strip() else None
+    deg = {k: number(row, k) for k in ("tp", "pp", "cp", "ep", "dp")}
+    if mesh:
+        for k in ("tp", "pp", "cp", "ep", "dp"):
+            if deg[k] is not None and deg[k] != mesh[k]:
+                raise ValueError(
+                    f"column {k}={deg[k]:g} contradicts mesh {row['mesh']!r} "
+                    f"({k}={mesh[k]})"
+                )
+            deg[k] = mesh[k]
+    tp, pp, cp = (deg[k] or 1.0 for k in ("tp", "pp", "cp"))
+    ep = deg["ep"] or 1.0
+    micro = number(row, "microbatch") or 1.0
+    gpus = gpus_text
+    dp = deg["dp"] or gpus / (tp * pp * cp)
+    if per_chip != 1.0:  # devices of one chip: TP inside it first, the rest is DP
+        inner = min(tp, per_chip)
+        rest = per_chip / inner
+        gpus, tp, dp, micro = gpus / per_chip, tp / inner, dp / rest, micro * rest
+        if mesh:
+            mesh = mesh | {"ici": mesh["ici"] / per_chip, "fsdp": mesh["fsdp"] / rest}
+    return gpus, tp, pp, cp, ep, dp, micro, mesh
 
 
-def _resolve_row(row: dict, cluster=None):
-    """(kind, cluster, model with the row's precision, mapping, gpus) of a row."""
-    kind = _source_kind(row.get("source", ""))
-    cluster = cluster or io.load_hardware(row["gpu"])
-    model = _model(row)
-    dtype = _dtype(row.get("dtype", "bf16"))
+def resolve_training_row(row: dict, cluster=None):
+    """(profile, cluster, model, mapping, gpus, names) of a training row, checked.
+
+    `names` holds what the gpu and model text resolved to (for `resolved_*`).
+    Raises ValueError with the reason when the row cannot be resolved.
+    """
+    kind = profile(row.get("framework", ""))
+    defaults = PROFILES[kind]
+    hw = io.resolve_hardware(row["gpu"])
+    model, found = _model(row)
+    gpus_text = number(row, "num_gpus")
+    if not gpus_text and hw.slice_chips:
+        gpus_text = float(hw.slice_chips)
+    if not gpus_text:
+        raise ValueError("column num_gpus is blank and the gpu names no slice size")
+    cores = hw.slice_chips and hw.cores_per_chip > 1
+    if (
+        cores
+        and gpus_text == hw.slice_chips * hw.cores_per_chip
+        and not row.get("count_unit", "").strip()
+    ):  # num_gpus repeats the slice name's TensorCore count (v5p-512: 512)
+        gpus_text = float(hw.slice_chips)
+    gpus, tp, pp, cp, ep, dp, micro, mesh = _degrees(row, hw, gpus_text)
+    if cluster is None:
+        slice_chips = int(mesh["ici"]) if mesh and mesh["ici"] > 1 else None
+        if slice_chips is None and not hw.slice_chips and _tpu_host(hw):
+            # a TPU job without a mesh or slice name: one slice of all its chips
+            slice_chips = round(gpus)
+        cluster = io.load_hardware(row["gpu"], ici_chips=slice_chips)
+    dtype = _dtype(row.get("dtype", ""))
     if float(cluster.chip.peak_flops(dtype)) <= 0:
         raise ValueError(f"{cluster.name} has no {dtype} tensor throughput")
     model = eqx.tree_at(lambda m: m.precision, model, Precision.training(dtype))
-    mapping, gpus = _mapping(row, kind, model)
-    return kind, cluster, model, mapping, gpus
+    rec = (row.get("recompute") or "").strip().lower() or defaults["recompute"]
+    sp = _flag(row, "seq_parallel")
+    if sp is None:
+        sp = tp > 1 if defaults["sp"] is None else defaults["sp"]
+    zero = number(row, "zero")
+    zero = int(zero) if zero is not None else defaults["zero"]
+    shard = 0.0
+    if mesh and mesh["fsdp"] > 1:
+        zero, shard = 3, float(mesh["fsdp"])
+    elif kind == "maxtext" and mesh:  # pure data parallelism: replicated weights
+        zero = 0
+    vpp = number(row, "vpp") or 1.0
+    trainable, rank, targets = lora_settings(row, found.finetune if found else None)
+    overlap = _ep_overlap(kind, cluster, model, (tp, pp, round(vpp), round(ep)))
+    dp_overlap = number(row, "dp_overlap", defaults["dp_overlap"])
+    kernel = (row.get("attention_kernel") or "").strip().lower() or defaults["kernel"]
+    mapping = Parallelism(
+        tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, vpp=vpp, microbatch=micro,
+        global_batch=number(row, "global_batch") or 0.0,
+        seq_len=number(row, "seq_len") or 0.0, recompute=rec, sequence_parallel=sp,
+        zero=zero, shard_group=shard, attention_kernel=kernel,
+        dp_overlap=dp_overlap, ep_overlap=overlap, trainable=trainable,
+        lora_rank=rank, lora_targets=targets,
+    )  # fmt: skip
+    check_mapping(model, mapping, gpus=round(gpus))
+    names = dict(hardware=hw.as_dict(), model=found.as_dict() if found else None)
+    return kind, cluster, model, mapping, round(gpus), names
+
+
+def _measured(row, kind, model, mapping, b, gpus):
+    """(metric, measured, predicted) of the row's most direct measurement."""
+    step, tokens = float(b.total), float(b.tokens)
+    for key, value in row.items():
+        if key and key.startswith("measured_") and number(row, key, 0.0) < 0:
+            raise ValueError(f"column {key}={value!r} must be >= 0")
+    tok = number(row, "measured_tokens_per_s_per_gpu")
+    if tok:
+        return "tokens_per_s_per_gpu", tok, tokens / (step * gpus)
+    job = number(row, "measured_tokens_per_s")
+    if job:
+        return "tokens_per_s", job, tokens / step
+    step_m = number(row, "measured_step_time_s")
+    if step_m:
+        return "step_time_s", step_m, step
+    tfl = number(row, "measured_tflops_per_gpu")
+    mfu, basis = number(row, "measured_mfu"), number(row, "mfu_peak_tflops_basis")
+    if not tfl and mfu and basis:
+        tfl = mfu * basis
+    if tfl:
+        formula = (row.get("flops_formula") or "").strip() or PROFILES[kind]["formula"]
+        flops = source_flops(
+            formula, model, float(mapping.batch()), float(mapping.tokens(model))
+        )
+        return "tflops_per_gpu", tfl, flops / (step * gpus) / 1e12
+    raise ValueError("row has no measured throughput, step time, TFLOP/s or MFU")
 
 
 def predict_row(row: dict, *, hardware_override=None, fidelity="detailed") -> dict:
     """The prediction for one training row (ValueError if it cannot be resolved)."""
-    kind, cluster, model, mapping, gpus = _resolve_row(row, hardware_override)
-    b = train_step(cluster, model, mapping, fidelity=fidelity)
-    step = float(b.total)
-    tokens = float(b.tokens)
-    tok, step_m = (
-        number(row, "measured_tokens_per_s_per_gpu"),
-        number(row, "measured_step_time_s"),
+    kind, cluster, model, mapping, gpus, names = resolve_training_row(
+        row, hardware_override
     )
-    tfl = number(row, "measured_tflops_per_gpu")
-    if tok:
-        metric, measured, predicted = (
-            "tokens_per_s_per_gpu",
-            tok,
-            tokens / (step * gpus),
-        )
-    elif step_m:
-        metric, measured, predicted = "step_time_s", step_m, step
-    elif tfl:
-        flops = _source_flops(row, kind, model, mapping)
-        metric, measured, predicted = (
-            "tflops_per_gpu",
-            tfl,
-            flops / (step * gpus) / 1e12,
-        )
-    else:
-        raise ValueError("row has no measured throughput, step time or TFLOP/s")
-    return dict(
+    b = train_step(cluster, model, mapping, fidelity=fidelity)
+    metric, measured, predicted = _measured(row, kind, model, mapping, b, gpus)
+    if not math.isfinite(predicted) or predicted <= 0:
+        raise ValueError(f"the model gives no finite {metric} for this row")
+    out = dict(
         metric=metric,
         measured=measured,
         predicted=predicted,
         ape=abs(predicted - measured) / measured,
-        step_time_s=step,
+        step_time_s=float(b.total),
         feasible=bool(b.feasible),
         memory_per_gpu_bytes=float(b.memory_per_gpu),
         hardware=cluster.name,
         model=model.name,
         moe=bool(float(model.n_experts) > 0),
+        framework_profile=kind,
+        resolved_hardware=names["hardware"],
+        resolved_model=names["model"],
     )
+    if not out["feasible"]:
+        out["miss"] = "predicted out of memory although the run ran"
+    return out
 
 
 def spec_family(stem: str) -> tuple[str, ...]:
@@ -248,7 +286,7 @@ def calibration_rows(rows: list[dict]) -> tuple[list[Row], dict[int, str]]:
     for i, row in enumerate(rows):
         try:
             res = predict_row(row)
-            _, cluster, model, mapping, _ = _resolve_row(row)
+            _, cluster, model, mapping, _, _ = resolve_training_row(row)
         except ValueError as e:
             skipped[i] = str(e).splitlines()[0]
             continue
@@ -265,7 +303,7 @@ def calibration_rows(rows: list[dict]) -> tuple[list[Row], dict[int, str]]:
                 target,
                 "train",
                 inverse,
-            )
+            )  # fmt: skip
         )
     return out, skipped
 

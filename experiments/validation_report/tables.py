@@ -42,11 +42,15 @@ def main(argv=None):
     ap.add_argument("--data", default=str(ROOT / "data" / "training_calibration.csv"))
     args = ap.parse_args(argv)
     rep = validate_file(args.data)
-    done = [r for r in rep["results"] if "ape" in r]
+    # rows excluded because their source contradicts itself are reported apart
+    done = [r for r in rep["results"] if "ape" in r and not r.get("excluded")]
     print(
         f"rows {rep['rows']}, predicted {rep['rows_predicted']} "
         f"({100 * rep['rows_predicted'] / rep['rows']:.1f}%), MAPE "
-        f"{100 * rep['mape']:.1f}%, median APE {100 * rep['median_ape']:.1f}%\n"
+        f"{100 * rep['mape']:.1f}%, median APE {100 * rep['median_ape']:.1f}%; "
+        f"{rep['rows_excluded']} rows excluded (MAPE with them "
+        f"{100 * rep['mape_with_excluded']:.1f}%), {rep['rows_infeasible']} predicted "
+        "out of memory (scored)\n"
     )
     by = defaultdict(lambda: defaultdict(list))
     for r in done:
