@@ -6,6 +6,7 @@ success and 2 on bad input, with a one-line message on stderr naming the field.
 
 import argparse
 import dataclasses
+import math
 
 import equinox as eqx
 
@@ -32,6 +33,10 @@ class UsageError(ValueError):
     """Bad command-line input: reported on one line, exit status 2."""
 
 
+class Interrupted(Exception):
+    """A long command stopped by Ctrl-C: reported on one line, exit status 130."""
+
+
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2 (argparse prints usage otherwise)
         raise UsageError(f"{self.prog}: {message}")
@@ -48,6 +53,22 @@ def _positive_int(name):
         return v
 
     return parse
+
+
+positive_int = _positive_int  # public name for the other command modules
+
+
+def json_safe(x):
+    """JSON-safe copy of a result: NaN/inf become null (JSON has neither)."""
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [json_safe(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if hasattr(x, "tolist") and not isinstance(x, str):  # numpy / JAX arrays
+        return json_safe(x.tolist())
+    return x
 
 
 def _fidelity_argument(p):

@@ -8,20 +8,19 @@ success and 2 on bad input, with a one-line message on stderr naming the field.
 """
 
 import json
-import math
 import os
 import sys
-
-import jax.numpy as jnp
 
 from ..validation.run import print_report, validate_file
 from .calibrate import add_calibrate, print_calibrate, run_calibrate
 from .jobs import (
+    Interrupted,
     Parser,
     add_infer,
     add_list,
     add_train,
     add_validate,
+    json_safe,
     list_specs,
     print_infer,
     print_train,
@@ -104,19 +103,9 @@ def _main(argv) -> int:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"error: {msg}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(str(e), file=sys.stderr)
+        return 130
     if args.json:
-        print(json.dumps(_clean(out)))
+        print(json.dumps(json_safe(out)))
     return 0
-
-
-def _clean(x):
-    """JSON-safe copy: NaN/inf become null (JSON has neither)."""
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_clean(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, jnp.ndarray):
-        return _clean(x.tolist())
-    return x
