@@ -106,8 +106,49 @@ def add_train(sub):
     p = sub.add_parser("train", help="time, memory and MFU of one training step")
     train_arguments(p)
     _fidelity_argument(p)
+    emit_argument(p, "train")
     p.add_argument("--json", action="store_true")
     return p
+
+
+def emit_argument(p, job: str):
+    """--emit FRAMEWORK: print the framework's launch flags for the mapping."""
+    from .emit import SERVE_FRAMEWORKS, TRAIN_FRAMEWORKS
+
+    choices = TRAIN_FRAMEWORKS if job == "train" else SERVE_FRAMEWORKS
+    p.add_argument(
+        "--emit", choices=choices, metavar="|".join(choices),
+        help="also print this framework's launch flags for the mapping "
+        "(JSON key 'launch')",
+    )  # fmt: skip
+
+
+def train_launch(args, cluster, model, mapping) -> dict:
+    """The `launch` object of --emit for a training mapping."""
+    from .emit import train_launch as emit
+
+    return emit(args.emit, cluster, model, mapping, gpus=args.gpus, dtype=args.dtype)
+
+
+def serve_launch(args, model, serving, pools=None) -> dict:
+    """The `launch` object of --emit for a serving mapping (and its pools)."""
+    from .emit import model_id
+    from .emit import serve_launch as emit
+
+    try:
+        aliases = list(io.meta("workloads", args.model).get("aliases", ()))
+    except (ValueError, OSError):  # a Hugging Face config.json has no [meta]
+        aliases = []
+    name = model_id(args.model, aliases)
+    launch = emit(
+        args.emit, model, serving, gpus=args.gpus, weights=args.dtype,
+        kv_dtype=args.kv_dtype or args.dtype, model_name=name, pools=pools,
+    )  # fmt: skip
+    if "/" not in name:
+        launch["notes"].append(
+            f"{name}: replace with the checkpoint's path or Hugging Face id"
+        )
+    return launch
 
 
 def train_arguments(p):
@@ -196,6 +237,7 @@ def add_infer(sub):
     )
     p.add_argument("--ttft-slo", type=float, help="TTFT target [s] for goodput")
     p.add_argument("--tpot-slo", type=float, help="TPOT target [s] for goodput")
+    emit_argument(p, "infer")
     p.add_argument("--json", action="store_true")
     return p
 
@@ -260,6 +302,7 @@ def train_result(cluster, model, mapping, *, dtype_peak: str | None = None) -> d
 
 def run_train(args) -> dict:
     cluster, model, mapping = train_job(args)
+    launch = train_launch(args, cluster, model, mapping) if args.emit else None
     cluster, mapping = tier(args.fidelity, cluster, mapping)
     out = train_result(cluster, model, mapping)
     out |= {
@@ -288,6 +331,8 @@ def run_train(args) -> dict:
             "offload_activations": args.offload_activations,
         },
     }
+    if launch is not None:
+        out["launch"] = launch
     return out
 
 
@@ -467,10 +512,28 @@ def run_infer(args) -> dict:
                     "kv_dtype": prec.kv_cache, "graphs": args.graphs,
                     "attention_kernel": args.attention_kernel},
     }  # fmt: skip
+    if args.emit:
+        out["launch"] = serve_launch(args, model, serving, pools)
     return out
 
 
+def print_launch(launch: dict):
+    """The --emit commands, one per role, ready to paste."""
+    print(f"launch ({launch['version']}):")
+    for c in launch["commands"]:
+        times = f"  # x{c['count']}" if c["count"] > 1 else ""
+        print(f"  [{c['role']}]{times}\n  {c['shell']}")
+    for name, text in launch["files"].items():
+        print(f"  file {name}:")
+        for line in text.splitlines():
+            print(f"    {line}")
+    for note in launch["notes"]:
+        print(f"  note: {note}")
+
+
 def print_infer(out: dict):
+    if "launch" in out:
+        print_launch(out["launch"])
     m = out["mapping"]
     print(f"{out['model']} on {m['gpus']} × {out['hardware']}, batch {m['batch']}, "
           f"{m['input_len']} in / {m['output_len']} out")  # fmt: skip
@@ -513,6 +576,8 @@ def with_precision(model, precision):
 
 
 def print_train(out: dict):
+    if "launch" in out:
+        print_launch(out["launch"])
     print(f"{out['model']} on {out['mapping']['gpus']} × {out['hardware']}")
     print(f"  step time        {out['step_time_s']:.4g} s")
     print(f"  tokens/s/GPU     {out['tokens_per_s_per_gpu']:.5g}")

@@ -1,5 +1,7 @@
 """`diffperf optimize`: co-design of hardware leaves (and the mapping) under budgets."""
 
+import dataclasses
+
 from . import jobs as _cli
 
 __all__ = ["add_optimize", "run_optimize", "print_optimize"]
@@ -25,6 +27,7 @@ def add_optimize(sub):
         q = jobs.add_parser(job, help=f"co-design for a {job} job")
         add(q)
         _design_arguments(q, list(objectives))
+        _cli.emit_argument(q, job)
 
 
 def _design_arguments(p, objectives: list[str]):
@@ -85,7 +88,7 @@ def run_optimize(args) -> dict:
         for flag, name in _BUDGET_FLAGS.items()
         if getattr(args, flag) is not None
     }
-    return optimize(
+    out = optimize(
         cluster,
         model,
         mapping,
@@ -99,6 +102,15 @@ def run_optimize(args) -> dict:
         grid_points=args.grid,
         mode=args.mode,
     )
+    if args.emit and out["best"] is not None:
+        best = dataclasses.replace(
+            mapping, **{k: float(v) for k, v in out["best"]["mapping"].items()}
+        )
+        if args.job == "train":
+            out["launch"] = _cli.train_launch(args, cluster, model, best)
+        else:
+            out["launch"] = _cli.serve_launch(args, model, best)
+    return out
 
 
 def _line(label: str, d: dict | None, goal: str) -> str:
@@ -111,6 +123,8 @@ def _line(label: str, d: dict | None, goal: str) -> str:
 
 def print_optimize(out: dict):
     """Human-readable optimizer report."""
+    if "launch" in out:
+        _cli.print_launch(out["launch"])
     goal = out["goal"]
     print(
         f"{goal}imize {out['objective']} over {out['mappings']} mapping(s): "
