@@ -91,6 +91,43 @@ def _fraction(name):
     return parse
 
 
+def _set_argument(p):
+    p.add_argument(
+        "--set", action="append", default=[], metavar="PATH=VALUE",
+        help="set a hardware leaf for a what-if, e.g. chip.hbm_bandwidth=4e12 "
+        "(SI units; repeatable; see `dp.leaf_paths`)",
+    )  # fmt: skip
+
+
+def with_leaves(cluster, items: list[str]):
+    """The cluster with `--set PATH=VALUE` leaves replaced (UsageError if bad)."""
+    import jax.numpy as jnp
+
+    from ..core.paths import get_leaf, leaf_paths, set_leaf
+
+    paths = None
+    for item in items:
+        path, sep, text = item.partition("=")
+        path = path.strip().removeprefix("hardware.")
+        try:
+            value = float(text)
+        except ValueError:
+            value = None
+        if not sep or value is None:
+            raise UsageError(f"--set {item!r} must be PATH=VALUE with a number VALUE")
+        paths = paths or set(leaf_paths(cluster))
+        if path not in paths:
+            raise UsageError(
+                f"--set {path!r}: not a hardware leaf (e.g. chip.hbm_bandwidth, "
+                "scale_out.bandwidth; list: dp.leaf_paths(cluster))"
+            )
+        if not math.isfinite(value) or value < 0:
+            raise UsageError(f"--set {path}={text}: must be a finite number >= 0")
+        old = get_leaf(cluster, path)
+        cluster = set_leaf(cluster, path, jnp.asarray(value, dtype=old.dtype))
+    return cluster
+
+
 def _attention_argument(p):
     p.add_argument(
         "--attention-kernel",
@@ -184,6 +221,7 @@ def train_arguments(p):
     p.add_argument("--zero", type=int, choices=(0, 1, 2, 3), default=1)
     _attention_argument(p)
     p.add_argument("--dtype", choices=DTYPES, default="bf16", help="GEMM math dtype")
+    _set_argument(p)
     for what in ("optimizer", "activations"):
         p.add_argument(
             f"--offload-{what}",
@@ -205,6 +243,7 @@ def infer_arguments(p):
     p.add_argument("--output-len", type=_positive_int("--output-len"), default=128)
     p.add_argument("--dtype", choices=DTYPES, default="bf16", help="weights and math")
     p.add_argument("--kv-dtype", choices=DTYPES, help="KV cache (default: --dtype)")
+    _set_argument(p)
     p.add_argument(
         "--graphs", action="store_true", help="decode steps replayed as CUDA graphs"
     )
@@ -338,7 +377,7 @@ def run_train(args) -> dict:
 
 def train_job(args):
     """(cluster, model, mapping) of `train_arguments` flags, checked (UsageError)."""
-    cluster = io.load_hardware(args.hardware)
+    cluster = with_leaves(io.load_hardware(args.hardware), args.set)
     model = io.load_workload(args.model)
     model = with_precision(model, Precision.training(args.dtype))
     if args.capacity_factor is not None:
@@ -447,7 +486,7 @@ def infer_result(cluster, model, serving, *, gpus=None, ttft_slo=None,
 
 def infer_job(args):
     """(cluster, model, serving, precision) of `infer_arguments` flags (UsageError)."""
-    cluster = io.load_hardware(args.hardware)
+    cluster = with_leaves(io.load_hardware(args.hardware), args.set)
     model = io.load_workload(args.model)
     kv = args.kv_dtype or args.dtype
     math_dtype = args.dtype if args.dtype not in ("int4",) else "bf16"

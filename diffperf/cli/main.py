@@ -1,7 +1,7 @@
 """The `diffperf` command line and its dispatch to one module per command.
 
 Commands: train, infer, validate, sensitivity, sweep, optimize, trace, roofline,
-calibrate, list.
+calibrate, list, explore.
 
 Every command accepts `--json` (exactly one JSON object on stdout, SI units); exit 0 on
 success and 2 on bad input, with a one-line message on stderr naming the field.
@@ -11,6 +11,7 @@ import json
 import os
 import sys
 
+from ..explore.server import add_explore, run_explore
 from ..validation.run import print_report, validate_file
 from .calibrate import add_calibrate, print_calibrate, run_calibrate
 from .jobs import (
@@ -73,6 +74,7 @@ def _commands() -> dict:
         ),
         "calibrate": (run_calibrate, print_calibrate),
         "list": (list_specs, None),
+        "explore": (run_explore, None),
     }
 
 
@@ -93,6 +95,8 @@ def _main(argv) -> int:
     add_roofline(sub)
 
     add_calibrate(sub)
+
+    add_explore(sub)
     try:
         args = parser.parse_args(argv)
         run, show = _commands()[args.command]
