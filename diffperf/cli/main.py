@@ -29,6 +29,7 @@ from .jobs import (
     run_train,
 )
 from .optimize import add_optimize, print_optimize, run_optimize
+from .progress import progress
 from .study import (
     add_sensitivity,
     add_sweep,
@@ -69,13 +70,22 @@ def _commands() -> dict:
         "trace": (run_trace, print_trace),
         "roofline": (run_roofline, print_roofline),
         "validate": (
-            lambda args: validate_file(args.data, fidelity=args.fidelity),
+            _validate,
             print_report,
         ),
         "calibrate": (run_calibrate, print_calibrate),
         "list": (list_specs, None),
         "explore": (run_explore, None),
     }
+
+
+def _validate(args) -> dict:
+    """`validate`, with a progress bar over the rows on a terminal."""
+    with progress(args, "predicting rows") as update:
+        return validate_file(
+            args.data, fidelity=args.fidelity,
+            progress=lambda done, total: update(completed=done, total=total),
+        )  # fmt: skip
 
 
 def _main(argv) -> int:

@@ -78,6 +78,7 @@ def _vary(items: list[str]) -> dict[str, tuple[float, float]]:
 def run_optimize(args) -> dict:
     """Run `dp.optimize` on the job of the train/infer flags."""
     from ..analysis.optimize import optimize
+    from .progress import progress
 
     if args.job == "train":
         cluster, model, mapping = _cli.train_job(args)
@@ -88,7 +89,26 @@ def run_optimize(args) -> dict:
         for flag, name in _BUDGET_FLAGS.items()
         if getattr(args, flag) is not None
     }
-    out = optimize(
+    stages = ["optimizing", "re-scoring", "baseline"] + (["grid"] if args.grid else [])
+    with progress(args, "optimizing", total=len(stages)) as update:
+        out = _optimize(args, cluster, model, mapping, budgets, optimize, stages,
+                        update)  # fmt: skip
+    if args.emit and out["best"] is not None:
+        best = dataclasses.replace(
+            mapping, **{k: float(v) for k, v in out["best"]["mapping"].items()}
+        )
+        if args.job == "train":
+            out["launch"] = _cli.train_launch(args, cluster, model, best)
+        else:
+            out["launch"] = _cli.serve_launch(args, model, best)
+    return out
+
+
+def _optimize(args, cluster, model, mapping, budgets, optimize, stages, update):
+    def stage(name):
+        update(completed=stages.index(name), label=name)
+
+    return optimize(
         cluster,
         model,
         mapping,
@@ -101,16 +121,8 @@ def run_optimize(args) -> dict:
         seed=args.seed,
         grid_points=args.grid,
         mode=args.mode,
+        progress=stage,
     )
-    if args.emit and out["best"] is not None:
-        best = dataclasses.replace(
-            mapping, **{k: float(v) for k, v in out["best"]["mapping"].items()}
-        )
-        if args.job == "train":
-            out["launch"] = _cli.train_launch(args, cluster, model, best)
-        else:
-            out["launch"] = _cli.serve_launch(args, model, best)
-    return out
 
 
 def _line(label: str, d: dict | None, goal: str) -> str:

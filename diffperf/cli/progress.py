@@ -21,7 +21,9 @@ def wanted(args) -> bool:
 def progress(
     args, label: str, total: float | None = None
 ) -> Iterator[Callable[..., None]]:
-    """Yields `update(advance=0, total=None, label=None)`; a no-op when not wanted.
+    """Yields `update(advance=0, total=None, label=None, completed=None)`.
+
+    A no-op when not wanted; `completed` sets the count, `advance` adds to it.
 
     Example:
         with progress(args, "evaluating", total=n) as update:
@@ -53,11 +55,13 @@ def progress(
     )
     task = bar.add_task(label, total=total)
 
-    def update(advance: float = 0, total: float | None = None, label=None):
+    def update(advance: float = 0, total=None, label=None, completed=None):
         fields = {} if label is None else {"description": label}
-        bar.update(task, advance=advance, **fields)
+        if completed is not None:
+            fields["completed"] = completed
         if total is not None:
-            bar.update(task, total=total)
+            fields["total"] = total
+        bar.update(task, advance=advance, **fields)
 
     bar.start()
     try:

@@ -202,11 +202,15 @@ def _inconsistent(rows: list[dict]) -> dict[int, str]:
 _TRIPLE = ("prefill_latency_median", "tpot_median", "e2e_latency_median")
 
 
-def validate_infer_rows(rows: list[dict], *, fidelity: str = "detailed") -> dict:
+def validate_infer_rows(
+    rows: list[dict], *, fidelity: str = "detailed", progress=None
+) -> dict:
     """Per-row predictions and error summary of inference CSV rows."""
     results = []
     bad = _inconsistent(rows)
     for i, row in enumerate(rows):
+        if progress is not None:
+            progress(i, len(rows))
         entry = dict(
             row=i,
             source=row.get("source", ""),
