@@ -179,3 +179,20 @@ def test_explore_command_starts_fast():
         p.terminate()
         p.wait(timeout=30)
         p.stdout.close()
+
+
+def test_cli_set_flag(capsys):
+    base = ["train", "--hardware", "dgx_h100", "--model", "llama3_8b", "--gpus", "8",
+            "--tp", "8", "--json"]  # fmt: skip
+    slow = _cli_json(capsys, [*base, "--set", "chip.hbm_bandwidth=1e12"])
+    fast = _cli_json(capsys, [*base, "--set", "hardware.chip.hbm_bandwidth=8e12"])
+    assert slow["step_time_s"] > fast["step_time_s"]
+    for bad, message in [
+        ("chip.warp=1", "not a hardware leaf"),
+        ("chip.hbm_bandwidth", "PATH=VALUE"),
+        ("chip.hbm_bandwidth=-1", "finite number >= 0"),
+        ("chip.hbm_bandwidth=inf", "finite number >= 0"),
+    ]:
+        assert main([*base, "--set", bad]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1

@@ -289,11 +289,16 @@ def _run_sweep(args, index: int, count: int) -> dict:
     if index == 0:
         _write_csv(out_path, header, rows)
         _write_csv(pareto_path, header, rows[front])
-    if count > 1:
-        from jax.experimental import multihost_utils
+    if count == 1:
+        store.clear(last=True)  # the CSV is written: the chunks are not needed
+    else:  # each process clears its chunks once process 0 has written the CSV,
+        from jax.experimental import multihost_utils  # then process 0 the folder
 
         multihost_utils.sync_global_devices("diffperf sweep: csv written")
-    store.clear(last=index == 0)
+        store.clear(last=False)
+        multihost_utils.sync_global_devices("diffperf sweep: chunks cleared")
+        if index == 0:
+            store.clear(last=True)
     best = None
     if res.best is not None:
         best = {h: float(v) for h, v in zip(header, rows[res.best], strict=True)}
