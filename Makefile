@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint validate bench clean
+.PHONY: demo test lint validate bench clean browser
 
 $(BIN)/diffperf: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,13 @@ demo: $(BIN)/diffperf
 
 test: $(BIN)/diffperf
 	$(BIN)/python -m pytest tests; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+
+# Chromium and its WebDriver from Debian for tests/test_explore_browser.py (needs root;
+# the test is skipped, saying why, where they cannot be installed).
+browser:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	   apt-get install -y -qq chromium chromium-driver)
 
 lint: $(BIN)/diffperf
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

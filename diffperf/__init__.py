@@ -23,6 +23,7 @@ from .analysis.sweep import SweepResult, sweep
 from .core.paths import get_leaf, leaf_paths, scale_leaf, set_leaf
 from .core.relax import AbstractRelax, Exact, Smooth
 from .io import (
+    SweepCheckpoint,
     from_hf_config,
     hardware_names,
     load_hardware,
@@ -95,7 +96,7 @@ __all__ = [
     "hourly_cost", "step_power", "joules_per_token", "usd_per_million_tokens",
     # analyses
     "optimize", "calibrate", "Prior", "Row", "validate", "sweep", "SweepResult",
-    "sensitivity", "elasticities", "uncertainty",
+    "SweepCheckpoint", "sensitivity", "elasticities", "uncertainty",
     # pytree paths
     "get_leaf", "set_leaf", "scale_leaf", "leaf_paths",
 ]  # fmt: skip

@@ -15,6 +15,7 @@ LAYER = {
     "validation": 5,
     "viz": 5,
     "cli": 6,
+    "explore": 6,
 }
 """Rank of each subpackage; a module may import from its own or a lower rank."""
 FORBIDDEN_LOW = {"optax", "tomllib", "pathlib", "csv", "json", "open"}

@@ -30,6 +30,7 @@ a bound is reported as such: its Laplace width is not meaningful.
 import dataclasses
 import math
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from typing import NamedTuple
 
 import equinox as eqx
@@ -255,8 +256,11 @@ def kfold_folds(rows: list[Row], k: int, seed: int = 0) -> tuple[list[str], np.n
     return [f"fold {f + 1}/{k}" for f in range(k)], held
 
 
-def _fit(groups, priors, weights, *, steps, lr, relax):
-    """Adam + box projection in log space, one optimization per row of `weights`."""
+def _fit(groups, priors, weights, *, steps, lr, relax, progress=None):
+    """Adam + box projection in log space, one optimization per row of `weights`.
+
+    `progress(1)` is called after each step.
+    """
     paths = list(priors)
     folds = weights.shape[0]
     full = lambda v: jnp.full(folds, v, dtype=float)  # noqa: E731 (not weak-typed)
@@ -280,6 +284,8 @@ def _fit(groups, priors, weights, *, steps, lr, relax):
         with jax.numpy_dtype_promotion("standard"):
             updates, state = opt.update(grads, state)
         u = optax.projections.projection_box(optax.apply_updates(u, updates), lo, hi)
+        if progress is not None:
+            progress(1)
     return u
 
 
@@ -342,6 +348,7 @@ def calibrate(
     holdout: str | None = "source",
     steps: int = 150,
     lr: float = 0.05,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Fit `priors`' leaves to `rows`; train and held-out error; uncertainty.
 
@@ -351,6 +358,7 @@ def calibrate(
         holdout: "source" (leave-one-source-out), "kfold:K", or None (train only).
         steps: Adam steps.
         lr: Adam learning rate [log units].
+        progress: `progress(done, total)` after each Adam step (for a progress bar).
 
     Returns:
         dict with `leaves` (path → initial, fitted, lower, upper, std, std_log,
@@ -378,7 +386,9 @@ def calibrate(
     masks = np.vstack([np.ones((1, n), dtype=bool), ~held])
     weights = np.stack([source_balanced(rows, m) for m in masks])
     groups = _groups(rows)
-    u = _fit(groups, priors, weights, steps=steps, lr=lr, relax=Smooth(32.0))
+    tick = None if progress is None else (lambda k: progress(k, steps))
+    u = _fit(groups, priors, weights, steps=steps, lr=lr, relax=Smooth(32.0),
+             progress=tick)  # fmt: skip
     inverse = np.array([r.inverse for r in rows])
     # the prior values ride along as one more fold: one compiled Exact evaluation
     u_all = {

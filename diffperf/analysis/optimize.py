@@ -510,6 +510,7 @@ def optimize(
     seed: int = 0,
     grid_points: int = 0,
     mode: str = "enumerate",
+    progress: Callable[[str], None] | None = None,
 ) -> dict:
     """Co-design hardware leaves (and the mapping) for an objective under budgets.
 
@@ -530,6 +531,8 @@ def optimize(
         seed: random starts and the random-search baseline.
         grid_points: if > 0, also run an exhaustive grid of this many points per
             leaf (reported under "exhaustive").
+        progress: `progress(stage)` as each stage starts ("optimizing",
+            "re-scoring", "baseline", "grid"), for a progress display.
         mode: how the integer mapping choice is relaxed: "enumerate" runs every
             start once per valid mapping (min over m of min over x, all in one
             vmapped scan); "softmin" optimizes one design against the soft-min
@@ -561,7 +564,10 @@ def optimize(
         z0 = np.tile(z0, (n_map, 1))
     else:
         aux = np.zeros(starts, int)
+    say = progress or (lambda stage: None)
+    say("optimizing")
     res = _box(prob, jnp.asarray(z0), jnp.asarray(aux), steps, lr, mode, SCHEDULE)
+    say("re-scoring")
     tail = min(tail, steps)
     cand_x = np.asarray(jax.vmap(prob.x)(res.z[-tail:].reshape(-1, d)))
     if mode == "enumerate":
@@ -598,6 +604,7 @@ def optimize(
         x, value, i = best
         out["best"] = _design(prob, maps, x, value, i, True)
         out["best"].update(_binding(prob, i, x))
+    say("baseline")
     base = random_search(prob, evaluations, seed=seed + 1)
     out["baseline"] = dict(
         method="random",
@@ -606,6 +613,7 @@ def optimize(
         design=None if base is None else _design(prob, maps, *base, True),
     )
     if grid_points:
+        say("grid")
         t1 = time.perf_counter()
         g, n = grid_search(prob, grid_points)
         out["exhaustive"] = dict(

@@ -47,8 +47,6 @@ RESOURCES = (
 SERVE_METRICS = ("ttft", "tpot", "e2e_latency")
 """Serving metrics (seconds, `ServeResult` attributes) that `sensitivity` explains."""
 
-_SMOOTH = Smooth()
-
 
 def elasticities(metric: Callable, tree) -> dict[str, float]:
     """Elasticities d log metric(tree) / d log leaf of every float leaf, by path.
@@ -145,7 +143,7 @@ def sensitivity(
     job: Parallelism | Serving,
     *,
     metric: str | None = None,
-    relax: AbstractRelax = _SMOOTH,
+    relax: AbstractRelax | None = None,
 ) -> dict:
     """Elasticities of a training or serving metric w.r.t. every float leaf.
 
@@ -163,6 +161,7 @@ def sensitivity(
     Raises:
         ValueError: a job that does not fit the model, or an unknown metric.
     """
+    relax = Smooth() if relax is None else relax
     if isinstance(job, Parallelism):
         metric = metric or "step_time"
         if metric != "step_time":

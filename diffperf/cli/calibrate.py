@@ -125,9 +125,13 @@ def run_calibrate(args) -> dict:
     holdout = args.holdout
     if holdout == "auto":
         holdout = "source" if len({r.source for r in rows}) >= 2 else "kfold:5"
-    fit = calibrate(
-        rows, priors, holdout=None if holdout == "none" else holdout, steps=args.steps
-    )
+    from .progress import progress
+
+    with progress(args, "calibrating", total=args.steps) as update:
+        fit = calibrate(
+            rows, priors, holdout=None if holdout == "none" else holdout,
+            steps=args.steps, progress=lambda done, total: update(done),
+        )  # fmt: skip
     results = [
         dict(
             row=i,

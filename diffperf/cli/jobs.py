@@ -6,6 +6,7 @@ success and 2 on bad input, with a one-line message on stderr naming the field.
 
 import argparse
 import dataclasses
+import math
 
 import equinox as eqx
 
@@ -33,6 +34,10 @@ class UsageError(ValueError):
     """Bad command-line input: reported on one line, exit status 2."""
 
 
+class Interrupted(Exception):
+    """A long command stopped by Ctrl-C: reported on one line, exit status 130."""
+
+
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2 (argparse prints usage otherwise)
         raise UsageError(f"{self.prog}: {message}")
@@ -49,6 +54,22 @@ def _positive_int(name):
         return v
 
     return parse
+
+
+positive_int = _positive_int  # public name for the other command modules
+
+
+def json_safe(x):
+    """JSON-safe copy of a result: NaN/inf become null (JSON has neither)."""
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [json_safe(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if hasattr(x, "tolist") and not isinstance(x, str):  # numpy / JAX arrays
+        return json_safe(x.tolist())
+    return x
 
 
 def _fidelity_argument(p):
@@ -69,6 +90,43 @@ def _fraction(name):
         return v
 
     return parse
+
+
+def _set_argument(p):
+    p.add_argument(
+        "--set", action="append", default=[], metavar="PATH=VALUE",
+        help="set a hardware leaf for a what-if, e.g. chip.hbm_bandwidth=4e12 "
+        "(SI units; repeatable; see `dp.leaf_paths`)",
+    )  # fmt: skip
+
+
+def with_leaves(cluster, items: list[str]):
+    """The cluster with `--set PATH=VALUE` leaves replaced (UsageError if bad)."""
+    import jax.numpy as jnp
+
+    from ..core.paths import get_leaf, leaf_paths, set_leaf
+
+    paths = None
+    for item in items:
+        path, sep, text = item.partition("=")
+        path = path.strip().removeprefix("hardware.")
+        try:
+            value = float(text)
+        except ValueError:
+            value = None
+        if not sep or value is None:
+            raise UsageError(f"--set {item!r} must be PATH=VALUE with a number VALUE")
+        paths = paths or set(leaf_paths(cluster))
+        if path not in paths:
+            raise UsageError(
+                f"--set {path!r}: not a hardware leaf (e.g. chip.hbm_bandwidth, "
+                "scale_out.bandwidth; list: dp.leaf_paths(cluster))"
+            )
+        if not math.isfinite(value) or value < 0:
+            raise UsageError(f"--set {path}={text}: must be a finite number >= 0")
+        old = get_leaf(cluster, path)
+        cluster = set_leaf(cluster, path, jnp.asarray(value, dtype=old.dtype))
+    return cluster
 
 
 def _attention_argument(p):
@@ -152,8 +210,49 @@ def add_train(sub):
     p = sub.add_parser("train", help="time, memory and MFU of one training step")
     train_arguments(p)
     _fidelity_argument(p)
+    emit_argument(p, "train")
     p.add_argument("--json", action="store_true")
     return p
+
+
+def emit_argument(p, job: str):
+    """--emit FRAMEWORK: print the framework's launch flags for the mapping."""
+    from .emit import SERVE_FRAMEWORKS, TRAIN_FRAMEWORKS
+
+    choices = TRAIN_FRAMEWORKS if job == "train" else SERVE_FRAMEWORKS
+    p.add_argument(
+        "--emit", choices=choices, metavar="|".join(choices),
+        help="also print this framework's launch flags for the mapping "
+        "(JSON key 'launch')",
+    )  # fmt: skip
+
+
+def train_launch(args, cluster, model, mapping) -> dict:
+    """The `launch` object of --emit for a training mapping."""
+    from .emit import train_launch as emit
+
+    return emit(args.emit, cluster, model, mapping, gpus=args.gpus, dtype=args.dtype)
+
+
+def serve_launch(args, model, serving, pools=None) -> dict:
+    """The `launch` object of --emit for a serving mapping (and its pools)."""
+    from .emit import model_id
+    from .emit import serve_launch as emit
+
+    try:
+        aliases = list(io.meta("workloads", args.model).get("aliases", ()))
+    except (ValueError, OSError):  # a Hugging Face config.json has no [meta]
+        aliases = []
+    name = model_id(args.model, aliases)
+    launch = emit(
+        args.emit, model, serving, gpus=args.gpus, weights=args.dtype,
+        kv_dtype=args.kv_dtype or args.dtype, model_name=name, pools=pools,
+    )  # fmt: skip
+    if "/" not in name:
+        launch["notes"].append(
+            f"{name}: replace with the checkpoint's path or Hugging Face id"
+        )
+    return launch
 
 
 def train_arguments(p):
@@ -190,6 +289,7 @@ def train_arguments(p):
     _attention_argument(p)
     p.add_argument("--dtype", choices=DTYPES, default="bf16", help="GEMM math dtype")
     _architecture_arguments(p)
+    _set_argument(p)
     for what in ("optimizer", "activations"):
         p.add_argument(
             f"--offload-{what}",
@@ -250,6 +350,7 @@ def infer_arguments(p):
         "name states one, e.g. ...-FP8, else bf16)",
     )
     p.add_argument("--kv-dtype", choices=DTYPES, help="KV cache (default: --dtype)")
+    _set_argument(p)
     p.add_argument(
         "--graphs", action="store_true", help="decode steps replayed as CUDA graphs"
     )
@@ -283,6 +384,7 @@ def add_infer(sub):
     )
     p.add_argument("--ttft-slo", type=float, help="TTFT target [s] for goodput")
     p.add_argument("--tpot-slo", type=float, help="TPOT target [s] for goodput")
+    emit_argument(p, "infer")
     p.add_argument("--json", action="store_true")
     return p
 
@@ -347,6 +449,7 @@ def train_result(cluster, model, mapping, *, dtype_peak: str | None = None) -> d
 
 def run_train(args) -> dict:
     cluster, model, mapping = train_job(args)
+    launch = train_launch(args, cluster, model, mapping) if args.emit else None
     cluster, mapping = tier(args.fidelity, cluster, mapping)
     out = train_result(cluster, model, mapping)
     arch = architecture_flags(args, args.seq_len)
@@ -380,12 +483,14 @@ def run_train(args) -> dict:
             "lora_targets": list(mapping.lora_targets),
         },
     }
+    if launch is not None:
+        out["launch"] = launch
     return out
 
 
 def train_job(args):
     """(cluster, model, mapping) of `train_arguments` flags, checked (UsageError)."""
-    cluster = io.load_hardware(args.hardware)
+    cluster = with_leaves(io.load_hardware(args.hardware), args.set)
     model = io.load_workload(args.model, architecture_flags(args, args.seq_len))
     model = with_precision(model, Precision.training(args.dtype))
     if args.capacity_factor is not None:
@@ -496,7 +601,7 @@ def infer_result(cluster, model, serving, *, gpus=None, ttft_slo=None,
 
 def infer_job(args):
     """(cluster, model, serving, precision) of `infer_arguments` flags (UsageError)."""
-    cluster = io.load_hardware(args.hardware)
+    cluster = with_leaves(io.load_hardware(args.hardware), args.set)
     context = args.input_len + args.output_len
     model = io.load_workload(args.model, architecture_flags(args, context))
     if args.dtype is None:  # the checkpoint's format, as its name states (...-FP8)
@@ -569,10 +674,28 @@ def run_infer(args) -> dict:
                     "kv_dtype": prec.kv_cache, "graphs": args.graphs,
                     "attention_kernel": args.attention_kernel},
     }  # fmt: skip
+    if args.emit:
+        out["launch"] = serve_launch(args, model, serving, pools)
     return out
 
 
+def print_launch(launch: dict):
+    """The --emit commands, one per role, ready to paste."""
+    print(f"launch ({launch['version']}):")
+    for c in launch["commands"]:
+        times = f"  # x{c['count']}" if c["count"] > 1 else ""
+        print(f"  [{c['role']}]{times}\n  {c['shell']}")
+    for name, text in launch["files"].items():
+        print(f"  file {name}:")
+        for line in text.splitlines():
+            print(f"    {line}")
+    for note in launch["notes"]:
+        print(f"  note: {note}")
+
+
 def print_infer(out: dict):
+    if "launch" in out:
+        print_launch(out["launch"])
     m = out["mapping"]
     print(f"{out['model']} on {m['gpus']} × {out['hardware']}, batch {m['batch']}, "
           f"{m['input_len']} in / {m['output_len']} out")  # fmt: skip
@@ -615,6 +738,8 @@ def with_precision(model, precision):
 
 
 def print_train(out: dict):
+    if "launch" in out:
+        print_launch(out["launch"])
     print(f"{out['model']} on {out['mapping']['gpus']} × {out['hardware']}")
     print(f"  step time        {out['step_time_s']:.4g} s")
     print(f"  tokens/s/GPU     {out['tokens_per_s_per_gpu']:.5g}")

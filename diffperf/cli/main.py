@@ -1,27 +1,27 @@
 """The `diffperf` command line and its dispatch to one module per command.
 
 Commands: train, infer, validate, sensitivity, sweep, optimize, trace, roofline,
-calibrate, list.
+calibrate, list, explore.
 
 Every command accepts `--json` (exactly one JSON object on stdout, SI units); exit 0 on
 success and 2 on bad input, with a one-line message on stderr naming the field.
 """
 
 import json
-import math
 import os
 import sys
 
-import jax.numpy as jnp
-
+from ..explore.server import add_explore, run_explore
 from ..validation.run import print_report, validate_file
 from .calibrate import add_calibrate, print_calibrate, run_calibrate
 from .jobs import (
+    Interrupted,
     Parser,
     add_infer,
     add_list,
     add_train,
     add_validate,
+    json_safe,
     list_specs,
     print_infer,
     print_train,
@@ -29,6 +29,7 @@ from .jobs import (
     run_train,
 )
 from .optimize import add_optimize, print_optimize, run_optimize
+from .progress import progress
 from .study import (
     add_sensitivity,
     add_sweep,
@@ -69,12 +70,22 @@ def _commands() -> dict:
         "trace": (run_trace, print_trace),
         "roofline": (run_roofline, print_roofline),
         "validate": (
-            lambda args: validate_file(args.data, fidelity=args.fidelity),
+            _validate,
             print_report,
         ),
         "calibrate": (run_calibrate, print_calibrate),
         "list": (list_specs, None),
+        "explore": (run_explore, None),
     }
+
+
+def _validate(args) -> dict:
+    """`validate`, with a progress bar over the rows on a terminal."""
+    with progress(args, "predicting rows") as update:
+        return validate_file(
+            args.data, fidelity=args.fidelity,
+            progress=lambda done, total: update(completed=done, total=total),
+        )  # fmt: skip
 
 
 def _main(argv) -> int:
@@ -94,6 +105,8 @@ def _main(argv) -> int:
     add_roofline(sub)
 
     add_calibrate(sub)
+
+    add_explore(sub)
     try:
         args = parser.parse_args(argv)
         run, show = _commands()[args.command]
@@ -104,19 +117,9 @@ def _main(argv) -> int:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"error: {msg}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(str(e), file=sys.stderr)
+        return 130
     if args.json:
-        print(json.dumps(_clean(out)))
+        print(json.dumps(json_safe(out)))
     return 0
-
-
-def _clean(x):
-    """JSON-safe copy: NaN/inf become null (JSON has neither)."""
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_clean(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, jnp.ndarray):
-        return _clean(x.tolist())
-    return x

@@ -1,5 +1,7 @@
 """`diffperf optimize`: co-design of hardware leaves (and the mapping) under budgets."""
 
+import dataclasses
+
 from . import jobs as _cli
 
 __all__ = ["add_optimize", "run_optimize", "print_optimize"]
@@ -25,6 +27,7 @@ def add_optimize(sub):
         q = jobs.add_parser(job, help=f"co-design for a {job} job")
         add(q)
         _design_arguments(q, list(objectives))
+        _cli.emit_argument(q, job)
 
 
 def _design_arguments(p, objectives: list[str]):
@@ -75,6 +78,7 @@ def _vary(items: list[str]) -> dict[str, tuple[float, float]]:
 def run_optimize(args) -> dict:
     """Run `dp.optimize` on the job of the train/infer flags."""
     from ..analysis.optimize import optimize
+    from .progress import progress
 
     if args.job == "train":
         cluster, model, mapping = _cli.train_job(args)
@@ -85,6 +89,25 @@ def run_optimize(args) -> dict:
         for flag, name in _BUDGET_FLAGS.items()
         if getattr(args, flag) is not None
     }
+    stages = ["optimizing", "re-scoring", "baseline"] + (["grid"] if args.grid else [])
+    with progress(args, "optimizing", total=len(stages)) as update:
+        out = _optimize(args, cluster, model, mapping, budgets, optimize, stages,
+                        update)  # fmt: skip
+    if args.emit and out["best"] is not None:
+        best = dataclasses.replace(
+            mapping, **{k: float(v) for k, v in out["best"]["mapping"].items()}
+        )
+        if args.job == "train":
+            out["launch"] = _cli.train_launch(args, cluster, model, best)
+        else:
+            out["launch"] = _cli.serve_launch(args, model, best)
+    return out
+
+
+def _optimize(args, cluster, model, mapping, budgets, optimize, stages, update):
+    def stage(name):
+        update(completed=stages.index(name), label=name)
+
     return optimize(
         cluster,
         model,
@@ -98,6 +121,7 @@ def run_optimize(args) -> dict:
         seed=args.seed,
         grid_points=args.grid,
         mode=args.mode,
+        progress=stage,
     )
 
 
@@ -111,6 +135,8 @@ def _line(label: str, d: dict | None, goal: str) -> str:
 
 def print_optimize(out: dict):
     """Human-readable optimizer report."""
+    if "launch" in out:
+        _cli.print_launch(out["launch"])
     goal = out["goal"]
     print(
         f"{goal}imize {out['objective']} over {out['mappings']} mapping(s): "

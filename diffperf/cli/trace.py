@@ -68,6 +68,7 @@ def _variant(args, text: str):
         tokens += [f"--{flag}"] + ([value] if eq else [])
     base = copy.copy(args)
     base.vs = []
+    base.set = list(args.set)  # --vs set=... appends: not to the original's list
     return args.parser.parse_args(tokens, namespace=base)
 
 

@@ -1,10 +1,11 @@
 """Layer 4: files.
 
 Loading hardware and workload specs (TOML, Hugging Face config.json), resolving
-names, reading measurement CSVs. The only package of the library that reads
-files; the model layers below it take pytrees.
+names, reading measurement CSVs, keeping finished sweep chunks. The only package
+of the library that reads files; the model layers below it take pytrees.
 """
 
+from .checkpoint import SweepCheckpoint
 from .specs import (
     from_hf_config,
     hardware_names,
@@ -22,6 +23,7 @@ from .specs import (
 )
 
 __all__ = [
+    "SweepCheckpoint",
     "from_hf_config",
     "hardware_names",
     "load_hardware",

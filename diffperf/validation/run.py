@@ -8,17 +8,18 @@ from .training import validate_rows
 __all__ = ["validate_file", "read_measurements", "print_report"]
 
 
-def validate_file(path, *, fidelity: str = "detailed") -> dict:
+def validate_file(path, *, fidelity: str = "detailed", progress=None) -> dict:
     """Validate against a measurement CSV; detects training vs inference columns.
 
-    `fidelity` picks the model tier ("detailed" or "roofline").
+    `fidelity` picks the model tier ("detailed" or "roofline"); `progress(done,
+    total)` is called after each row (for a progress bar).
     """
     kind, rows = read_measurements(path)
     if kind == "training":
-        return validate_rows(rows, fidelity=fidelity)
+        return validate_rows(rows, fidelity=fidelity, progress=progress)
     if kind == "kernel":
         return validate_kernel_rows(rows)
-    return validate_infer_rows(rows, fidelity=fidelity)
+    return validate_infer_rows(rows, fidelity=fidelity, progress=progress)
 
 
 def read_measurements(path) -> tuple[str, list[dict]]:

@@ -276,7 +276,9 @@ def _inconsistent(rows: list[dict]) -> dict[int, str]:
 _TRIPLE = ("prefill_latency_median", "tpot_median", "e2e_latency_median")
 
 
-def validate_infer_rows(rows: list[dict], *, fidelity: str = "detailed") -> dict:
+def validate_infer_rows(
+    rows: list[dict], *, fidelity: str = "detailed", progress=None
+) -> dict:
     """Per-row predictions and error summary of inference CSV rows.
 
     Rows that contradict their own source are predicted and scored but marked
@@ -285,6 +287,8 @@ def validate_infer_rows(rows: list[dict], *, fidelity: str = "detailed") -> dict
     results = []
     bad = _inconsistent(rows)
     for i, row in enumerate(rows):
+        if progress is not None:
+            progress(i, len(rows))
         entry = dict(
             row=i,
             source=row.get("source", ""),

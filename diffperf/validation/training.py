@@ -308,10 +308,14 @@ def calibration_rows(rows: list[dict]) -> tuple[list[Row], dict[int, str]]:
     return out, skipped
 
 
-def validate_rows(rows: list[dict], *, fidelity: str = "detailed") -> dict:
+def validate_rows(
+    rows: list[dict], *, fidelity: str = "detailed", progress=None
+) -> dict:
     """Per-row predictions and the error summary of a list of training CSV rows."""
     results = []
     for i, row in enumerate(rows):
+        if progress is not None:
+            progress(i, len(rows))
         entry = dict(
             row=i,
             source=row.get("source", ""),
