@@ -76,7 +76,12 @@ def test_breakdown_unchanged_when_absent_work_is_skipped(case):
     assert np.isfinite(float(closed.total)) and float(closed.total) > 0
 
 
-LEAVES = ("chip.flops_bf16", "chip.hbm_bandwidth", "scale_up.bandwidth", "scale_out.bandwidth")
+LEAVES = (
+    "chip.flops_bf16",
+    "chip.hbm_bandwidth",
+    "scale_up.bandwidth",
+    "scale_out.bandwidth",
+)
 
 
 @pytest.mark.parametrize("case", ["gpt3-dense", "nemotron-hybrid-latent"])

@@ -22,7 +22,6 @@ import jax
 import jax.numpy as jnp
 
 import diffperf as dp
-from diffperf.validation.run import validate_file
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -81,8 +80,8 @@ def main(argv=None):
         results[fidelity]["speed_batch"] = args.batch
         if not args.skip_accuracy:
             for kind in ("training", "inference"):
-                rep = validate_file(ROOT / "data" / f"{kind}_calibration.csv",
-                                    fidelity=fidelity)  # fmt: skip
+                rep = dp.validate(ROOT / "data" / f"{kind}_calibration.csv",
+                                  fidelity=fidelity)  # fmt: skip
                 results[fidelity][kind] = dict(
                     rows_predicted=rep["rows_predicted"], mape=rep["mape"],
                     median_ape=rep["median_ape"],

@@ -13,9 +13,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from diffperf.validation.common import model_family
-from diffperf.validation.common import short_source as _short_source
-from diffperf.validation.run import validate_file
+import diffperf as dp
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -41,7 +39,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(ROOT / "data" / "training_calibration.csv"))
     args = ap.parse_args(argv)
-    rep = validate_file(args.data)
+    rep = dp.validate(args.data)
     done = [r for r in rep["results"] if "ape" in r]
     print(
         f"rows {rep['rows']}, predicted {rep['rows_predicted']} "
@@ -50,11 +48,11 @@ def main(argv=None):
     )
     by = defaultdict(lambda: defaultdict(list))
     for r in done:
-        src = _short_source(r["source"])
+        src = dp.short_source(r["source"])
         by["source"][src].append(r)
         by["source, GPU"][f"{src} · {r['hardware']}"].append(r)
         by["GPU"][r["hardware"]].append(r)
-        by["model family"][model_family(r["model_name"])].append(r)
+        by["model family"][dp.model_family(r["model_name"])].append(r)
         if r.get("moe"):
             by["MoE model, GPU"][f"{r['model']} · {r['hardware']}"].append(r)
             by["MoE model"][r["model"]].append(r)
