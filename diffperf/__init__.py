@@ -18,7 +18,7 @@ only the names in `__all__`.
 """
 
 from .analysis.calibrate import Prior, Row, calibrate
-from .analysis.optimize import enumerate_mappings, optimize
+from .analysis.optimize import DesignScorer, enumerate_mappings, optimize
 from .analysis.sensitivity import (
     RESOURCES,
     binding_resource,
@@ -112,8 +112,8 @@ __all__ = [
     "die_area", "chip_cost", "chip_price", "chip_tdp", "capex_per_chip",
     "hourly_cost", "step_power", "joules_per_token", "usd_per_million_tokens",
     # analyses
-    "optimize", "enumerate_mappings", "calibrate", "Prior", "Row", "validate",
-    "sweep", "SweepResult", "sensitivity", "elasticities", "uncertainty",
+    "optimize", "enumerate_mappings", "DesignScorer", "calibrate", "Prior", "Row",
+    "validate", "sweep", "SweepResult", "sensitivity", "elasticities", "uncertainty",
     "binding_resource", "RESOURCES",
     # measured rows: reading, resolving for calibration, labels
     "read_measurements", "measured_rows", "rows_by_device", "default_leaves",
