@@ -1,11 +1,13 @@
-"""Markdown accuracy tables of `diffperf validate` (pasted into VALIDATION.md).
+"""`diffperf validate` of a measurement CSV, for VALIDATION.md's in-sample tables.
 
     python experiments/validation_report/tables.py [--data
     data/training_calibration.csv]
 
 Prints the overall figures, MAPE per source, per (source, GPU), per model family, per
-MoE model (and GPU), and the rows with the largest errors, and writes report.json next
-to this file.
+MoE model (and GPU), and the rows with the largest errors, and writes
+report_<kind>.json next to this file (`dp.validate`'s result, each row labelled with
+its short source name and model family); `make report` (benchmarks/report.py) renders
+VALIDATION.md's tables from it.
 """
 
 import argparse
@@ -70,7 +72,11 @@ def main(argv=None):
             f"| {r['row']} | {r['model_name']} | {r['hardware']} | {r['metric']} | "
             f"{r['measured']:.4g} | {r['predicted']:.4g} | {100 * r['ape']:.1f}% |"
         )
-    (HERE / "report.json").write_text(json.dumps(rep, indent=1))
+    for r in rep["results"]:
+        r["short_source"] = dp.short_source(r["source"])
+        if "model_name" in r:
+            r["family"] = dp.model_family(r["model_name"])
+    (HERE / f"report_{rep['kind']}.json").write_text(json.dumps(rep, indent=1) + "\n")
 
 
 if __name__ == "__main__":
