@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint validate bench clean browser
+.PHONY: demo test lint validate bench report clean browser
 
 $(BIN)/diffperf: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,10 +30,15 @@ lint: $(BIN)/diffperf
 validate: $(BIN)/diffperf
 	$(BIN)/diffperf validate --data data/training_calibration.csv
 
+# writes benchmarks/results_<device>.json and optimizer_results_<device>.json
 bench: $(BIN)/diffperf
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/optimizer.py
+
+# regenerates every table of BENCHMARKS.md and VALIDATION.md from the committed JSON
+report:
+	$(PYTHON) benchmarks/report.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -13,12 +13,19 @@ b.total  # seconds per optimizer step
 The package follows its layers (ARCHITECTURE.md): `core` (relaxations, units, pytree
 paths) < `specs` (hardware, workloads, mappings) < `model` (the cost model) <
 `analysis` (sensitivity, sweep, optimize, calibrate) < `io` (files) < `validation`,
-`viz` < `cli`. This module is the curated public API.
+`viz` < `cli`. This module is the curated public API: experiments and benchmarks use
+only the names in `__all__`.
 """
 
 from .analysis.calibrate import Prior, Row, calibrate
-from .analysis.optimize import optimize
-from .analysis.sensitivity import elasticities, sensitivity, uncertainty
+from .analysis.optimize import DesignScorer, enumerate_mappings, optimize
+from .analysis.sensitivity import (
+    RESOURCES,
+    binding_resource,
+    elasticities,
+    sensitivity,
+    uncertainty,
+)
 from .analysis.sweep import SweepResult, sweep
 from .core.paths import get_leaf, leaf_paths, scale_leaf, set_leaf
 from .core.relax import AbstractRelax, Exact, Smooth
@@ -30,8 +37,9 @@ from .io import (
     load_workload,
     workload_names,
 )
+from .io.patch import patch_toml
 from .model.breakdown import TERMS, Breakdown
-from .model.collectives import collective_time
+from .model.collectives import collective_time, scale_out_bytes
 from .model.economics import (
     capex_per_chip,
     chip_cost,
@@ -73,7 +81,17 @@ from .specs.mapping import (
     check_serving,
 )
 from .specs.workload import Precision, Transformer
+from .validation.calibration import (
+    default_leaves,
+    leaf_priors,
+    measured_rows,
+    rows_by_device,
+)
+from .validation.common import model_family, short_source
+from .validation.run import read_measurements
 from .validation.run import validate_file as validate
+from .viz.plots import breakdown_bars, tornado
+from .viz.plots import roofline as roofline_plot
 
 __version__ = "0.1.0"
 
@@ -85,18 +103,25 @@ __all__ = [
     "Transformer", "Precision", "Parallelism", "Serving", "ATTENTION_KERNELS",
     "check_mapping", "check_serving",
     "load_hardware", "load_workload", "from_hf_config", "hardware_names",
-    "workload_names",
+    "workload_names", "patch_toml",
     # model
     "train_step", "Breakdown", "TERMS", "train_memory", "prefill", "decode_step",
     "PhaseBreakdown", "serve", "ServeResult", "continuous_batching", "disaggregated",
-    "Disaggregation", "speculative_tpot", "collective_time", "train_trace",
-    "infer_trace", "roofline_points",
+    "Disaggregation", "speculative_tpot", "collective_time", "scale_out_bytes",
+    "train_trace", "infer_trace", "roofline_points",
     # economics
     "die_area", "chip_cost", "chip_price", "chip_tdp", "capex_per_chip",
     "hourly_cost", "step_power", "joules_per_token", "usd_per_million_tokens",
     # analyses
-    "optimize", "calibrate", "Prior", "Row", "validate", "sweep", "SweepResult",
+    "optimize", "enumerate_mappings", "DesignScorer", "calibrate", "Prior", "Row",
+    "validate", "sweep", "SweepResult",
     "SweepCheckpoint", "sensitivity", "elasticities", "uncertainty",
+    "binding_resource", "RESOURCES",
+    # measured rows: reading, resolving for calibration, labels
+    "read_measurements", "measured_rows", "rows_by_device", "default_leaves",
+    "leaf_priors", "model_family", "short_source",
+    # figures (matplotlib is imported when one is drawn)
+    "tornado", "breakdown_bars", "roofline_plot",
     # pytree paths
     "get_leaf", "set_leaf", "scale_leaf", "leaf_paths",
 ]  # fmt: skip

@@ -145,15 +145,34 @@ def test_the_analyses_are_public():
 
 
 def test_experiments_and_benchmarks_use_only_the_public_api():
+    """`import diffperf as dp` and names of `dp.__all__` only (no submodule)."""
+    import diffperf as dp
+
+    public = set(dp.__all__) | {"__version__"}
     root = PKG.parent
-    for path in [*root.glob("experiments/*/*.py"), *root.glob("benchmarks/*.py")]:
-        for node in ast.walk(ast.parse(path.read_text())):
+    paths = [*root.glob("experiments/*/*.py"), *root.glob("benchmarks/*.py")]
+    assert paths
+    for path in paths:
+        tree = ast.parse(path.read_text())
+        aliases = set()
+        for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
                 "diffperf"
             ):
                 assert node.module == "diffperf", f"{path}: from {node.module} import"
+                private = [a.name for a in node.names if a.name not in public]
+                assert not private, f"{path}: from diffperf import {private}"
             elif isinstance(node, ast.Import):
                 for a in node.names:
                     assert a.name.split(".")[0] != "diffperf" or a.name == "diffperf", (
                         f"{path}: import {a.name}"
                     )
+                    if a.name == "diffperf":
+                        aliases.add(a.asname or a.name)
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in aliases
+            ):
+                assert node.attr in public, f"{path}: {node.value.id}.{node.attr}"

@@ -216,3 +216,29 @@ def test_serving_objectives_with_a_batch_search():
     assert bool(res.feasible)
     with pytest.raises(ValueError, match="for a serving job"):
         optimize(DGX, llama70, serving, vary={"chip.hbm_bandwidth": (1e12, 8e12)})
+
+
+def test_cost_counts_measured_gradient_steps_and_random_search_gets_it(power_capped):
+    r, _ = power_capped
+    c = r["cost"]
+    assert c["gradient_cost"] == c["gradient_cost_measured"] > 0
+    assert c["gradient_steps"] == 80 * 2 and c["exact_evaluations"] == 10 * 2
+    assert r["evaluations"] == round((80 * c["gradient_cost"] + 10) * 2)
+    assert r["baseline"]["evaluations"] == r["evaluations"]
+    # the same start: random search scores the initial design first
+    assert r["initial"]["within_budget"]
+    assert r["baseline"]["value"] <= r["initial"]["value"]
+
+
+def test_score_designs_reproduces_the_rescore(power_capped):
+    r, budget = power_capped
+    bw = r["best"]["hardware"]["chip.hbm_bandwidth"]
+    vary = {"chip.hbm_bandwidth": (1e12, 8e12)}
+    score = dp.DesignScorer(DGX, LLAMA, MAP, vary=vary, budgets={"power_w": budget})
+    s = score([[bw], [7.9e12]], [0, 0])
+    assert s["value"][0] == pytest.approx(r["best"]["value"], rel=1e-12)
+    assert s["ok"].tolist() == [True, False]  # 7.9 TB/s of HBM exceeds 720 W
+    with pytest.raises(ValueError, match=r"must be \[n, 1\]"):
+        score([1e12, 2e12])
+    with pytest.raises(ValueError, match=r"mapping_index must be"):
+        score([[bw]], [1])

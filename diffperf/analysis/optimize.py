@@ -24,8 +24,19 @@ together under `vmap`; the whole loop is one `lax.scan`.
 The last iterates of every start are then re-scored with the `Exact` model (at their
 own mapping, or over every mapping for "softmin"); the best one that satisfies all
 budgets and fits in memory is the answer, so the reported design never violates a
-budget. Every model call (smooth with gradient, or exact) counts as one evaluation per
-mapping, and the random-search baseline gets exactly as many evaluations.
+budget.
+
+Cost is counted in Exact evaluations of one design at one mapping (a pair). A gradient
+step of a pair costs `gradient_cost` of them: measured in each call, unless given, as
+the CPU time (all threads) of one compiled optimization step per pair over the CPU
+time per pair of a compiled Exact evaluation in random search's chunks of 4096 pairs
+(where evaluations are cheapest). So
+
+    evaluations = steps · pairs · gradient_cost + tail · pairs
+
+with pairs = starts × mappings. The random-search baseline gets that many Exact
+evaluations from the same start: the given design at every mapping first, then
+log-uniform random designs at uniformly drawn mappings.
 """
 
 import itertools
@@ -90,6 +101,7 @@ __all__ = [
     "optimize",
     "random_search",
     "grid_search",
+    "DesignScorer",
 ]
 
 
@@ -466,19 +478,49 @@ def _chunked(prob: _Problem, xs, idx=None, chunk: int = 4096):
     return tuple(np.concatenate([o[k] for o in out]) for k in range(3))
 
 
+def _cpu_seconds(fn, repeats: int = 5) -> float:
+    """Median CPU seconds of the process (all threads) over `repeats` calls of fn."""
+    out = []
+    for _ in range(repeats):
+        t0 = time.process_time()
+        jax.block_until_ready(fn())
+        out.append(time.process_time() - t0)
+    return float(np.median(out))
+
+
+def _exact_cost(prob: _Problem, rng, chunk: int = 4096) -> float:
+    """CPU seconds of one Exact evaluation of a (design, mapping) pair.
+
+    Measured as random search evaluates: compiled chunks of `chunk` random pairs
+    (median of 5 calls).
+    """
+    z = rng.random((chunk, len(prob.paths)))
+    xs = jax.vmap(prob.x)(jnp.asarray(z))
+    idx = jnp.asarray(rng.integers(0, _n_mappings(prob), chunk))
+    jax.block_until_ready(_exact_at(prob, xs, idx))  # compiled once per problem shape
+    return _cpu_seconds(lambda: _exact_at(prob, xs, idx)) / chunk
+
+
 def _n_mappings(prob: _Problem) -> int:
     return len(jax.tree_util.tree_leaves(prob.mappings)[0])
 
 
-def random_search(prob: _Problem, evaluations: int, *, seed: int = 0):
-    """Best Exact design among `evaluations` random (hardware, mapping) pairs.
+def random_search(prob: _Problem, evaluations: int, *, seed: int = 0, start=None):
+    """Best Exact design among `evaluations` (hardware, mapping) pairs.
 
-    Hardware leaves are drawn log-uniformly in their bounds, mappings uniformly.
-    Returns (x, value, mapping index) or None when no draw was within budget.
+    With `start` (a design x [d]), the first pairs are that design at every mapping
+    (as many as the budget allows); the others draw hardware leaves log-uniformly in
+    their bounds and mappings uniformly. Returns (x, value, mapping index) or None
+    when no pair was within budget.
     """
     rng = np.random.default_rng(seed)
+    n_map = _n_mappings(prob)
     z = rng.random((evaluations, len(prob.paths)))
-    pick = rng.integers(0, _n_mappings(prob), evaluations)
+    pick = rng.integers(0, n_map, evaluations)
+    if start is not None:
+        k = min(n_map, evaluations)
+        z[:k] = np.clip(np.asarray(prob.z(jnp.asarray(start, float))), 0.0, 1.0)
+        pick[:k] = np.arange(k)
     xs = np.asarray(jax.vmap(prob.x)(jnp.asarray(z)))
     return _pick(prob, xs, *_chunked(prob, xs, pick))
 
@@ -492,6 +534,79 @@ def grid_search(prob: _Problem, points: int):
     z = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, len(prob.paths))
     xs = np.asarray(jax.vmap(prob.x)(jnp.asarray(z)))
     return _pick(prob, xs, *_chunked(prob, xs)), len(xs)
+
+
+class DesignScorer:
+    """The Exact objective of hardware designs, as `optimize` scores its answers.
+
+    The problem (leaves, objective, budgets, mappings) is `optimize`'s for the same
+    arguments; `mappings` lists them (`enumerate_mappings` for training or
+    `enumerate_servings` for serving when `search_mapping`, else the given one).
+    Calling the scorer evaluates designs in compiled chunks; built once, it can be
+    called many times without recompiling (chunks of one shape).
+
+    Args:
+        cluster: the hardware the designs modify.
+        model: the workload.
+        mapping: the mapping (`Parallelism` or `Serving`), as for `optimize`.
+        vary: hardware leaf path → (low, high), as for `optimize`.
+        objective: as for `optimize`.
+        budgets: as for `optimize`.
+        search_mapping: as for `optimize`.
+
+    Raises:
+        ValueError: as `optimize`.
+    """
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        model: Transformer,
+        mapping: Parallelism,
+        *,
+        vary: dict[str, tuple[float, float]],
+        objective: str = "step_time",
+        budgets: dict[str, float] | None = None,
+        search_mapping: bool = False,
+    ):
+        self._prob, self.mappings = _problem(
+            cluster, model, mapping, vary, objective, dict(budgets or {}),
+            search_mapping,
+        )  # fmt: skip
+        self.goal = _objective(objective)[0]
+
+    def __call__(self, designs, mapping_index=None, *, chunk: int = 4096) -> dict:
+        """Exact values of designs [n, d] (the `vary` leaves in their order).
+
+        Args:
+            designs: [n, d] leaf values.
+            mapping_index: [n] mapping number of each design; None scores each
+                design at its best mapping (among those that fit in memory).
+            chunk: designs per compiled call.
+
+        Returns:
+            {"value": [n], "mapping": [n] mapping numbers, "ok": [n] fits in
+            memory and meets every budget (no margin)}.
+
+        Raises:
+            ValueError: designs that are not [n, d], or mapping numbers out of range.
+        """
+        d = len(self._prob.paths)
+        xs = np.asarray(designs, dtype=float)
+        if xs.ndim != 2 or xs.shape[1] != d:
+            raise ValueError(f"designs of shape {xs.shape} must be [n, {d}]")
+        idx = mapping_index
+        if idx is not None:
+            idx = np.asarray(idx, dtype=int)
+            n_map = len(self.mappings)
+            if idx.shape != (len(xs),) or (
+                len(idx) and not (0 <= idx.min() and idx.max() < n_map)
+            ):
+                raise ValueError(
+                    f"mapping_index must be [n] numbers in [0, {n_map - 1}]"
+                )
+        values, i, ok = _chunked(self._prob, xs, idx, chunk=chunk)
+        return dict(value=values, mapping=i.astype(int), ok=ok)
 
 
 def optimize(
@@ -511,6 +626,7 @@ def optimize(
     grid_points: int = 0,
     mode: str = "enumerate",
     progress: Callable[[str], None] | None = None,
+    gradient_cost: float | None = None,
 ) -> dict:
     """Co-design hardware leaves (and the mapping) for an objective under budgets.
 
@@ -537,10 +653,14 @@ def optimize(
             start once per valid mapping (min over m of min over x, all in one
             vmapped scan); "softmin" optimizes one design against the soft-min
             over all mappings (module docstring).
+        gradient_cost: Exact evaluations that one gradient step of one design
+            costs; None measures it in this call (module docstring).
 
     Returns:
-        A JSON-able dict: objective, goal, initial, best, evaluations, baseline,
-        trajectory, seconds (and exhaustive when asked).
+        A JSON-able dict: objective, goal, initial, best, evaluations (Exact
+        evaluation equivalents), cost (how they add up), baseline (random search
+        at the same cost from the same start), trajectory, seconds (and
+        exhaustive when asked).
 
     Raises:
         ValueError: unknown objective, budget or leaf path, bad bounds, bad mapping.
@@ -550,6 +670,8 @@ def optimize(
         raise ValueError(f"mode={mode!r} must be enumerate or softmin")
     if steps < 1 or starts < 1:
         raise ValueError("steps and starts must be >= 1")
+    if gradient_cost is not None and not gradient_cost > 0:
+        raise ValueError(f"gradient_cost={gradient_cost!r} must be > 0")
     prob, maps = _problem(
         cluster, model, mapping, vary, objective, budgets, search_mapping
     )
@@ -566,17 +688,25 @@ def optimize(
         aux = np.zeros(starts, int)
     say = progress or (lambda stage: None)
     say("optimizing")
-    res = _box(prob, jnp.asarray(z0), jnp.asarray(aux), steps, lr, mode, SCHEDULE)
+    args = (prob, jnp.asarray(z0), jnp.asarray(aux), steps, lr, mode, SCHEDULE)
+    compiled = _box.lower(*args).compile()
+    c1 = time.process_time()
+    res = jax.block_until_ready(compiled(*args))
+    cpu_step = (time.process_time() - c1) / steps
     say("re-scoring")
     tail = min(tail, steps)
     cand_x = np.asarray(jax.vmap(prob.x)(res.z[-tail:].reshape(-1, d)))
     if mode == "enumerate":
         cand_i = np.tile(aux, tail)
         best = _pick(prob, cand_x, *_chunked(prob, cand_x, cand_i))
-        evaluations = (steps + tail) * len(aux)
+        pairs = len(aux)  # (design, mapping) pairs per iterate
     else:
         best = _pick(prob, cand_x, *_chunked(prob, cand_x))
-        evaluations = (steps * starts + len(cand_x)) * n_map
+        pairs = starts * n_map
+    cpu_exact = _exact_cost(prob, rng)  # per pair, as random search evaluates them
+    measured = cpu_step / pairs / cpu_exact
+    cost = measured if gradient_cost is None else float(gradient_cost)
+    evaluations = int(round((steps * cost + tail) * pairs))
     seconds = time.perf_counter() - t0
 
     key = _map_key(mapping)
@@ -594,7 +724,15 @@ def optimize(
         mode=mode,
         mappings=n_map,
         initial=initial,
-        evaluations=int(evaluations),
+        evaluations=evaluations,
+        cost=dict(
+            gradient_cost=cost,
+            gradient_cost_measured=measured,
+            gradient_steps=steps * pairs,
+            exact_evaluations=tail * pairs,
+            cpu_seconds_per_step=cpu_step,
+            cpu_seconds_per_evaluation=cpu_exact,
+        ),
         seconds=seconds,
         trajectory=[float(v) for v in np.asarray(res.loss).min(axis=1)],
     )
@@ -605,10 +743,12 @@ def optimize(
         out["best"] = _design(prob, maps, x, value, i, True)
         out["best"].update(_binding(prob, i, x))
     say("baseline")
-    base = random_search(prob, evaluations, seed=seed + 1)
+    x_start = np.asarray(prob.x(jnp.asarray(z_init)))
+    base = random_search(prob, evaluations, seed=seed + 1, start=x_start)
     out["baseline"] = dict(
         method="random",
-        evaluations=int(evaluations),
+        start="the initial design at every mapping, then random",
+        evaluations=evaluations,
         value=None if base is None else base[1],
         design=None if base is None else _design(prob, maps, *base, True),
     )

@@ -5,33 +5,21 @@ Reads a training or inference CSV (the columns of `data/training_calibration.csv
 extend it (`[meta] extends`: dgx_a100 rows count for a100_sxm4_80gb), fits the leaves
 with `dp.calibrate` and writes a hardware TOML that extends H with the
 fitted values (`--out`). The bundled hardware files are never modified by the CLI;
-`patch_toml` (used by the experiment scripts' `--write`) rewrites one in place.
+`dp.patch_toml` (used by the experiment scripts' `--write`) rewrites one in place.
+The row resolution, grouping, default leaves and priors are
+`diffperf.validation.calibration`'s (public as `dp.measured_rows`, ...).
 """
 
 import datetime
-import re
 from pathlib import Path
 
 from .. import io
-from ..analysis.calibrate import SERVE_LEAVES, TRAIN_LEAVES, calibrate, prior_for
+from ..analysis.calibrate import calibrate
+from ..validation.calibration import default_leaves, leaf_priors, measured_rows
 from ..validation.run import read_measurements
-from ..validation.serving import calibration_infer_rows
-from ..validation.training import calibration_rows, spec_family
+from ..validation.training import spec_family
 
-__all__ = [
-    "add_calibrate",
-    "run_calibrate",
-    "print_calibrate",
-    "measured_rows",
-    "default_leaves",
-    "rows_by_device",
-    "leaf_priors",
-    "fitted_toml",
-    "patch_toml",
-]
-
-MIN_ROWS_FOR_ALL = 20
-"""Fewer training rows than this: fit `chip.matmul_efficiency` only."""
+__all__ = ["add_calibrate", "run_calibrate", "print_calibrate", "fitted_toml"]
 
 
 def add_calibrate(sub):
@@ -56,46 +44,6 @@ def add_calibrate(sub):
     p.add_argument("--steps", type=int, default=150, help="Adam steps")
     p.add_argument("--out", help="write the fitted hardware TOML here")
     p.add_argument("--json", action="store_true")
-
-
-def measured_rows(kind: str, rows: list[dict]):
-    """(resolved `Row`s, their CSV row indices, reasons of the others)."""
-    resolve = calibration_rows if kind == "training" else calibration_infer_rows
-    fitted, skipped = resolve(rows)
-    index = [i for i in range(len(rows)) if i not in skipped]
-    return fitted, index, skipped
-
-
-def rows_by_device(rows, *, by_family: bool) -> dict[str, list[int]]:
-    """Indices of `rows` per device: the root chip spec (by_family) or the spec."""
-    out: dict[str, list[int]] = {}
-    for k, r in enumerate(rows):
-        out.setdefault(spec_family(r.spec)[-1] if by_family else r.spec, []).append(k)
-    return dict(sorted(out.items()))
-
-
-def default_leaves(kind: str, rows) -> list[str]:
-    """The leaves fitted when `--leaves` is not given (module docstring of fit.py)."""
-    if kind == "training":
-        return (
-            list(TRAIN_LEAVES) if len(rows) >= MIN_ROWS_FOR_ALL else [TRAIN_LEAVES[0]]
-        )
-    if all(r.job[1].graphs for r in rows):  # launch cost hidden in every row
-        return [p for p in SERVE_LEAVES if p != "host.dispatch_overhead"]
-    return list(SERVE_LEAVES)
-
-
-def leaf_priors(kind: str, paths, cluster, *, center: str) -> dict:
-    """Priors of the fitted leaves; serving fits start the CPU launch cost at 30 µs.
-
-    A launch cost hidden behind the GPU has no gradient, so the serving fit starts it
-    where it binds (as experiments/calibrate_inference always did).
-    """
-    priors = {p: prior_for(p, cluster, center=center) for p in paths}
-    p = priors.get("host.dispatch_overhead")
-    if kind == "inference" and p is not None:
-        priors["host.dispatch_overhead"] = p._replace(start=max(p.center, 3e-5))
-    return priors
 
 
 def run_calibrate(args) -> dict:
@@ -217,33 +165,6 @@ def fitted_toml(hardware: str, out: dict, index: list[int]) -> str:
 
 def _escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')
-
-
-_TABLE = re.compile(r"^\s*\[(\w+)\]\s*$")
-
-
-def patch_toml(path: Path, values: dict, note: str):
-    """Rewrite the `key = value` lines of the given [table].key paths in place."""
-    lines = path.read_text().splitlines()
-    table, done = None, set()
-    for i, line in enumerate(lines):
-        m = _TABLE.match(line)
-        if m:
-            table = m.group(1)
-            continue
-        for full, v in values.items():
-            t, key = full.split(".")
-            if t == table and re.match(rf"^\s*{key}\s*=", line):
-                lines[i] = f"{key} = {v:.4g}  # calibrated: {note}"
-                done.add(full)
-    for full in set(values) - done:  # inherited: add to the table (create if needed)
-        t, key = full.split(".")
-        header = next((i for i, ln in enumerate(lines) if ln.strip() == f"[{t}]"), None)
-        if header is None:
-            lines += ["", f"[{t}]"]
-            header = len(lines) - 1
-        lines.insert(header + 1, f"{key} = {values[full]:.4g}  # calibrated: {note}")
-    path.write_text("\n".join(lines) + "\n")
 
 
 def print_calibrate(out: dict):

@@ -140,11 +140,12 @@ def print_optimize(out: dict):
     goal = out["goal"]
     print(
         f"{goal}imize {out['objective']} over {out['mappings']} mapping(s): "
-        f"{out['evaluations']} evaluations in {out['seconds']:.2f} s"
+        f"{out['evaluations']} Exact-evaluation equivalents (a gradient step costs "
+        f"{out['cost']['gradient_cost']:.2f}) in {out['seconds']:.2f} s"
     )
     print(_line("initial", out["initial"], goal))
     print(_line("optimized", out["best"], goal))
-    print(_line("random", out["baseline"]["design"], goal))
+    print(_line("random", out["baseline"]["design"], goal) + "  (same cost, start)")
     if "exhaustive" in out:
         ex = out["exhaustive"]
         print(_line(f"grid {ex['points_per_leaf']}^d", ex["design"], goal)

@@ -6,8 +6,10 @@ queries attending to a mean of `kv_tokens` keys each, degrees t (tensor), c (con
 e (expert), and the bytes of each tensor class.
 """
 
+import jax
 import jax.numpy as jnp
 
+from ..core.checks import concrete
 from ..core.relax import AbstractRelax, as_float
 from ..specs.hardware import Cluster
 from ..specs.workload import Transformer
@@ -79,7 +81,8 @@ class LayerShape:
         self.batch = batch
         self.tokens = batch * q_len  # T, tokens on one chip
         self.sp_tokens = self.tokens / tp if sequence_parallel else self.tokens
-        self.moe = m.moe_fraction
+        with jax.ensure_compile_time_eval():  # a concrete 0 for dense models
+            self.moe = m.moe_fraction
         self.heads = m.n_heads / tp
         mla = m.attention == "mla"
         # MLA decode runs the absorbed form (DeepSeek-V3 inference, FlashMLA): queries
@@ -146,12 +149,14 @@ def _gemm_shapes(model: Transformer, s: LayerShape):
         ("ssm_out", T, m.ssm_inner / t, d, 1.0, ssm),
     ]
     up = m.mlp_mats - 1.0
-    dense, moe = m.dense_mlp_fraction, s.moe
+    moe = s.moe
     local = m.n_experts / s.ep
     routed = T / t * m.top_k * s.etp * m.expert_load  # tokens at the busiest chip
     per_expert = routed / jnp.maximum(local, 1.0)
     fe, fs, ell = m.d_ff_expert, m.shared_width, m.expert_input_dim
-    latent = moe * jnp.where(m.moe_latent_dim > 0, 1.0, 0.0)
+    with jax.ensure_compile_time_eval():  # concrete weights of a concrete model
+        dense = m.dense_mlp_fraction
+        latent = moe * jnp.where(m.moe_latent_dim > 0, 1.0, 0.0)
     mlp = [
         ("mlp_up", T, d, up * m.d_ff / t, 1.0, dense),  # (+gate)
         ("mlp_down", T, m.d_ff / t, d, 1.0, dense),
@@ -163,7 +168,10 @@ def _gemm_shapes(model: Transformer, s: LayerShape):
         ("shared_up", T, d, up * fs / t, 1.0, moe),
         ("shared_down", T, fs / t, d, 1.0, moe),
     ]
-    rows = attn + mixer + mlp
+    # an op in no layer (weight a concrete 0: the MoE GEMMs of a dense model, say)
+    # costs nothing; dropping it skips its work in every evaluation (and the [N, 13]
+    # op arrays of a vmapped sweep shrink to [N, 4] for a dense transformer)
+    rows = [r for r in attn + mixer + mlp if concrete(r[5]) != 0.0] or attn
     arrays = [jnp.stack([as_float(r[i]) for r in rows]) for i in range(1, 6)]
     return arrays, tuple(r[0] for r in rows)
 

@@ -29,7 +29,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import diffperf as dp  # noqa: E402
-from diffperf.analysis.optimize import enumerate_mappings, optimize  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CFG = tomllib.loads((HERE / "config.toml").read_text())
@@ -47,7 +46,7 @@ def _job(model_name: str, seq: int, batch: int):
 
 def best_mapping(cluster, model, base) -> dict:
     """The fastest valid mapping of the job on this system (Exact, all mappings)."""
-    maps = enumerate_mappings(model, base, CFG["gpus"])
+    maps = dp.enumerate_mappings(model, base, CFG["gpus"])
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *maps)
 
     def one(m):
@@ -90,9 +89,9 @@ def main():
              {**CFG["budgets"], "capex_usd": capex_h100}),
             ("max_tokens_per_usd", "tokens_per_usd", dict(CFG["budgets"])),
         ):  # fmt: skip
-            r = optimize(start, model, base, vary=vary, objective=objective,
-                         budgets=budgets, search_mapping=True, steps=CFG["steps"],
-                         starts=CFG["starts"])  # fmt: skip
+            r = dp.optimize(start, model, base, vary=vary, objective=objective,
+                            budgets=budgets, search_mapping=True, steps=CFG["steps"],
+                            starts=CFG["starts"])  # fmt: skip
             best = r["best"]
             hw = dp.load_hardware(CFG["start"])
             for p, v in best["hardware"].items():

@@ -30,16 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffperf import io
-from diffperf.analysis.calibrate import calibrate
-from diffperf.cli.calibrate import (
-    default_leaves,
-    leaf_priors,
-    measured_rows,
-    rows_by_device,
-)
-from diffperf.validation.common import model_family
-from diffperf.validation.run import read_measurements
+import diffperf as dp
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -51,10 +42,10 @@ DATA = {
 
 def heldout(kind: str, *, steps: int, scheme: str = "auto", only=None) -> dict:
     """Per-device fits and per-row errors of one CSV (`only`: these devices)."""
-    _, csv_rows = read_measurements(DATA[kind])
-    rows, index, skipped = measured_rows(kind, csv_rows)
+    _, csv_rows = dp.read_measurements(DATA[kind])
+    rows, index, skipped = dp.measured_rows(kind, csv_rows)
     per_row, fits = [], {}
-    devices = rows_by_device(rows, by_family=kind == "training")
+    devices = dp.rows_by_device(rows, by_family=kind == "training")
     for device, ks in devices.items():
         if only and device not in only:
             continue
@@ -63,15 +54,17 @@ def heldout(kind: str, *, steps: int, scheme: str = "auto", only=None) -> dict:
         n_src = len({r.source for r in dev_rows})
         kfold = f"kfold:{min(5, len(ks))}"
         holdout = "source" if n_src >= 2 and scheme == "auto" else kfold
-        paths = default_leaves(kind, dev_rows)
-        priors = leaf_priors(kind, paths, io.load_hardware(device), center="defaults")
-        fit = calibrate(dev_rows, priors, holdout=holdout, steps=steps)
+        paths = dp.default_leaves(kind, dev_rows)
+        priors = dp.leaf_priors(
+            kind, paths, dp.load_hardware(device), center="defaults"
+        )
+        fit = dp.calibrate(dev_rows, priors, holdout=holdout, steps=steps)
         for j, k in enumerate(ks):
             csv = csv_rows[index[k]]
             per_row.append(
                 dict(
                     row=index[k], device=device, gpu=rows[k].spec,
-                    source=rows[k].source, family=model_family(csv["model"]),
+                    source=rows[k].source, family=dp.model_family(csv["model"]),
                     uncalibrated=fit["row_uncalibrated_ape"][j],
                     train=fit["row_ape"][j], heldout=fit["row_heldout_ape"][j],
                 )

@@ -1,7 +1,7 @@
 """Fit the calibratable leaves of each training device to measured runs.
 
 For every chip spec with rows in data/training_calibration.csv, fits the leaves of
-`diffperf.analysis.calibrate.TRAIN_LEAVES`
+`dp.default_leaves` (`diffperf.analysis.calibrate.TRAIN_LEAVES`)
 
     chip.matmul_efficiency, chip.matmul_half_dim, chip.attention_efficiency,
     chip.low_precision_efficiency, chip.kernel_overhead, scale_out.efficiency,
@@ -27,16 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from diffperf import io
-from diffperf.analysis.calibrate import calibrate
-from diffperf.cli.calibrate import (
-    default_leaves,
-    leaf_priors,
-    measured_rows,
-    patch_toml,
-    rows_by_device,
-)
-from diffperf.validation.run import read_measurements
+import diffperf as dp
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -44,14 +35,14 @@ ROOT = HERE.parents[1]
 
 def fit_devices(kind: str, data, *, steps: int, by_family: bool) -> dict:
     """{device: {rows, values, train_mape}} for every device with rows."""
-    _, csv_rows = read_measurements(data)
-    rows, _, _ = measured_rows(kind, csv_rows)
+    _, csv_rows = dp.read_measurements(data)
+    rows, _, _ = dp.measured_rows(kind, csv_rows)
     fitted = {}
-    for device, ks in rows_by_device(rows, by_family=by_family).items():
+    for device, ks in dp.rows_by_device(rows, by_family=by_family).items():
         items = [rows[k] for k in ks]
-        paths = default_leaves(kind, items)
-        priors = leaf_priors(kind, paths, io.load_hardware(device), center="spec")
-        fit = calibrate(items, priors, holdout=None, steps=steps)
+        paths = dp.default_leaves(kind, items)
+        priors = dp.leaf_priors(kind, paths, dp.load_hardware(device), center="spec")
+        fit = dp.calibrate(items, priors, holdout=None, steps=steps)
         fitted[device] = dict(
             rows=len(items), values=fit["values"], train_mape=fit["train_mape"]
         )
@@ -69,7 +60,7 @@ def write(fitted: dict, note: str):
     """Patch the fitted values into hardware/<device>.toml (`# calibrated:` notes)."""
     for device, fit in fitted.items():
         path = ROOT / "hardware" / f"{device}.toml"
-        patch_toml(path, fit["values"], f"{note} ({fit['rows']} rows)")
+        dp.patch_toml(path, fit["values"], f"{note} ({fit['rows']} rows)")
 
 
 def main(argv=None):

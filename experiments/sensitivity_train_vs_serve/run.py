@@ -19,11 +19,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import diffperf as dp  # noqa: E402
-from diffperf.analysis.sensitivity import RESOURCES, binding_resource, elasticities  # noqa: E402
-from diffperf.viz.plots import tornado  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-SPECS = [r for r in RESOURCES] + ["chip.matmul_efficiency", "host.serve_overhead"]
+SPECS = [r for r in dp.RESOURCES] + ["chip.matmul_efficiency", "host.serve_overhead"]
 
 
 def jobs():
@@ -44,9 +42,9 @@ def main():
     cluster, metrics = jobs()
     results = {}
     for job, f in metrics.items():
-        el = elasticities(f, cluster)
+        el = dp.elasticities(f, cluster)
         specs = {p: el[p] for p in SPECS if p in el}
-        leaf, e = binding_resource(el)
+        leaf, e = dp.binding_resource(el)
         exact = eqx.filter_jit(lambda c, f=f: f(c, dp.Exact()))
         nominal = float(exact(cluster))
         ranked = sorted(specs.items(), key=lambda kv: -abs(kv[1]))[:10]
@@ -55,7 +53,7 @@ def main():
             lo = float(exact(dp.scale_leaf(cluster, path, 0.8)))
             hi = float(exact(dp.scale_leaf(cluster, path, 1.2)))
             rows.append((path, lo, hi))
-        tornado(rows, nominal, path=HERE / f"tornado_{job}.png",
+        dp.tornado(rows, nominal, path=HERE / f"tornado_{job}.png",
                 title=f"Llama-3-70B {job} on DGX-H100: each spec ±20%",
                 xlabel=f"{job} time [s]")  # fmt: skip
         results[job] = dict(time_s=nominal, binding=leaf, binding_elasticity=e,

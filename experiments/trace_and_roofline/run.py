@@ -1,15 +1,14 @@
 """Timeline, breakdown bars and roofline of GPT-3 175B training and Llama-2-70B serving.
 
-Runs the `diffperf trace` and `diffperf roofline` commands and collects their --json
-summaries in results.json. See README.md in this folder.
+Runs the `diffperf trace` and `diffperf roofline` commands (the command line, as a
+user would, through `python -m diffperf.cli`) and collects their --json summaries in
+results.json. See README.md in this folder.
 """
 
-import contextlib
-import io
 import json
+import subprocess
+import sys
 from pathlib import Path
-
-from diffperf.cli import main
 
 HERE = Path(__file__).resolve().parent
 TRAIN = [
@@ -47,12 +46,13 @@ INFER = [
 
 
 def run(*argv) -> dict:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        rc = main([*argv, "--json"])
-    if rc:
-        raise SystemExit(f"diffperf {' '.join(argv)} failed ({rc})")
-    return json.loads(out.getvalue())
+    cmd = [sys.executable, "-m", "diffperf.cli", *argv, "--json"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(
+            f"diffperf {' '.join(argv)} failed ({done.returncode}): {done.stderr}"
+        )
+    return json.loads(done.stdout)
 
 
 def rel(summary: dict) -> dict:

@@ -1,11 +1,13 @@
-"""Markdown accuracy tables of `diffperf validate` (pasted into VALIDATION.md).
+"""`diffperf validate` of a measurement CSV, for VALIDATION.md's in-sample tables.
 
     python experiments/validation_report/tables.py [--data
     data/training_calibration.csv]
 
 Prints the overall figures, MAPE per source, per (source, GPU), per model family, per
-MoE model (and GPU), and the rows with the largest errors, and writes report.json next
-to this file.
+MoE model (and GPU), and the rows with the largest errors, and writes
+report_<kind>.json next to this file (`dp.validate`'s result, each row labelled with
+its short source name and model family); `make report` (benchmarks/report.py) renders
+VALIDATION.md's tables from it.
 """
 
 import argparse
@@ -13,9 +15,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from diffperf.validation.common import model_family
-from diffperf.validation.common import short_source as _short_source
-from diffperf.validation.run import validate_file
+import diffperf as dp
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -41,7 +41,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(ROOT / "data" / "training_calibration.csv"))
     args = ap.parse_args(argv)
-    rep = validate_file(args.data)
+    rep = dp.validate(args.data)
     # rows excluded because their source contradicts itself are reported apart
     done = [r for r in rep["results"] if "ape" in r and not r.get("excluded")]
     print(
@@ -54,11 +54,11 @@ def main(argv=None):
     )
     by = defaultdict(lambda: defaultdict(list))
     for r in done:
-        src = _short_source(r["source"])
+        src = dp.short_source(r["source"])
         by["source"][src].append(r)
         by["source, GPU"][f"{src} · {r['hardware']}"].append(r)
         by["GPU"][r["hardware"]].append(r)
-        by["model family"][model_family(r["model_name"])].append(r)
+        by["model family"][dp.model_family(r["model_name"])].append(r)
         if r.get("moe"):
             by["MoE model, GPU"][f"{r['model']} · {r['hardware']}"].append(r)
             by["MoE model"][r["model"]].append(r)
@@ -76,7 +76,11 @@ def main(argv=None):
             f"| {r['row']} | {r['model_name']} | {r['hardware']} | {r['metric']} | "
             f"{r['measured']:.4g} | {r['predicted']:.4g} | {100 * r['ape']:.1f}% |"
         )
-    (HERE / "report.json").write_text(json.dumps(rep, indent=1))
+    for r in rep["results"]:
+        r["short_source"] = dp.short_source(r["source"])
+        if "model_name" in r:
+            r["family"] = dp.model_family(r["model_name"])
+    (HERE / f"report_{rep['kind']}.json").write_text(json.dumps(rep, indent=1) + "\n")
 
 
 if __name__ == "__main__":
