@@ -42,8 +42,9 @@ from .model.economics import (
     step_power,
     usd_per_million_tokens,
 )
+from .model.load import LoadResult, max_request_rate, serve_load
 from .model.memory import train_memory
-from .model.phases import PhaseBreakdown, decode_step, prefill
+from .model.phases import PhaseBreakdown, decode_step, mixed_step, prefill
 from .model.roofline import roofline_points
 from .model.serving import (
     Disaggregation,
@@ -71,6 +72,7 @@ from .specs.mapping import (
     check_mapping,
     check_serving,
 )
+from .specs.scheduler import Scheduler
 from .specs.workload import Precision, Transformer
 from .validation.run import validate_file as validate
 
@@ -81,14 +83,16 @@ __all__ = [
     "AbstractRelax", "Exact", "Smooth",
     # specs
     "Chip", "Cluster", "Cost", "Dimension", "Host", "MemoryTier", "NetworkTier",
-    "Transformer", "Precision", "Parallelism", "Serving", "ATTENTION_KERNELS",
+    "Transformer", "Precision", "Parallelism", "Serving", "Scheduler",
+    "ATTENTION_KERNELS",
     "check_mapping", "check_serving",
     "load_hardware", "load_workload", "from_hf_config", "hardware_names",
     "workload_names",
     # model
     "train_step", "Breakdown", "TERMS", "train_memory", "prefill", "decode_step",
     "PhaseBreakdown", "serve", "ServeResult", "continuous_batching", "disaggregated",
-    "Disaggregation", "speculative_tpot", "collective_time", "train_trace",
+    "Disaggregation", "speculative_tpot", "mixed_step", "serve_load", "LoadResult",
+    "max_request_rate", "collective_time", "train_trace",
     "infer_trace", "roofline_points",
     # economics
     "die_area", "chip_cost", "chip_price", "chip_tdp", "capex_per_chip",

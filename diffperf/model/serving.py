@@ -43,12 +43,12 @@ from ..specs.mapping import Serving, check_serving
 from ..specs.workload import Transformer
 from .economics import hourly_cost, usd_per_million_tokens
 from .fidelity import Fidelity, tier
-from .layer import layer_forward
 from .offchip import phase_nic_bytes
 from .phases import (
     PhaseBreakdown,
     decode_step,
     kv_bytes_per_token,
+    mixed_step,
     phase_breakdown,
     serving_shape,
     ssm_state_bytes,
@@ -168,21 +168,13 @@ def continuous_batching(
         a chip sends over its NICs per step / step time, `offchip.phase_nic_bytes`).
     """
     b, s_in, s_out = serving.batch, serving.input_len, serving.output_len
-    context = s_in + s_out / 2.0
-    # GEMMs and collectives see all tokens of the step: B decodes + B·S_in/S_out
-    # prompt tokens; attention is costed per token class.
-    mixed = eqx.tree_at(lambda s: s.batch, serving, b * (1.0 + s_in / s_out))
-    s = serving_shape(model, mixed, relax, q_len=1.0, seq=context, causal=False)
-    dec = serving_shape(model, serving, relax, q_len=1.0, seq=context, causal=False)
-    prompts = eqx.tree_at(lambda s: s.batch, serving, b / s_out)  # prompts per step
-    pre = serving_shape(model, prompts, relax, q_len=s_in, seq=s_in, causal=True)
-    attention = model.n_layers * (
-        layer_forward(cluster, model, dec, relax)["attn"]
-        + layer_forward(cluster, model, pre, relax)["attn"]
+    # B decodes + B·S_in/S_out prompt tokens per step (phases.mixed_step)
+    step: PhaseBreakdown = mixed_step(
+        cluster, model, serving, decodes=b, prefill_tokens=b * s_in / s_out, relax=relax
     )
-    kv_tokens = b * context + b / s_out * s_in  # decodes read, prompts write
-    step: PhaseBreakdown = phase_breakdown(
-        cluster, model, mixed, s, relax, attention=attention, kv_tokens=kv_tokens
+    mixed = eqx.tree_at(lambda s: s.batch, serving, b * (1.0 + s_in / s_out))
+    s = serving_shape(
+        model, mixed, relax, q_len=1.0, seq=s_in + s_out / 2.0, causal=False
     )
     t = step.total
     chunks = relax.max(s_out / b, 1.0)  # steps to prefill one prompt, at least one
