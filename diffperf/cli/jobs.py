@@ -6,6 +6,7 @@ success and 2 on bad input, with a one-line message on stderr naming the field.
 
 import argparse
 import dataclasses
+import math
 
 import equinox as eqx
 
@@ -14,6 +15,7 @@ from ..core.relax import Exact
 from ..core.units import DTYPES
 from ..model.economics import hourly_cost, usd_per_million_tokens
 from ..model.fidelity import FIDELITIES, tier
+from ..model.load import ARRIVALS, max_request_rate, serve_load
 from ..model.serving import continuous_batching, disaggregated, serve, speculative_tpot
 from ..model.train import train_step
 from ..specs.mapping import (
@@ -23,6 +25,7 @@ from ..specs.mapping import (
     check_mapping,
     check_serving,
 )
+from ..specs.scheduler import Scheduler
 from ..specs.workload import Precision
 
 __all__ = ["train_result", "infer_result", "train_job", "infer_job"]
@@ -175,8 +178,139 @@ def add_infer(sub):
     )
     p.add_argument("--ttft-slo", type=float, help="TTFT target [s] for goodput")
     p.add_argument("--tpot-slo", type=float, help="TPOT target [s] for goodput")
+    load_arguments(p)
     p.add_argument("--json", action="store_true")
     return p
+
+
+def _positive_float(name):
+    def parse(text):
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number") from None
+        if not v > 0 or v == float("inf"):
+            raise argparse.ArgumentTypeError(f"{name}={text} must be > 0 and finite")
+        return v
+
+    return parse
+
+
+def load_arguments(p):
+    """Flags of the load models (closed loop at a concurrency, open loop at a rate)."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--concurrency", type=_positive_int("--concurrency"),
+        help="closed loop: N clients in flight on all --gpus (vllm bench serve "
+        "--max-concurrency, aiperf/genai-perf concurrency)",
+    )  # fmt: skip
+    g.add_argument(
+        "--request-rate", type=_positive_float("--request-rate"),
+        help="open loop: requests/s on all --gpus (MLPerf Server, vllm bench serve "
+        "--request-rate)",
+    )  # fmt: skip
+    p.add_argument("--arrival", choices=ARRIVALS, default="poisson",
+                   help="open-loop arrival process")  # fmt: skip
+    p.add_argument(
+        "--max-batch", type=_positive_int("--max-batch"), default=256,
+        help="engine: requests running at once per replica (vLLM --max-num-seqs, "
+        "TensorRT-LLM max_batch_size, SGLang --max-running-requests)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-tokens-per-step", type=_positive_int("--max-tokens-per-step"),
+        default=8192, help="engine: tokens per step (vLLM --max-num-batched-tokens, "
+        "TensorRT-LLM max_num_tokens)",
+    )  # fmt: skip
+    p.add_argument(
+        "--chunked-prefill-budget", type=_positive_int("--chunked-prefill-budget"),
+        help="engine: prompt tokens per step (SGLang --chunked-prefill-size); "
+        "default --max-tokens-per-step",
+    )  # fmt: skip
+    p.add_argument(
+        "--separate-prefill", action="store_true",
+        help="engine: steps with prompt work run no decodes (SGLang without "
+        "--enable-mixed-chunk)",
+    )  # fmt: skip
+
+
+def scheduler_of(args) -> Scheduler:
+    """The engine's Scheduler of `load_arguments` flags (UsageError if inconsistent)."""
+    budget = args.chunked_prefill_budget or args.max_tokens_per_step
+    if not args.separate_prefill and args.max_batch >= args.max_tokens_per_step:
+        raise UsageError(
+            f"--max-batch={args.max_batch} must be < --max-tokens-per-step="
+            f"{args.max_tokens_per_step} (each running request decodes one token "
+            "per step)"
+        )
+    return Scheduler(
+        max_batch=args.max_batch, max_tokens_per_step=args.max_tokens_per_step,
+        chunked_prefill_budget=budget, mixed=not args.separate_prefill,
+    )  # fmt: skip
+
+
+def load_result(cluster, model, serving, *, gpus, scheduler, concurrency=None,
+                request_rate=None, arrival="poisson") -> dict:  # fmt: skip
+    """The load keys of `diffperf infer --json` (Exact model, all replicas of `gpus`).
+
+    The offered load is split evenly over the gpus/(tp·pp) replicas.
+    """
+    replicas = gpus / float(serving.chips)
+    kw = dict(scheduler=scheduler, arrival=arrival)
+    if concurrency is not None:
+        r = serve_load(
+            cluster, model, serving, concurrency=concurrency / replicas, **kw
+        )
+    else:
+        r = serve_load(
+            cluster, model, serving, request_rate=request_rate / replicas, **kw
+        )
+    cap = float(max_request_rate(cluster, model, serving, **kw))
+
+    def finite(x):  # a saturated open loop has no steady state: null in the JSON
+        x = float(x)
+        return x if math.isfinite(x) else None
+
+    out = {
+        "ttft_s": finite(r.ttft),
+        "tpot_s": finite(r.tpot),
+        "e2e_latency_s": finite(r.e2e_latency),
+    }
+    for name, key in (("ttft", "ttft_pct"), ("tpot", "tpot_pct"),
+                      ("e2e_latency", "e2e_pct")):  # fmt: skip
+        for q, v in zip(("p50", "p90", "p99"), getattr(r, key), strict=True):
+            out[f"{name}_{q}_s"] = finite(v)
+    rate = float(r.requests_per_s)
+    if concurrency is None:  # beyond saturation the replica serves its capacity
+        rate = min(rate, cap)
+    tokens = rate * float(serving.output_len) * replicas
+    out |= {
+        "requests_per_s": rate * replicas,
+        "output_tokens_per_s": tokens,
+        "output_tokens_per_s_per_gpu": tokens / gpus,
+        "output_tokens_per_s_per_user": finite(r.output_tokens_per_s_per_user),
+        "saturated": bool(r.saturated),
+        "max_request_rate": float(cap) * replicas,
+        "load": {
+            "mode": "closed" if concurrency is not None else "open",
+            "concurrency": concurrency,
+            "request_rate": request_rate,
+            "arrival": arrival if request_rate is not None else None,
+            "replicas": replicas,
+            "max_batch": float(scheduler.max_batch),
+            "max_tokens_per_step": float(scheduler.max_tokens_per_step),
+            "chunked_prefill_budget": float(scheduler.chunked_prefill_budget),
+            "mixed_prefill": scheduler.mixed,
+            "batch_limit": float(r.batch_limit),
+            "utilization": float(r.utilization),
+            "saturation_concurrency": float(r.saturation_concurrency) * replicas,
+            "decodes_per_step": float(r.decodes),
+            "prefill_tokens_per_step": float(r.prefill_tokens),
+            "step_time_s": float(r.step_time),
+            "prefill_steps": float(r.prefill_steps),
+            "queue_wait_s": float(r.queue_wait),
+        },
+    }
+    return out
 
 
 def _pools(text: str, replica: int) -> tuple[int, int]:
@@ -436,6 +570,16 @@ def run_infer(args) -> dict:
             "tpot_s": float(tpot),
             "speedup": float(out["tpot_s"] / tpot),
         }
+    if args.concurrency is not None or args.request_rate is not None:
+        static = {k: out[k] for k in ("ttft_s", "tpot_s", "e2e_latency_s",
+                                      "output_tokens_per_s",
+                                      "output_tokens_per_s_per_gpu")}  # fmt: skip
+        out["static_batch"] = static
+        out |= load_result(
+            cluster, model, serving, gpus=args.gpus, scheduler=scheduler_of(args),
+            concurrency=args.concurrency, request_rate=args.request_rate,
+            arrival=args.arrival,
+        )  # fmt: skip
     out |= {
         "fidelity": args.fidelity,
         "hardware": cluster.name,
@@ -451,6 +595,8 @@ def run_infer(args) -> dict:
 
 def print_infer(out: dict):
     m = out["mapping"]
+    if "load" in out:
+        return print_load(out)
     print(f"{out['model']} on {m['gpus']} × {out['hardware']}, batch {m['batch']}, "
           f"{m['input_len']} in / {m['output_len']} out")  # fmt: skip
     print(f"  TTFT             {1e3 * out['ttft_s']:.4g} ms")
@@ -485,6 +631,30 @@ def print_infer(out: dict):
         for name, sec in sorted(terms.items(), key=lambda kv: -kv[1]):
             if sec > 0:
                 print(f"    {name:<16} {1e3 * sec:10.4g} ms  {sec / total:6.1%}")
+
+
+def print_load(out: dict):
+    m, ld = out["mapping"], out["load"]
+    what = (f"concurrency {ld['concurrency']}" if ld["mode"] == "closed" else
+            f"{ld['request_rate']:g} requests/s ({ld['arrival']})")  # fmt: skip
+    print(f"{out['model']} on {m['gpus']} × {out['hardware']} ({ld['replicas']:g} "
+          f"replicas), {what}, {m['input_len']} in / {m['output_len']} out"
+          )  # fmt: skip
+    ms = lambda k: float("nan") if out[k] is None else 1e3 * out[k]  # noqa: E731
+    for name in ("ttft", "tpot", "e2e_latency"):
+        print(f"  {name:<12} mean {ms(name + '_s'):9.4g} ms   p50 "
+              f"{ms(name + '_p50_s'):9.4g}   p90 {ms(name + '_p90_s'):9.4g}   p99 "
+              f"{ms(name + '_p99_s'):9.4g}")  # fmt: skip
+    user = out["output_tokens_per_s_per_user"] or float("nan")
+    print(f"  output tokens/s {out['output_tokens_per_s']:.5g} "
+          f"({out['output_tokens_per_s_per_gpu']:.4g} per GPU, "
+          f"{user:.4g} per user)")  # fmt: skip
+    state = "SATURATED" if out["saturated"] else "stable"
+    print(f"  {state}: utilization {ld['utilization']:.2f}; max request rate "
+          f"{out['max_request_rate']:.4g}/s; batch limit {ld['batch_limit']:.0f} "
+          f"per replica; {ld['decodes_per_step']:.1f} decodes and "
+          f"{ld['prefill_tokens_per_step']:.0f} prompt tokens per step of "
+          f"{1e3 * ld['step_time_s']:.4g} ms")  # fmt: skip
 
 
 def with_precision(model, precision):

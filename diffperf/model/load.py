@@ -56,6 +56,8 @@ pp stages, so the step time is t(D/pp, P/pp) of the whole model (pp stage times 
 the sends): throughput ≈ pp × one stage's rate, and TPOT still includes every stage.
 """
 
+import copy
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -145,8 +147,8 @@ def step_time(
 
 def _pmf(mu: Array, arrival: str) -> Array:
     """P(A = k), k < _K, of the arrivals in a step with mean `mu` (tail in the last)."""
-    k = jnp.arange(_K, dtype=mu.dtype)
     mu = mu[..., None]
+    k = jnp.arange(_K, dtype=mu.dtype).reshape((1,) * (mu.ndim - 1) + (_K,))
     if arrival == "poisson":
         safe = jnp.maximum(mu, 1e-300)
         p = jnp.exp(k * jnp.log(safe) - safe - gammaln(k + 1.0))
@@ -177,7 +179,7 @@ def _chain(t_of_p, c, s_in, mean_arrivals, arrival, grid):
     s = jnp.minimum(x, c)
     t = t_of_p(s)
     pmf = _pmf(mean_arrivals(t), arrival)  # (grid, K)
-    y = (x - s)[:, None] + jnp.arange(_K, dtype=x.dtype) * s_in
+    y = (x - s)[:, None] + jnp.arange(_K, dtype=x.dtype)[None, :] * s_in
     lo, up = _split(y, width, grid)
     rows = jnp.broadcast_to(jnp.arange(grid)[:, None], lo.shape)
     trans = jnp.zeros((grid, grid), x.dtype)
@@ -211,7 +213,7 @@ def _tagged(pi, x, s, t, t_of_p, c, s_in, *, rate, per_step, arrival):
         full_rate = per_step
     w = w / w.sum()
     kb = _pmf(ahead, arrival)  # (grid, U, K)
-    k = jnp.arange(_K, dtype=x.dtype)
+    k = jnp.arange(_K, dtype=x.dtype)[None, None, :]
     tot = r[:, None, None] + (k + 1.0) * s_in  # tokens up to and including its prompt
     n = jnp.maximum(jnp.ceil(tot / c - 1e-9), 1.0)
     last = tot - (n - 1.0) * c + (behind[..., None] + (n - 1.0) * full_rate) * s_in
@@ -226,14 +228,15 @@ def _tagged(pi, x, s, t, t_of_p, c, s_in, *, rate, per_step, arrival):
 
 def _quantiles(weight, mean, sd, qs=_QUANTILES):
     """Quantiles of a mixture of normals (bisection; implicit-function gradient)."""
-    sd = jnp.maximum(sd, 1e-12)
+    sd = jnp.maximum(sd, 1e-12)[None, :]
+    weight, mean = weight[None, :], mean[None, :]
     qs = jnp.asarray(qs)
 
     def cdf(z):
-        return jnp.sum(weight * norm.cdf((z[..., None] - mean) / sd), axis=-1)
+        return jnp.sum(weight * norm.cdf((z[:, None] - mean) / sd), axis=-1)
 
     def pdf(z):
-        return jnp.sum(weight * norm.pdf((z[..., None] - mean) / sd) / sd, axis=-1)
+        return jnp.sum(weight * norm.pdf((z[:, None] - mean) / sd) / sd, axis=-1)
 
     lo0 = jnp.full_like(qs, jnp.min(mean - 8.0 * sd))
     hi0 = jnp.full_like(qs, jnp.max(mean + 8.0 * sd))
@@ -335,6 +338,18 @@ class _Engine:
             self.d_grid, self.p_grid
         )
 
+    def frozen(self):
+        """A copy whose arrays carry no gradient.
+
+        For the root-finding loops, whose results get their gradients from `_at_root`.
+        """
+        new = copy.copy(self)
+        sg = jax.lax.stop_gradient
+        for name in ("table", "p_grid", "d_grid", "c_max", "s_in", "s_out"):
+            setattr(new, name, sg(getattr(self, name)))
+        new.sched = jax.tree_util.tree_map(sg, self.sched)
+        return new
+
     def row(self, d):
         """t(d, ·) on the prompt-token grid."""
         return _interp_sq(d, self.d_grid, self.table)
@@ -410,41 +425,62 @@ def _percentiles(tag, shift, tpot, tpot_sd, s_out):
     return ttft, tpot_q, e2e
 
 
+def _decoding(eng: _Engine, d, rate, arrival):
+    """The open loop's chain at d decodes, its TPOT and the residual of D's fixed point.
+
+    TPOT is the decode-weighted step, E[D·t]/E[D] = E[t] + a·F/(1 − β), plus the
+    cascade of a request's own prompt into its decode window, e·β/((1 − β)(S_out − 1)).
+    """
+    s_out = eng.s_out
+    st = eng.state(d, rate=rate, arrival=arrival)
+    alpha, beta, fano = _fluctuations(st, rate, s_out, arrival)
+    keep = jnp.maximum(1.0 - beta, 1e-6)
+    tpot = st["tpot"] + st["slope"] * fano / keep
+    tpot = tpot + st["extra"] * beta / (keep * (s_out - 1.0))
+    st |= dict(tpot=tpot, rho=alpha + beta, fano=fano)
+    return rate * (s_out - 1.0) * tpot - d, st
+
+
+def _loads(eng: _Engine, st, rate, b, hold, res, d):
+    """(utilization, slot load λR/B, prompt-budget load) of an open loop."""
+    slot_load = rate * hold / b
+    prefill_load = rate * st["step"] * eng.s_in / st["c"]
+    util = jnp.maximum(jnp.maximum(st["rho"], prefill_load), slot_load)
+    fixed = (jnp.abs(res) <= 1e-6 * (1.0 + d)) & (d < b)
+    return jnp.where(fixed, util, jnp.maximum(util, 1.0)), slot_load, prefill_load
+
+
+def _open_utilization(eng: _Engine, rate, arrival, b):
+    """The open loop's utilization only (no TTFT terms): for `max_request_rate`."""
+    d = _root(lambda dd: _decoding(eng, dd, rate, arrival)[0], 0.0 * rate, b)
+    res, st = _decoding(eng, d, rate, arrival)
+    hold = st["t_of_p"](st["c"]) + (eng.s_out - 1.0) * st["tpot"]
+    return _loads(eng, st, rate, b, hold, res, d)[0]
+
+
 def _open_loop(eng: _Engine, rate, arrival, b):
     s_out = eng.s_out
 
-    def solve(d, *, full):
-        st = eng.state(d, rate=rate, arrival=arrival)
-        alpha, beta, fano = _fluctuations(st, rate, s_out, arrival)
-        keep = jnp.maximum(1.0 - beta, 1e-6)
-        # decode-weighted step, E[D·t]/E[D] = E[t] + a·F/(1 − β), plus the cascade
-        # of a request's own prompt into its decode window, e·β/((1 − β)(S_out − 1))
-        tpot = st["tpot"] + st["slope"] * fano / keep
-        tpot = tpot + st["extra"] * beta / (keep * (s_out - 1.0))
-        res = rate * (s_out - 1.0) * tpot - d
-        if not full:
-            return res
+    def solve(d):
+        res, st = _decoding(eng, d, rate, arrival)
         tag = _tagged(st["pi"], st["x"], st["s"], st["t"], st["t_of_p"], st["c"],
                       eng.s_in, rate=rate, per_step=None, arrival=arrival)  # fmt: skip
-        keys = ("pi", "s", "t", "step", "c", "var", "decode_share")
-        out = {k: jnp.asarray(st[k], dtype=float) for k in keys}
-        return res, out | dict(tpot=tpot, rho=alpha + beta, fano=fano, tag=tag)
+        keys = ("pi", "s", "t", "step", "c", "var", "decode_share", "tpot", "rho",
+                "fano")  # fmt: skip
+        return res, {k: jnp.asarray(st[k], dtype=float) for k in keys} | dict(tag=tag)
 
-    d = _root(lambda dd: solve(dd, full=False), 0.0 * rate, b)
-    d, res, st = _at_root(lambda dd: solve(dd, full=True), d)
+    cold, lam = eng.frozen(), jax.lax.stop_gradient(rate)
+    d = _root(lambda dd: _decoding(cold, dd, lam, arrival)[0], 0.0 * lam, b)
+    d, res, st = _at_root(solve, d)
     weight, value, n, _ = st["tag"]
     ttft0 = jnp.sum(weight * value)
     residual = jnp.sum(st["pi"] * st["t"] ** 2) / (2.0 * st["step"])
     hold = ttft0 - residual + (s_out - 1.0) * st["tpot"]  # slot holding time R
+    util, slot_load, prefill_load = _loads(eng, st, rate, b, hold, res, d)
     a = rate * hold
-    slot_load = a / b
     fano = jnp.maximum(st["fano"], 0.05)
     # Hayward's approximation for peaked traffic: Erlang C at (B/F, λR/F)
     wait = 0.5 * _erlang_c(b / fano, a / fano) * hold * fano / jnp.maximum(b - a, 1e-9)
-    prefill_load = rate * st["step"] * eng.s_in / st["c"]
-    util = jnp.maximum(jnp.maximum(st["rho"], prefill_load), slot_load)
-    fixed = (jnp.abs(res) <= 1e-6 * (1.0 + d)) & (d < b)
-    util = jnp.where(fixed, util, jnp.maximum(util, 1.0))
     wait = jnp.where(util < 1.0, wait, jnp.inf)
     return st, st["tag"], d, dict(wait=wait, util=util, slot=slot_load,
                                   pre=prefill_load, dec=st["rho"],
@@ -452,31 +488,33 @@ def _open_loop(eng: _Engine, rate, arrival, b):
 
 
 def _closed_loop(eng: _Engine, n_clients, arrival, relax, b):
-    s_out, s_in = eng.s_out, eng.s_in
+    s_in = eng.s_in
     running = relax.min(n_clients, b)
 
-    def solve(m, *, full):  # m requests finish per step
+    def solve(m, e, n_run, *, full):  # m requests finish per step
         share = 1.0  # π does not depend on d in a closed loop (arrivals are m)
-        if not eng.mixed:
-            share = eng.state(jnp.zeros_like(m), per_step=m, arrival=arrival)[
+        if not e.mixed:
+            share = e.state(jnp.zeros_like(m), per_step=m, arrival=arrival)[
                 "decode_share"
             ]
-        d = m * (s_out - 1.0) / share
-        st = eng.state(d, per_step=m, arrival=arrival)
+        d = m * (e.s_out - 1.0) / share
+        st = e.state(d, per_step=m, arrival=arrival)
         tag = _tagged(st["pi"], st["x"], st["s"], st["t"], st["t_of_p"], st["c"],
-                      s_in, rate=None, per_step=m, arrival=arrival)  # fmt: skip
+                      e.s_in, rate=None, per_step=m, arrival=arrival)  # fmt: skip
         n_bar = jnp.sum(tag[0] * tag[2])
-        cycle = n_bar + (s_out - 1.0) / st["decode_share"]
-        cap = 0.98 * st["c"] / s_in  # the prompt budget's limit on m
-        res = relax.min(running / cycle, cap) - m
+        cycle = n_bar + (e.s_out - 1.0) / st["decode_share"]
+        cap = 0.98 * st["c"] / e.s_in  # the prompt budget's limit on m
+        res = relax.min(n_run / cycle, cap) - m
         if not full:
             return res
         keys = ("pi", "s", "t", "step", "c", "var", "decode_share", "tpot")
         out = {k: jnp.asarray(st[k], dtype=float) for k in keys}
         return res, out | dict(tag=tag, d=d, n_bar=n_bar, cycle=cycle, cap=cap)
 
-    m = _root(lambda mm: solve(mm, full=False), 0.0 * n_clients, running)
-    m, _, st = _at_root(lambda mm: solve(mm, full=True), m)
+    cold, sg = eng.frozen(), jax.lax.stop_gradient
+    m = _root(lambda mm: solve(mm, cold, sg(running), full=False), 0.0 * sg(running),
+              sg(running))  # fmt: skip
+    m, _, st = _at_root(lambda mm: solve(mm, eng, running, full=True), m)
     x = m / st["step"]  # requests/s
     served = m * st["cycle"]  # requests holding a slot
     wait = relax.relu(n_clients - served, 1.0) / x
@@ -560,7 +598,7 @@ def max_request_rate(
     relax: AbstractRelax = _EXACT,
     fidelity: Fidelity = "detailed",
     grid: int = 128,
-    iters: int = 40,
+    iters: int = 30,
 ) -> Array:
     """The largest open-loop request rate a replica sustains [requests/s].
 
@@ -576,13 +614,16 @@ def max_request_rate(
     s_out = serving.output_len
     hi0 = b / ((s_out - 1.0) * eng.row(b)[0])
 
-    def util(lam):
-        return _open_loop(eng, lam, arrival, b)[3]["util"]
+    def util(lam, e=eng):
+        return _open_utilization(e, lam, arrival, b)
+
+    cold = eng.frozen()
+    hi0 = jax.lax.stop_gradient(hi0)
 
     def body(_, lh):
         lo, hi = lh
         mid = 0.5 * (lo + hi)
-        ok = jax.lax.stop_gradient(util(mid)) < 1.0
+        ok = util(mid, cold) < 1.0
         return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
 
     lo, _ = jax.lax.fori_loop(0, iters, body, (0.0 * hi0, hi0))
