@@ -7,6 +7,7 @@ success and 2 on bad input, with a one-line message on stderr naming the field.
 import argparse
 import dataclasses
 import math
+import re
 
 import equinox as eqx
 
@@ -15,8 +16,15 @@ from ..core.relax import Exact
 from ..core.units import DTYPES
 from ..model.economics import hourly_cost, usd_per_million_tokens
 from ..model.fidelity import FIDELITIES, tier
-from ..model.load import ARRIVALS, max_request_rate, serve_load
-from ..model.serving import continuous_batching, disaggregated, serve, speculative_tpot
+from ..model.load import ARRIVALS, capacity, served
+from ..model.serving import (
+    SPECULATIVE,
+    continuous_batching,
+    disaggregated,
+    draft_model,
+    serve,
+    speculative_tpot,
+)
 from ..model.train import train_step
 from ..specs.mapping import (
     ATTENTION_KERNELS,
@@ -165,17 +173,38 @@ def add_infer(sub):
     p.add_argument(
         "--disaggregate",
         metavar="PREFILL_GPUS:DECODE_GPUS",
-        help="separate prefill and decode pools (replicas of --tp·--pp chips each)",
+        help="separate prefill and decode pools: PREFILL_GPUS:DECODE_GPUS or xPyD "
+        "workers (layouts --prefill-tp/pp, --decode-tp/pp; default --tp/--pp)",
     )
     p.add_argument(
         "--kv-tier", choices=("auto", "scale_up", "scale_out", "pcie"), default="auto",
         help="how a disaggregated deployment moves the KV cache",
     )  # fmt: skip
-    p.add_argument("--draft-model", help="speculative decoding: the draft model")
+    for pool in ("prefill", "decode"):
+        for axis in ("tp", "pp"):
+            p.add_argument(
+                f"--{pool}-{axis}", type=_positive_int(f"--{pool}-{axis}"),
+                help=f"--disaggregate: {axis} of a {pool} worker (default --{axis})",
+            )  # fmt: skip
+    p.add_argument(
+        "--prefill-batch", type=_positive_int("--prefill-batch"), default=1,
+        help="--disaggregate: prompts per prefill step of a prefill worker",
+    )  # fmt: skip
+    spec = p.add_mutually_exclusive_group()
+    spec.add_argument("--draft-model", help="speculative decoding: the draft model")
+    spec.add_argument(
+        "--speculative", choices=SPECULATIVE,
+        help="speculative decoding with the model's own MTP module or an EAGLE head",
+    )  # fmt: skip
     p.add_argument("--draft-tokens", type=_positive_int("--draft-tokens"), default=4)
     p.add_argument(
         "--acceptance", type=float, default=0.7, help="draft token acceptance rate"
     )
+    p.add_argument(
+        "--acceptance-length", type=float,
+        help="mean tokens accepted per verify step, bonus token included "
+        "(overrides --acceptance)",
+    )  # fmt: skip
     p.add_argument("--ttft-slo", type=float, help="TTFT target [s] for goodput")
     p.add_argument("--tpot-slo", type=float, help="TPOT target [s] for goodput")
     load_arguments(p)
@@ -257,14 +286,10 @@ def load_result(cluster, model, serving, *, gpus, scheduler, concurrency=None,
     replicas = gpus / float(serving.chips)
     kw = dict(scheduler=scheduler, arrival=arrival)
     if concurrency is not None:
-        r = serve_load(
-            cluster, model, serving, concurrency=concurrency / replicas, **kw
-        )
+        r = served(cluster, model, serving, concurrency=concurrency / replicas, **kw)
     else:
-        r = serve_load(
-            cluster, model, serving, request_rate=request_rate / replicas, **kw
-        )
-    cap = float(max_request_rate(cluster, model, serving, **kw))
+        r = served(cluster, model, serving, request_rate=request_rate / replicas, **kw)
+    cap = float(capacity(cluster, model, serving, **kw))
 
     def finite(x):  # a saturated open loop has no steady state: null in the JSON
         x = float(x)
@@ -313,14 +338,23 @@ def load_result(cluster, model, serving, *, gpus, scheduler, concurrency=None,
     return out
 
 
-def _pools(text: str, replica: int) -> tuple[int, int]:
+def _pools(text: str, p_replica: int, d_replica: int) -> tuple[int, int]:
+    """(prefill, decode) chips of `--disaggregate` "P:D" (GPUs) or "xPyD" (workers)."""
+    workers = re.fullmatch(r"(\d+)P(\d+)D", text.strip(), flags=re.IGNORECASE)
+    if workers:
+        x, y = (int(g) for g in workers.groups())
+        if x < 1 or y < 1:
+            raise UsageError(f"--disaggregate={text!r} needs >= 1 worker of each kind")
+        return x * p_replica, y * d_replica
     try:
         p, d = (int(x) for x in text.split(":"))
     except ValueError:
         raise UsageError(
-            f"--disaggregate={text!r} must be PREFILL_GPUS:DECODE_GPUS, e.g. 8:16"
+            f"--disaggregate={text!r} must be PREFILL_GPUS:DECODE_GPUS (e.g. 8:16) or "
+            "xPyD workers (e.g. 2P1D)"
         ) from None
-    for name, n in (("PREFILL_GPUS", p), ("DECODE_GPUS", d)):
+    for name, n, replica in (("PREFILL_GPUS", p, p_replica),
+                             ("DECODE_GPUS", d, d_replica)):  # fmt: skip
         if n < replica or n % replica:
             raise UsageError(
                 f"--disaggregate {name}={n} must be a multiple of tp·pp={replica}"
@@ -446,12 +480,15 @@ def train_job(args):
 
 
 def infer_result(cluster, model, serving, *, gpus=None, ttft_slo=None,
-                 tpot_slo=None, pools=None, kv_tier="auto") -> dict:  # fmt: skip
+                 tpot_slo=None, pools=None, kv_tier="auto", layouts=None
+                 ) -> dict:  # fmt: skip
     """The `diffperf infer --json` object for a concrete serving job (Exact model).
 
     Static batch metrics, plus the continuous-batching steady state and its cost on
     `gpus` chips, goodput under the SLOs, and with `pools` = (prefill, decode) chips
-    the disaggregated deployment and its colocated comparison.
+    the disaggregated deployment and its colocated comparison; `layouts` =
+    (prefill, decode) `Serving`s of its workers (default: one-prompt prefill steps
+    and `serving` for decode, both with `serving`'s degrees).
     """
     r = serve(cluster, model, serving, relax=Exact())
     gpus = gpus or float(serving.chips)
@@ -489,14 +526,34 @@ def infer_result(cluster, model, serving, *, gpus=None, ttft_slo=None,
     }
     if pools is not None:
         p_chips, d_chips = pools
-        pre = eqx.tree_at(lambda s: s.batch, serving, serving.batch * 0 + 1.0)
+        if layouts is None:
+            pre = eqx.tree_at(lambda s: s.batch, serving, serving.batch * 0 + 1.0)
+            layouts = (pre, serving)
+        pre, dec = layouts
         d = disaggregated(
-            cluster, model, pre, serving, prefill_chips=p_chips, decode_chips=d_chips,
+            cluster, model, pre, dec, prefill_chips=p_chips, decode_chips=d_chips,
             ttft_slo=slo_t, tpot_slo=slo_d, kv_tier=kv_tier,
         )  # fmt: skip
         out["disaggregated"] = {
             "prefill_gpus": p_chips,
             "decode_gpus": d_chips,
+            "prefill_workers": float(d.prefill_workers),
+            "decode_workers": float(d.decode_workers),
+            "prefill_layout": {
+                "tp": float(pre.tp),
+                "pp": float(pre.pp),
+                "batch": float(pre.batch),
+            },
+            "decode_layout": {
+                "tp": float(dec.tp),
+                "pp": float(dec.pp),
+                "batch": float(dec.batch),
+            },
+            "prefill_requests_per_s": float(d.prefill_requests_per_s),
+            "decode_requests_per_s": float(d.decode_requests_per_s),
+            "balanced_decode_workers_per_prefill_worker": float(
+                d.balanced_decode_per_prefill
+            ),
             "ttft_s": float(d.ttft),
             "tpot_s": float(d.tpot),
             "kv_transfer_s": float(d.kv_transfer),
@@ -534,11 +591,29 @@ def infer_job(args):
     return cluster, model, serving, prec
 
 
+def _layouts(args, model, serving):
+    """(prefill, decode) worker `Serving`s of the --prefill-*/--decode-* flags."""
+    out = []
+    for pool, batch in (("prefill", args.prefill_batch), ("decode", args.batch)):
+        tp = getattr(args, f"{pool}_tp") or args.tp
+        pp = getattr(args, f"{pool}_pp") or args.pp
+        worker = dataclasses.replace(serving, tp=tp, pp=pp, batch=batch)
+        try:
+            check_serving(model, worker)
+        except ValueError as e:
+            raise UsageError(f"{pool} worker: {e}") from None
+        out.append(worker)
+    return tuple(out)
+
+
 def run_infer(args) -> dict:
     cluster, model, serving, prec = infer_job(args)
     cluster, _ = tier(args.fidelity, cluster)
     replica = args.tp * args.pp
-    pools = _pools(args.disaggregate, replica) if args.disaggregate else None
+    pools = layouts = None
+    if args.disaggregate:
+        layouts = _layouts(args, model, serving)
+        pools = _pools(args.disaggregate, *(int(s.chips) for s in layouts))
     if pools is None:
         check_serving(model, serving, gpus=args.gpus if args.gpus < replica else None)
         if args.gpus % replica:
@@ -553,22 +628,34 @@ def run_infer(args) -> dict:
             )
     out = infer_result(
         cluster, model, serving, gpus=args.gpus, ttft_slo=args.ttft_slo,
-        tpot_slo=args.tpot_slo, pools=pools, kv_tier=args.kv_tier,
+        tpot_slo=args.tpot_slo, pools=pools, kv_tier=args.kv_tier, layouts=layouts,
     )  # fmt: skip
-    if args.draft_model:
+    if args.draft_model or args.speculative:
         if not 0.0 <= args.acceptance < 1.0:
             raise UsageError(f"--acceptance={args.acceptance} must be in [0, 1)")
-        draft = with_precision(io.load_workload(args.draft_model), prec)
+        tau = args.acceptance_length
+        if tau is not None and not 1.0 <= tau <= args.draft_tokens + 1:
+            raise UsageError(
+                f"--acceptance-length={tau:g} must be in [1, --draft-tokens + 1 = "
+                f"{args.draft_tokens + 1}]"
+            )
+        if args.draft_model:
+            draft = with_precision(io.load_workload(args.draft_model), prec)
+        else:
+            draft = draft_model(model, args.speculative)
         tpot = speculative_tpot(
             cluster, model, draft, serving, k=float(args.draft_tokens),
-            acceptance=args.acceptance,
+            acceptance=args.acceptance, acceptance_length=tau,
         )  # fmt: skip
+        base = out["tpot_s"]  # the static batch's (load keys come below)
         out["speculative"] = {
+            "method": args.speculative or "draft_model",
             "draft_model": draft.name,
             "draft_tokens": args.draft_tokens,
-            "acceptance": args.acceptance,
+            "acceptance": args.acceptance if tau is None else None,
+            "acceptance_length": tau,
             "tpot_s": float(tpot),
-            "speedup": float(out["tpot_s"] / tpot),
+            "speedup": float(base / tpot),
         }
     if args.concurrency is not None or args.request_rate is not None:
         static = {k: out[k] for k in ("ttft_s", "tpot_s", "e2e_latency_s",
@@ -615,6 +702,12 @@ def print_infer(out: dict):
           f"goodput {cb['goodput_tokens_per_s']:.5g} tokens/s")  # fmt: skip
     if "disaggregated" in out:
         d = out["disaggregated"]
+        print(f"  disaggregated {d['prefill_workers']:g}P{d['decode_workers']:g}D "
+              f"({d['prefill_gpus']}:{d['decode_gpus']} GPUs; pools sustain "
+              f"{d['prefill_requests_per_s']:.4g} and {d['decode_requests_per_s']:.4g} "
+              f"req/s; balanced at "
+              f"{d['balanced_decode_workers_per_prefill_worker']:.3g} decode workers "
+              "per prefill worker)")  # fmt: skip
         print(f"  disaggregated {d['prefill_gpus']}:{d['decode_gpus']}: TTFT "
               f"{1e3 * d['ttft_s']:.4g} ms (KV transfer {1e3 * d['kv_transfer_s']:.3g} "
               f"ms), TPOT {1e3 * d['tpot_s']:.4g} ms, {d['output_tokens_per_s']:.5g} "
@@ -622,8 +715,13 @@ def print_infer(out: dict):
               f"${d['usd_per_million_output_tokens']:.3g} per M tokens")  # fmt: skip
     if "speculative" in out:
         sp = out["speculative"]
+        acc = (
+            f"acceptance length {sp['acceptance_length']:g}"
+            if sp["acceptance_length"]
+            else f"acceptance {sp['acceptance']}"
+        )
         print(f"  speculative ({sp['draft_model']}, k={sp['draft_tokens']}, "
-              f"acceptance {sp['acceptance']}): TPOT {1e3 * sp['tpot_s']:.4g} ms "
+              f"{acc}): TPOT {1e3 * sp['tpot_s']:.4g} ms "
               f"({sp['speedup']:.2f}x)")  # fmt: skip
     for phase, terms in out["breakdown"].items():
         total = sum(terms.values())

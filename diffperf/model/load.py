@@ -74,7 +74,16 @@ from .fidelity import Fidelity, tier
 from .phases import mixed_step
 from .serving import serve
 
-__all__ = ["LoadResult", "serve_load", "max_request_rate", "step_time", "ARRIVALS"]
+__all__ = [
+    "LoadResult",
+    "serve_load",
+    "max_request_rate",
+    "mlperf_server",
+    "served",
+    "capacity",
+    "step_time",
+    "ARRIVALS",
+]
 
 _EXACT = Exact()
 ARRIVALS = ("poisson", "constant")
@@ -136,12 +145,15 @@ def step_time(
     """Seconds of one engine step of the replica: t(D, P) (module docstring).
 
     With pp > 1 the replica keeps pp microbatches in flight, so one pass that advances
-    every running request costs `mixed_step` at D/pp decodes and P/pp prompt tokens.
+    every running request costs `mixed_step` at max(D/pp, min(D, 1)) decodes (a
+    microbatch holds at least one sequence) and P/pp prompt tokens.
     """
     pp = serving.pp
+    # D sequences in min(D, pp) microbatches: each at least one sequence
+    micro = jnp.maximum(decodes / pp, jnp.minimum(decodes, 1.0))  # integer choice
     return mixed_step(
-        cluster, model, serving, decodes=decodes / pp,
-        prefill_tokens=prefill_tokens / pp, relax=relax,
+        cluster, model, serving, decodes=micro, prefill_tokens=prefill_tokens / pp,
+        relax=relax,
     ).total  # fmt: skip
 
 
@@ -632,3 +644,67 @@ def max_request_rate(
     return lam - (val - jax.lax.stop_gradient(val)) / jax.lax.stop_gradient(
         jnp.where(slope > 0, slope, 1.0)
     )
+
+
+def mlperf_server(
+    cluster: Cluster,
+    model: Transformer,
+    serving: Serving,
+    *,
+    ttft_p99,
+    tpot_p99,
+    scheduler: Scheduler | None = None,
+    relax: AbstractRelax = _EXACT,
+    fidelity: Fidelity = "detailed",
+    grid: int = 128,
+    iters: int = 20,
+) -> tuple[float, LoadResult]:
+    """MLPerf Server: the largest Poisson rate meeting the p99 latency limits.
+
+    MLPerf Inference's Server scenario (LoadGen) issues queries as a Poisson process
+    at `target_qps`; a run is valid when the 99th percentiles of TTFT and of TPOT
+    (per query: (latency − TTFT)/(tokens − 1)) stay within the benchmark's limits
+    (Llama-2-70B: 2 s and 200 ms). The reported throughput is that rate. Bisection on
+    λ below `max_request_rate` for ttft_p99(λ) ≤ `ttft_p99` and tpot_p99(λ) ≤
+    `tpot_p99` [s], each step one compiled `serve_load` call (the compiled function is
+    cached by the pytrees' structure); returns (λ per replica [requests/s], the
+    LoadResult at λ). Offline is the saturated throughput: `max_request_rate`. Runs
+    outside jit: λ is a Python float without gradient; the LoadResult has gradients.
+    """
+    scheduler = Scheduler() if scheduler is None else scheduler
+    kw = dict(scheduler=scheduler, relax=relax, fidelity=fidelity, grid=grid)
+    hi = float(_capacity(cluster, model, serving, **kw))
+    lo = 0.0
+
+    def run(lam):
+        return _served(cluster, model, serving, request_rate=jnp.asarray(lam), **kw)
+
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        r = run(mid)
+        meets = float(r.ttft_pct[2]) <= ttft_p99 and float(r.tpot_pct[2]) <= tpot_p99
+        if meets and not bool(r.saturated):
+            lo = mid
+        else:
+            hi = mid
+    return lo, run(lo)
+
+
+_served = eqx.filter_jit(serve_load)
+_capacity = eqx.filter_jit(max_request_rate)
+
+
+def served(cluster, model, serving, **kw) -> LoadResult:
+    """`serve_load` compiled once per pytree structure (CLI, validation).
+
+    Numbers must be arrays to be traced (not recompiled): rates are converted here.
+    """
+    for key in ("concurrency", "request_rate"):
+        if kw.get(key) is not None:
+            kw[key] = jnp.asarray(kw[key], dtype=float)
+    return _served(cluster, model, serving, **kw)
+
+
+def capacity(cluster, model, serving, **kw) -> Array:
+    """`max_request_rate` compiled once per pytree structure (see `served`)."""
+    return _capacity(cluster, model, serving, **kw)

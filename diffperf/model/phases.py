@@ -19,8 +19,11 @@ leaf). With small batches the fixed costs dominate decode: Llama-2-70B decodes a
 the same time per token at TP4 and TP8 on DGX-A100 (Splitwise), which a pure roofline
 misses by ~2×.
 
-Serving metrics (static batch, steady state):
+Serving metrics (static batch, steady state; `serving.serve`):
   TTFT = t_prefill;  TPOT = t_decode at the mean context S_in + S_out/2;
+  with pp > 1 the engine keeps n = min(B, pp) microbatches of B/n sequences in flight
+  (TensorRT-LLM, vLLM virtual engines): both phases run at B/n, a token still passes
+  all pp stages (TPOT = t_decode(B/n)) and TTFT = t_prefill(B/n)·(pp + n − 1)/pp;
   e2e = TTFT + (S_out − 1)·TPOT;  output tokens/s = B·S_out / e2e (per replica).
 Memory per chip: weights/(t·p) + KV cache B·(S_in + S_out)·L/p·kv/t (attention
 layers) + B·Mamba-2 state (constant per sequence, SSM layers) + prefill

@@ -10,14 +10,17 @@ mapping and precisions, predicted with the Exact model, and compared on its metr
 | tpot_median, decode_latency_per_token | TPOT at the mean context [ms] |
 | e2e_latency, e2e_latency_median | TTFT + (S_out − 1)·TPOT [ms] |
 | output_throughput | B·S_out / e2e, per GPU if the unit says so, else per replica |
-| total_output_throughput, offline_tokens_per_s | the same at the largest batch that |
-| | fits, for all replicas of `num_gpus` |
-| offline_samples_per_s | that throughput / S_out |
+| total_output_throughput | the same at the largest batch that fits, all replicas |
+| offline_tokens_per_s, offline_samples_per_s | MLPerf Offline: the load model's |
+| | saturated throughput (`max_request_rate`), all replicas |
+| server_completed_tokens_per_s, _samples_per_s | MLPerf Server: the largest Poisson |
+| | rate meeting the TTFT/TPOT p99 limits (`mlperf_server`) |
+| server_ttft_mean/_p99, server_tpot_mean/_p99 | the load model's at that rate [ms] |
 
 Per-operator latencies (`prefill_layer_op_latency:<op>`) use the per-operator tier
-(`layer_op_times`). Not predicted (listed with the reason): MLPerf Server-scenario
-statistics (no arrival-rate model), models without a spec, and rows that contradict
-the same source's other metrics (`_inconsistent`). C++ runtimes (TensorRT-LLM,
+(`layer_op_times`). Not predicted (listed with the reason): MLPerf rows without the
+dataset's mean lengths, models without a spec, and rows that contradict the same
+source's other metrics (`_inconsistent`). C++ runtimes (TensorRT-LLM,
 FasterTransformer) are taken to hide per-kernel CPU launch cost (`graphs=True`); Python
 engines (vLLM) not.
 The TensorRT-LLM performance tables whose unit leaves "per GPU vs total" open are read
@@ -32,9 +35,11 @@ import equinox as eqx
 from .. import io
 from ..analysis.calibrate import Row
 from ..model.fidelity import tier
+from ..model.load import capacity, mlperf_server
 from ..model.phases import OPS, layer_op_times
 from ..model.serving import serve
 from ..specs.mapping import Serving, check_serving
+from ..specs.scheduler import Scheduler
 from ..specs.workload import Precision
 from .common import summarize
 from .training import number, short_source
@@ -50,7 +55,24 @@ _LATENCY = {
     "e2e_latency": "e2e_latency",
     "e2e_latency_median": "e2e_latency",
 }
-_MAX_LOAD = ("total_output_throughput", "offline_tokens_per_s", "offline_samples_per_s")
+_MAX_LOAD = ("total_output_throughput",)
+_MLPERF = (
+    "offline_tokens_per_s", "offline_samples_per_s", "server_completed_tokens_per_s",
+    "server_completed_samples_per_s", "server_ttft_mean", "server_ttft_p99",
+    "server_tpot_mean", "server_tpot_p99",
+)  # fmt: skip
+MLPERF_LIMITS = {
+    "llama2-70b-interactive": (0.45, 0.04),
+    "llama2-70b": (2.0, 0.2),
+    "llama3.1-405b": (6.0, 0.175),
+    "mixtral-8x7b": (2.0, 0.2),
+}
+"""MLPerf Inference Server latency limits (TTFT p99, TPOT p99) [s] per benchmark:
+MLCommons inference_policies (inference_rules.adoc, datacenter table) and the
+`ttft_latency` / `tpot_latency` test parameters printed in every Server run's
+mlperf_log_summary.txt (e.g. inference_results_v4.1 closed/NVIDIA llama2-70b:
+2000000000 ns and 200000000 ns). A row's notes may state others as
+"TTFT p99 <= X s" and "TPOT p99 <= Y s"."""
 
 
 def _precision(text: str) -> Precision:
@@ -71,8 +93,8 @@ def predict_infer_row(row: dict, *, fidelity: str = "detailed") -> dict:
     metric = row.get("metric", "").strip()
     if "_op_latency:" in metric:
         return _predict_op_row(row, metric, fidelity)
-    if metric.startswith("server_"):
-        raise ValueError("MLPerf Server statistics need an arrival-rate model")
+    if metric in _MLPERF:
+        return _predict_mlperf_row(row, metric, fidelity)
     if metric not in _LATENCY and metric not in _MAX_LOAD + ("output_throughput",):
         raise ValueError(f"metric {metric!r} is not in the inference vocabulary")
     cluster, model, serving = resolve_infer_row(row)
@@ -86,8 +108,6 @@ def predict_infer_row(row: dict, *, fidelity: str = "detailed") -> dict:
         per_gpu = "per gpu" in unit.lower() or "not stated" in unit
         total = float(r.output_tokens_per_s) * gpus / float(serving.chips)
         predicted = total / gpus if per_gpu else total
-        if metric == "offline_samples_per_s":
-            predicted /= float(serving.output_len)
     return dict(
         metric=metric, measured=measured, predicted=predicted,
         ape=abs(predicted - measured) / measured, feasible=bool(r.feasible),
@@ -96,11 +116,12 @@ def predict_infer_row(row: dict, *, fidelity: str = "detailed") -> dict:
     )  # fmt: skip
 
 
-def resolve_infer_row(row: dict):
+def resolve_infer_row(row: dict, *, max_load: bool = True):
     """(cluster, model, serving) of an inference row, checked; ValueError if not.
 
-    Rows without a batch, and max-load metrics, run at the largest batch that fits.
-    Shared by the validation and the serving calibration (experiments/).
+    Rows without a batch, and max-load metrics, run at the largest batch that fits
+    (unless `max_load=False`). Shared by the validation and the serving calibration
+    (experiments/).
     """
     cluster = io.load_hardware(row["gpu"])
     model = io.load_workload(row["model"])
@@ -120,10 +141,83 @@ def resolve_infer_row(row: dict):
             lambda m: m.max_seq_len, model, model.max_seq_len * 0 + context
         )
     check_serving(model, serving)
-    if row.get("metric", "").strip() in _MAX_LOAD or not row.get("batch", "").strip():
+    at_max = (
+        row.get("metric", "").strip() in _MAX_LOAD or not row.get("batch", "").strip()
+    )
+    if max_load and at_max:
         best = serve(cluster, model, serving).max_batch
         serving = eqx.tree_at(lambda s: s.batch, serving, best.astype(float))
     return cluster, model, serving
+
+
+def _mlperf_limits(row: dict) -> tuple[float, float]:
+    """(TTFT p99, TPOT p99) limits [s] of an MLPerf Server row (notes or benchmark)."""
+    notes = row.get("notes", "")
+    found = [re.search(rf"{k} p99\s*(?:<=|≤)\s*([\d.]+)\s*s", notes)
+             for k in ("TTFT", "TPOT")]  # fmt: skip
+    if all(found):
+        return float(found[0].group(1)), float(found[1].group(1))
+    text = " ".join(row.get(k, "") for k in ("source", "model", "notes")).lower()
+    text = text.replace(" ", "-").replace("llama-2", "llama2")
+    for name, limits in MLPERF_LIMITS.items():
+        if name in text:
+            return limits
+    raise ValueError(
+        "MLPerf Server row without its latency limits (notes 'TTFT p99 <= X s', "
+        f"'TPOT p99 <= Y s', or a benchmark of {', '.join(MLPERF_LIMITS)})"
+    )
+
+
+def _predict_mlperf_row(row: dict, metric: str, fidelity: str) -> dict:
+    """An MLPerf Offline or Server row from the load model (`model.load`).
+
+    Offline: all samples are queued at once, so the engine runs at its capacity,
+    `max_request_rate` (samples/s; ×S_out for tokens/s). Server: the largest Poisson
+    rate whose TTFT and TPOT p99 meet the benchmark's limits (`mlperf_server`); the
+    latency statistics are the model's at that rate. The engine's `max_batch` is the
+    row's `batch` (the submitter's batch size per engine), default 256; every
+    replica of tp·pp chips on `num_gpus` serves an equal share. The row must state
+    the dataset's mean prompt and output lengths (`input_len`, `output_len`).
+    """
+    for col in ("input_len", "output_len"):
+        if not (row.get(col) or "").strip():
+            raise ValueError(
+                f"MLPerf row without {col}: the benchmark dataset's mean length is "
+                "needed for the arrival model"
+            )
+    probe = dict(row, metric="total_output_throughput")
+    cluster, model, serving = resolve_infer_row(probe, max_load=False)
+    cluster, _ = tier(fidelity, cluster)
+    batch = number(row, "batch", 256.0)
+    sched = Scheduler(max_batch=batch, max_tokens_per_step=max(8192.0, 2.0 * batch),
+                      chunked_prefill_budget=max(8192.0, 2.0 * batch))  # fmt: skip
+    gpus = int(number(row, "num_gpus", 1))
+    replicas = gpus / float(serving.chips)
+    s_out = float(serving.output_len)
+    if metric.startswith("offline_"):
+        rate = float(capacity(cluster, model, serving, scheduler=sched))
+        r = None
+    else:
+        ttft_lim, tpot_lim = _mlperf_limits(row)
+        lam, r = mlperf_server(cluster, model, serving, ttft_p99=ttft_lim,
+                               tpot_p99=tpot_lim, scheduler=sched)  # fmt: skip
+        rate = float(lam)
+    stats = {
+        "server_ttft_mean": lambda: 1e3 * float(r.ttft),
+        "server_ttft_p99": lambda: 1e3 * float(r.ttft_pct[2]),
+        "server_tpot_mean": lambda: 1e3 * float(r.tpot),
+        "server_tpot_p99": lambda: 1e3 * float(r.tpot_pct[2]),
+    }
+    if metric in stats:
+        predicted = stats[metric]()
+    else:
+        predicted = rate * replicas * (s_out if "tokens" in metric else 1.0)
+    measured = float(row["value"])
+    return dict(
+        metric=metric, measured=measured, predicted=predicted,
+        ape=abs(predicted - measured) / measured, feasible=True,
+        memory_per_gpu_bytes=0.0, hardware=cluster.name, model=model.name,
+    )  # fmt: skip
 
 
 def _predict_op_row(row: dict, metric: str, fidelity: str) -> dict:
@@ -240,6 +334,8 @@ def calibration_infer_rows(rows: list[dict]) -> tuple[list[Row], dict[int, str]]
                 raise ValueError(bad[i])
             if "_op_latency:" in metric:
                 raise ValueError("per-operator rows are not fitted")
+            if metric in _MLPERF:
+                raise ValueError("MLPerf scenario rows are not fitted (load model)")
             res = predict_infer_row(row)
             cluster, model, serving = resolve_infer_row(row)
         except ValueError as e:
