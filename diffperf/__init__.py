@@ -42,7 +42,7 @@ from .model.economics import (
     step_power,
     usd_per_million_tokens,
 )
-from .model.load import LoadResult, max_request_rate, serve_load
+from .model.load import LoadResult, max_request_rate, mlperf_server, serve_load
 from .model.memory import train_memory
 from .model.phases import PhaseBreakdown, decode_step, mixed_step, prefill
 from .model.roofline import roofline_points
@@ -51,6 +51,7 @@ from .model.serving import (
     ServeResult,
     continuous_batching,
     disaggregated,
+    draft_model,
     serve,
     speculative_tpot,
 )
@@ -92,7 +93,8 @@ __all__ = [
     "train_step", "Breakdown", "TERMS", "train_memory", "prefill", "decode_step",
     "PhaseBreakdown", "serve", "ServeResult", "continuous_batching", "disaggregated",
     "Disaggregation", "speculative_tpot", "mixed_step", "serve_load", "LoadResult",
-    "max_request_rate", "collective_time", "train_trace",
+    "max_request_rate", "mlperf_server", "draft_model", "collective_time",
+    "train_trace",
     "infer_trace", "roofline_points",
     # economics
     "die_area", "chip_cost", "chip_price", "chip_tdp", "capex_per_chip",

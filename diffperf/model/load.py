@@ -449,7 +449,10 @@ def _decoding(eng: _Engine, d, rate, arrival):
     keep = jnp.maximum(1.0 - beta, 1e-6)
     tpot = st["tpot"] + st["slope"] * fano / keep
     tpot = tpot + st["extra"] * beta / (keep * (s_out - 1.0))
-    st |= dict(tpot=tpot, rho=alpha + beta, fano=fano)
+    # the slow part of a request's TPOT spread: its window's decode count varies with
+    # variance F·D̄ (the same fluctuations), each decode costing a/(1 − β) per step
+    slow = (st["slope"] / keep) ** 2 * fano * d
+    st |= dict(tpot=tpot, rho=alpha + beta, fano=fano, slow=slow)
     return rate * (s_out - 1.0) * tpot - d, st
 
 
@@ -478,7 +481,7 @@ def _open_loop(eng: _Engine, rate, arrival, b):
         tag = _tagged(st["pi"], st["x"], st["s"], st["t"], st["t_of_p"], st["c"],
                       eng.s_in, rate=rate, per_step=None, arrival=arrival)  # fmt: skip
         keys = ("pi", "s", "t", "step", "c", "var", "decode_share", "tpot", "rho",
-                "fano")  # fmt: skip
+                "fano", "slow")  # fmt: skip
         return res, {k: jnp.asarray(st[k], dtype=float) for k in keys} | dict(tag=tag)
 
     cold, lam = eng.frozen(), jax.lax.stop_gradient(rate)
@@ -585,7 +588,7 @@ def serve_load(
     ttft = jnp.sum(weight * value) + o["wait"]
     tpot = st["tpot"]
     steps = (s_out - 1.0) / st["decode_share"]
-    tpot_sd = jnp.sqrt(st["var"] * steps) / (s_out - 1.0)
+    tpot_sd = jnp.sqrt(st["var"] * steps / (s_out - 1.0) ** 2 + st.get("slow", 0.0))
     ttft_q, tpot_q, e2e_q = _percentiles(tag, o["wait"], tpot, tpot_sd, s_out)
     x = o["x"]
     return LoadResult(
