@@ -51,14 +51,16 @@ from .model.economics import (
     step_power,
     usd_per_million_tokens,
 )
+from .model.load import LoadResult, max_request_rate, mlperf_server, serve_load
 from .model.memory import train_memory
-from .model.phases import PhaseBreakdown, decode_step, prefill
+from .model.phases import PhaseBreakdown, decode_step, mixed_step, prefill
 from .model.roofline import roofline_points
 from .model.serving import (
     Disaggregation,
     ServeResult,
     continuous_batching,
     disaggregated,
+    draft_model,
     serve,
     speculative_tpot,
 )
@@ -80,6 +82,7 @@ from .specs.mapping import (
     check_mapping,
     check_serving,
 )
+from .specs.scheduler import Scheduler
 from .specs.workload import Precision, Transformer
 from .validation.calibration import (
     default_leaves,
@@ -100,15 +103,17 @@ __all__ = [
     "AbstractRelax", "Exact", "Smooth",
     # specs
     "Chip", "Cluster", "Cost", "Dimension", "Host", "MemoryTier", "NetworkTier",
-    "Transformer", "Precision", "Parallelism", "Serving", "ATTENTION_KERNELS",
+    "Transformer", "Precision", "Parallelism", "Serving", "Scheduler",
+    "ATTENTION_KERNELS",
     "check_mapping", "check_serving",
     "load_hardware", "load_workload", "from_hf_config", "hardware_names",
     "workload_names", "patch_toml",
     # model
     "train_step", "Breakdown", "TERMS", "train_memory", "prefill", "decode_step",
     "PhaseBreakdown", "serve", "ServeResult", "continuous_batching", "disaggregated",
-    "Disaggregation", "speculative_tpot", "collective_time", "scale_out_bytes",
-    "train_trace", "infer_trace", "roofline_points",
+    "Disaggregation", "speculative_tpot", "mixed_step", "serve_load", "LoadResult",
+    "max_request_rate", "mlperf_server", "draft_model", "collective_time",
+    "scale_out_bytes", "train_trace", "infer_trace", "roofline_points",
     # economics
     "die_area", "chip_cost", "chip_price", "chip_tdp", "capex_per_chip",
     "hourly_cost", "step_power", "joules_per_token", "usd_per_million_tokens",

@@ -156,3 +156,81 @@ def test_cli_speculative(capsys):
                "--json"])  # fmt: skip
     sp = json.loads(capsys.readouterr().out)["speculative"]
     assert rc == 0 and sp["speedup"] > 1.0 and sp["draft_model"] == "llama2_7b"
+
+
+def test_pipeline_keeps_pp_microbatches_in_flight():
+    """PP 4 at batch 32: a token passes all stages of its 8-sequence microbatch
+    (TPOT), and the replica emits 32 tokens per pass: ~4× a lone microbatch."""
+    pp4 = dp.Serving(tp=2, pp=4, batch=32, input_len=1024, output_len=128)
+    one = dp.Serving(tp=2, pp=4, batch=8, input_len=1024, output_len=128)
+    r = dp.serve(DGX, LLAMA70, pp4)
+    np.testing.assert_allclose(
+        float(r.tpot), float(dp.decode_step(DGX, LLAMA70, one).total), rtol=1e-9
+    )
+    lone = 8 / float(dp.decode_step(DGX, LLAMA70, one).total)
+    decode_rate = 32 / float(r.tpot)
+    assert decode_rate == pytest.approx(4 * lone, rel=1e-9)
+    # TTFT: 4 prompt microbatches leave the pipeline after (4 + 4 − 1) stage times
+    pre = float(dp.prefill(DGX, LLAMA70, one).total)
+    assert float(r.ttft) == pytest.approx(pre * 7 / 4, rel=1e-9)
+    # pp = 1 is unchanged: one microbatch of the whole batch
+    flat = dp.Serving(tp=8, batch=32, input_len=1024, output_len=128)
+    assert float(dp.serve(DGX, LLAMA70, flat).tpot) == pytest.approx(
+        float(dp.decode_step(DGX, LLAMA70, flat).total), rel=1e-12
+    )
+
+
+def test_mtp_and_eagle_drafts_are_one_block_of_the_target():
+    from diffperf.model.serving import draft_model
+
+    ds = dp.load_workload("deepseek_v3")
+    mtp = draft_model(ds, "mtp")
+    # DeepSeek-V3's MTP module: one MoE block + shared embedding/head, ~14B params
+    # with the embeddings (technical report: 671B main + 14B MTP)
+    assert 11e9 < float(mtp.params()) < 16e9 and float(mtp.n_layers) == 1.0
+    eagle = draft_model(LLAMA70, "eagle")
+    assert float(eagle.n_experts) == 0.0 and float(eagle.d_ff) == float(LLAMA70.d_ff)
+    base = dp.Serving(tp=8, batch=8, input_len=1024, output_len=256)
+    t0 = float(dp.decode_step(DGX, LLAMA70, base).total)
+    t = float(dp.speculative_tpot(DGX, LLAMA70, "eagle", base, k=6.0,
+                                  acceptance_length=3.5))  # fmt: skip
+    assert t < t0  # a one-layer draft and 3.5 tokens per verify pay off
+    slower = float(dp.speculative_tpot(DGX, LLAMA70, "eagle", base, k=6.0,
+                                       acceptance_length=1.0))  # fmt: skip
+    assert slower > t0  # nothing accepted: drafting is pure overhead
+    with pytest.raises(ValueError, match="speculative='medusa' must be one of"):
+        draft_model(LLAMA70, "medusa")
+
+
+def test_disaggregated_worker_counts_and_balance():
+    pre = dp.Serving(tp=4, batch=1, input_len=2048, output_len=256)
+    dec = dp.Serving(tp=8, batch=64, input_len=2048, output_len=256)
+    d = dp.disaggregated(DGX, LLAMA70, pre, dec, prefill_chips=8, decode_chips=16)
+    assert float(d.prefill_workers) == 2 and float(d.decode_workers) == 2
+    assert float(d.requests_per_s) == pytest.approx(
+        min(float(d.prefill_requests_per_s), float(d.decode_requests_per_s))
+    )
+    # at the balanced ratio both pools sustain the same rate
+    y = 2 * float(d.balanced_decode_per_prefill)
+    bal = dp.disaggregated(DGX, LLAMA70, pre, dec, prefill_chips=8,
+                           decode_chips=8 * y)  # fmt: skip
+    assert float(bal.prefill_requests_per_s) == pytest.approx(
+        float(bal.decode_requests_per_s), rel=1e-9
+    )
+
+
+def test_xpyd_flag(capsys):
+    import json
+
+    rc = main(["infer", "--hardware", "dgx_h100", "--model", "llama3_70b", "--gpus",
+               "16", "--tp", "8", "--batch", "64", "--disaggregate", "2P1D",
+               "--prefill-tp", "4", "--speculative", "eagle", "--acceptance-length",
+               "3", "--json"])  # fmt: skip
+    data = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    d = data["disaggregated"]
+    assert d["prefill_workers"] == 2 and d["decode_workers"] == 1
+    assert d["prefill_gpus"] == 8 and d["decode_gpus"] == 8
+    assert d["prefill_layout"]["tp"] == 4 and d["decode_layout"]["tp"] == 8
+    assert data["speculative"]["method"] == "eagle"
+    assert data["speculative"]["acceptance_length"] == 3

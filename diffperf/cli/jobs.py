@@ -7,6 +7,7 @@ success and 2 on bad input, with a one-line message on stderr naming the field.
 import argparse
 import dataclasses
 import math
+import re
 
 import equinox as eqx
 
@@ -15,7 +16,15 @@ from ..core.relax import Exact
 from ..core.units import DTYPES
 from ..model.economics import hourly_cost, usd_per_million_tokens
 from ..model.fidelity import FIDELITIES, tier
-from ..model.serving import continuous_batching, disaggregated, serve, speculative_tpot
+from ..model.load import ARRIVALS, capacity, served
+from ..model.serving import (
+    SPECULATIVE,
+    continuous_batching,
+    disaggregated,
+    draft_model,
+    serve,
+    speculative_tpot,
+)
 from ..model.train import train_step
 from ..specs.mapping import (
     ATTENTION_KERNELS,
@@ -25,6 +34,7 @@ from ..specs.mapping import (
     check_mapping,
     check_serving,
 )
+from ..specs.scheduler import Scheduler
 from ..specs.workload import Precision
 
 __all__ = ["train_result", "infer_result", "train_job", "infer_job"]
@@ -371,32 +381,189 @@ def add_infer(sub):
     p.add_argument(
         "--disaggregate",
         metavar="PREFILL_GPUS:DECODE_GPUS",
-        help="separate prefill and decode pools (replicas of --tp·--pp chips each)",
+        help="separate prefill and decode pools: PREFILL_GPUS:DECODE_GPUS or xPyD "
+        "workers (layouts --prefill-tp/pp, --decode-tp/pp; default --tp/--pp)",
     )
     p.add_argument(
         "--kv-tier", choices=("auto", "scale_up", "scale_out", "pcie"), default="auto",
         help="how a disaggregated deployment moves the KV cache",
     )  # fmt: skip
-    p.add_argument("--draft-model", help="speculative decoding: the draft model")
+    for pool in ("prefill", "decode"):
+        for axis in ("tp", "pp"):
+            p.add_argument(
+                f"--{pool}-{axis}", type=_positive_int(f"--{pool}-{axis}"),
+                help=f"--disaggregate: {axis} of a {pool} worker (default --{axis})",
+            )  # fmt: skip
+    p.add_argument(
+        "--prefill-batch", type=_positive_int("--prefill-batch"), default=1,
+        help="--disaggregate: prompts per prefill step of a prefill worker",
+    )  # fmt: skip
+    spec = p.add_mutually_exclusive_group()
+    spec.add_argument("--draft-model", help="speculative decoding: the draft model")
+    spec.add_argument(
+        "--speculative", choices=SPECULATIVE,
+        help="speculative decoding with the model's own MTP module or an EAGLE head",
+    )  # fmt: skip
     p.add_argument("--draft-tokens", type=_positive_int("--draft-tokens"), default=4)
     p.add_argument(
         "--acceptance", type=float, default=0.7, help="draft token acceptance rate"
     )
+    p.add_argument(
+        "--acceptance-length", type=float,
+        help="mean tokens accepted per verify step, bonus token included "
+        "(overrides --acceptance)",
+    )  # fmt: skip
     p.add_argument("--ttft-slo", type=float, help="TTFT target [s] for goodput")
     p.add_argument("--tpot-slo", type=float, help="TPOT target [s] for goodput")
     emit_argument(p, "infer")
+    load_arguments(p)
     p.add_argument("--json", action="store_true")
     return p
 
 
-def _pools(text: str, replica: int) -> tuple[int, int]:
+def _positive_float(name):
+    def parse(text):
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number") from None
+        if not v > 0 or v == float("inf"):
+            raise argparse.ArgumentTypeError(f"{name}={text} must be > 0 and finite")
+        return v
+
+    return parse
+
+
+def load_arguments(p):
+    """Flags of the load models (closed loop at a concurrency, open loop at a rate)."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--concurrency", type=_positive_int("--concurrency"),
+        help="closed loop: N clients in flight on all --gpus (vllm bench serve "
+        "--max-concurrency, aiperf/genai-perf concurrency)",
+    )  # fmt: skip
+    g.add_argument(
+        "--request-rate", type=_positive_float("--request-rate"),
+        help="open loop: requests/s on all --gpus (MLPerf Server, vllm bench serve "
+        "--request-rate)",
+    )  # fmt: skip
+    p.add_argument("--arrival", choices=ARRIVALS, default="poisson",
+                   help="open-loop arrival process")  # fmt: skip
+    p.add_argument(
+        "--max-batch", type=_positive_int("--max-batch"), default=256,
+        help="engine: requests running at once per replica (vLLM --max-num-seqs, "
+        "TensorRT-LLM max_batch_size, SGLang --max-running-requests)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-tokens-per-step", type=_positive_int("--max-tokens-per-step"),
+        default=8192, help="engine: tokens per step (vLLM --max-num-batched-tokens, "
+        "TensorRT-LLM max_num_tokens)",
+    )  # fmt: skip
+    p.add_argument(
+        "--chunked-prefill-budget", type=_positive_int("--chunked-prefill-budget"),
+        help="engine: prompt tokens per step (SGLang --chunked-prefill-size); "
+        "default --max-tokens-per-step",
+    )  # fmt: skip
+    p.add_argument(
+        "--separate-prefill", action="store_true",
+        help="engine: steps with prompt work run no decodes (SGLang without "
+        "--enable-mixed-chunk)",
+    )  # fmt: skip
+
+
+def scheduler_of(args) -> Scheduler:
+    """The engine's Scheduler of `load_arguments` flags (UsageError if inconsistent)."""
+    budget = args.chunked_prefill_budget or args.max_tokens_per_step
+    if not args.separate_prefill and args.max_batch >= args.max_tokens_per_step:
+        raise UsageError(
+            f"--max-batch={args.max_batch} must be < --max-tokens-per-step="
+            f"{args.max_tokens_per_step} (each running request decodes one token "
+            "per step)"
+        )
+    return Scheduler(
+        max_batch=args.max_batch, max_tokens_per_step=args.max_tokens_per_step,
+        chunked_prefill_budget=budget, mixed=not args.separate_prefill,
+    )  # fmt: skip
+
+
+def load_result(cluster, model, serving, *, gpus, scheduler, concurrency=None,
+                request_rate=None, arrival="poisson") -> dict:  # fmt: skip
+    """The load keys of `diffperf infer --json` (Exact model, all replicas of `gpus`).
+
+    The offered load is split evenly over the gpus/(tp·pp) replicas.
+    """
+    replicas = gpus / float(serving.chips)
+    kw = dict(scheduler=scheduler, arrival=arrival)
+    if concurrency is not None:
+        r = served(cluster, model, serving, concurrency=concurrency / replicas, **kw)
+    else:
+        r = served(cluster, model, serving, request_rate=request_rate / replicas, **kw)
+    cap = float(capacity(cluster, model, serving, **kw))
+
+    def finite(x):  # a saturated open loop has no steady state: null in the JSON
+        x = float(x)
+        return x if math.isfinite(x) else None
+
+    out = {
+        "ttft_s": finite(r.ttft),
+        "tpot_s": finite(r.tpot),
+        "e2e_latency_s": finite(r.e2e_latency),
+    }
+    for name, key in (("ttft", "ttft_pct"), ("tpot", "tpot_pct"),
+                      ("e2e_latency", "e2e_pct")):  # fmt: skip
+        for q, v in zip(("p50", "p90", "p99"), getattr(r, key), strict=True):
+            out[f"{name}_{q}_s"] = finite(v)
+    rate = float(r.requests_per_s)
+    if concurrency is None:  # beyond saturation the replica serves its capacity
+        rate = min(rate, cap)
+    tokens = rate * float(serving.output_len) * replicas
+    out |= {
+        "requests_per_s": rate * replicas,
+        "output_tokens_per_s": tokens,
+        "output_tokens_per_s_per_gpu": tokens / gpus,
+        "output_tokens_per_s_per_user": finite(r.output_tokens_per_s_per_user),
+        "saturated": bool(r.saturated),
+        "max_request_rate": float(cap) * replicas,
+        "load": {
+            "mode": "closed" if concurrency is not None else "open",
+            "concurrency": concurrency,
+            "request_rate": request_rate,
+            "arrival": arrival if request_rate is not None else None,
+            "replicas": replicas,
+            "max_batch": float(scheduler.max_batch),
+            "max_tokens_per_step": float(scheduler.max_tokens_per_step),
+            "chunked_prefill_budget": float(scheduler.chunked_prefill_budget),
+            "mixed_prefill": scheduler.mixed,
+            "batch_limit": float(r.batch_limit),
+            "utilization": float(r.utilization),
+            "saturation_concurrency": float(r.saturation_concurrency) * replicas,
+            "decodes_per_step": float(r.decodes),
+            "prefill_tokens_per_step": float(r.prefill_tokens),
+            "step_time_s": float(r.step_time),
+            "prefill_steps": float(r.prefill_steps),
+            "queue_wait_s": float(r.queue_wait),
+        },
+    }
+    return out
+
+
+def _pools(text: str, p_replica: int, d_replica: int) -> tuple[int, int]:
+    """(prefill, decode) chips of `--disaggregate` "P:D" (GPUs) or "xPyD" (workers)."""
+    workers = re.fullmatch(r"(\d+)P(\d+)D", text.strip(), flags=re.IGNORECASE)
+    if workers:
+        x, y = (int(g) for g in workers.groups())
+        if x < 1 or y < 1:
+            raise UsageError(f"--disaggregate={text!r} needs >= 1 worker of each kind")
+        return x * p_replica, y * d_replica
     try:
         p, d = (int(x) for x in text.split(":"))
     except ValueError:
         raise UsageError(
-            f"--disaggregate={text!r} must be PREFILL_GPUS:DECODE_GPUS, e.g. 8:16"
+            f"--disaggregate={text!r} must be PREFILL_GPUS:DECODE_GPUS (e.g. 8:16) or "
+            "xPyD workers (e.g. 2P1D)"
         ) from None
-    for name, n in (("PREFILL_GPUS", p), ("DECODE_GPUS", d)):
+    for name, n, replica in (("PREFILL_GPUS", p, p_replica),
+                             ("DECODE_GPUS", d, d_replica)):  # fmt: skip
         if n < replica or n % replica:
             raise UsageError(
                 f"--disaggregate {name}={n} must be a multiple of tp·pp={replica}"
@@ -532,12 +699,15 @@ def train_job(args):
 
 
 def infer_result(cluster, model, serving, *, gpus=None, ttft_slo=None,
-                 tpot_slo=None, pools=None, kv_tier="auto") -> dict:  # fmt: skip
+                 tpot_slo=None, pools=None, kv_tier="auto", layouts=None
+                 ) -> dict:  # fmt: skip
     """The `diffperf infer --json` object for a concrete serving job (Exact model).
 
     Static batch metrics, plus the continuous-batching steady state and its cost on
     `gpus` chips, goodput under the SLOs, and with `pools` = (prefill, decode) chips
-    the disaggregated deployment and its colocated comparison.
+    the disaggregated deployment and its colocated comparison; `layouts` =
+    (prefill, decode) `Serving`s of its workers (default: one-prompt prefill steps
+    and `serving` for decode, both with `serving`'s degrees).
     """
     r = serve(cluster, model, serving, relax=Exact())
     gpus = gpus or float(serving.chips)
@@ -575,14 +745,34 @@ def infer_result(cluster, model, serving, *, gpus=None, ttft_slo=None,
     }
     if pools is not None:
         p_chips, d_chips = pools
-        pre = eqx.tree_at(lambda s: s.batch, serving, serving.batch * 0 + 1.0)
+        if layouts is None:
+            pre = eqx.tree_at(lambda s: s.batch, serving, serving.batch * 0 + 1.0)
+            layouts = (pre, serving)
+        pre, dec = layouts
         d = disaggregated(
-            cluster, model, pre, serving, prefill_chips=p_chips, decode_chips=d_chips,
+            cluster, model, pre, dec, prefill_chips=p_chips, decode_chips=d_chips,
             ttft_slo=slo_t, tpot_slo=slo_d, kv_tier=kv_tier,
         )  # fmt: skip
         out["disaggregated"] = {
             "prefill_gpus": p_chips,
             "decode_gpus": d_chips,
+            "prefill_workers": float(d.prefill_workers),
+            "decode_workers": float(d.decode_workers),
+            "prefill_layout": {
+                "tp": float(pre.tp),
+                "pp": float(pre.pp),
+                "batch": float(pre.batch),
+            },
+            "decode_layout": {
+                "tp": float(dec.tp),
+                "pp": float(dec.pp),
+                "batch": float(dec.batch),
+            },
+            "prefill_requests_per_s": float(d.prefill_requests_per_s),
+            "decode_requests_per_s": float(d.decode_requests_per_s),
+            "balanced_decode_workers_per_prefill_worker": float(
+                d.balanced_decode_per_prefill
+            ),
             "ttft_s": float(d.ttft),
             "tpot_s": float(d.tpot),
             "kv_transfer_s": float(d.kv_transfer),
@@ -627,11 +817,29 @@ def infer_job(args):
     return cluster, model, serving, prec
 
 
+def _layouts(args, model, serving):
+    """(prefill, decode) worker `Serving`s of the --prefill-*/--decode-* flags."""
+    out = []
+    for pool, batch in (("prefill", args.prefill_batch), ("decode", args.batch)):
+        tp = getattr(args, f"{pool}_tp") or args.tp
+        pp = getattr(args, f"{pool}_pp") or args.pp
+        worker = dataclasses.replace(serving, tp=tp, pp=pp, batch=batch)
+        try:
+            check_serving(model, worker)
+        except ValueError as e:
+            raise UsageError(f"{pool} worker: {e}") from None
+        out.append(worker)
+    return tuple(out)
+
+
 def run_infer(args) -> dict:
     cluster, model, serving, prec = infer_job(args)
     cluster, _ = tier(args.fidelity, cluster)
     replica = args.tp * args.pp
-    pools = _pools(args.disaggregate, replica) if args.disaggregate else None
+    pools = layouts = None
+    if args.disaggregate:
+        layouts = _layouts(args, model, serving)
+        pools = _pools(args.disaggregate, *(int(s.chips) for s in layouts))
     if pools is None:
         check_serving(model, serving, gpus=args.gpus if args.gpus < replica else None)
         if args.gpus % replica:
@@ -646,23 +854,45 @@ def run_infer(args) -> dict:
             )
     out = infer_result(
         cluster, model, serving, gpus=args.gpus, ttft_slo=args.ttft_slo,
-        tpot_slo=args.tpot_slo, pools=pools, kv_tier=args.kv_tier,
+        tpot_slo=args.tpot_slo, pools=pools, kv_tier=args.kv_tier, layouts=layouts,
     )  # fmt: skip
-    if args.draft_model:
+    if args.draft_model or args.speculative:
         if not 0.0 <= args.acceptance < 1.0:
             raise UsageError(f"--acceptance={args.acceptance} must be in [0, 1)")
-        draft = with_precision(io.load_workload(args.draft_model), prec)
+        tau = args.acceptance_length
+        if tau is not None and not 1.0 <= tau <= args.draft_tokens + 1:
+            raise UsageError(
+                f"--acceptance-length={tau:g} must be in [1, --draft-tokens + 1 = "
+                f"{args.draft_tokens + 1}]"
+            )
+        if args.draft_model:
+            draft = with_precision(io.load_workload(args.draft_model), prec)
+        else:
+            draft = draft_model(model, args.speculative)
         tpot = speculative_tpot(
             cluster, model, draft, serving, k=float(args.draft_tokens),
-            acceptance=args.acceptance,
+            acceptance=args.acceptance, acceptance_length=tau,
         )  # fmt: skip
+        base = out["tpot_s"]  # the static batch's (load keys come below)
         out["speculative"] = {
+            "method": args.speculative or "draft_model",
             "draft_model": draft.name,
             "draft_tokens": args.draft_tokens,
-            "acceptance": args.acceptance,
+            "acceptance": args.acceptance if tau is None else None,
+            "acceptance_length": tau,
             "tpot_s": float(tpot),
-            "speedup": float(out["tpot_s"] / tpot),
+            "speedup": float(base / tpot),
         }
+    if args.concurrency is not None or args.request_rate is not None:
+        static = {k: out[k] for k in ("ttft_s", "tpot_s", "e2e_latency_s",
+                                      "output_tokens_per_s",
+                                      "output_tokens_per_s_per_gpu")}  # fmt: skip
+        out["static_batch"] = static
+        out |= load_result(
+            cluster, model, serving, gpus=args.gpus, scheduler=scheduler_of(args),
+            concurrency=args.concurrency, request_rate=args.request_rate,
+            arrival=args.arrival,
+        )  # fmt: skip
     arch = architecture_flags(args, args.input_len + args.output_len)
     out |= resolved_names(args.hardware, args.model, arch) | {
         "fidelity": args.fidelity,
@@ -697,6 +927,8 @@ def print_infer(out: dict):
     if "launch" in out:
         print_launch(out["launch"])
     m = out["mapping"]
+    if "load" in out:
+        return print_load(out)
     print(f"{out['model']} on {m['gpus']} × {out['hardware']}, batch {m['batch']}, "
           f"{m['input_len']} in / {m['output_len']} out")  # fmt: skip
     print(f"  TTFT             {1e3 * out['ttft_s']:.4g} ms")
@@ -715,6 +947,12 @@ def print_infer(out: dict):
           f"goodput {cb['goodput_tokens_per_s']:.5g} tokens/s")  # fmt: skip
     if "disaggregated" in out:
         d = out["disaggregated"]
+        print(f"  disaggregated {d['prefill_workers']:g}P{d['decode_workers']:g}D "
+              f"({d['prefill_gpus']}:{d['decode_gpus']} GPUs; pools sustain "
+              f"{d['prefill_requests_per_s']:.4g} and {d['decode_requests_per_s']:.4g} "
+              f"req/s; balanced at "
+              f"{d['balanced_decode_workers_per_prefill_worker']:.3g} decode workers "
+              "per prefill worker)")  # fmt: skip
         print(f"  disaggregated {d['prefill_gpus']}:{d['decode_gpus']}: TTFT "
               f"{1e3 * d['ttft_s']:.4g} ms (KV transfer {1e3 * d['kv_transfer_s']:.3g} "
               f"ms), TPOT {1e3 * d['tpot_s']:.4g} ms, {d['output_tokens_per_s']:.5g} "
@@ -722,8 +960,13 @@ def print_infer(out: dict):
               f"${d['usd_per_million_output_tokens']:.3g} per M tokens")  # fmt: skip
     if "speculative" in out:
         sp = out["speculative"]
+        acc = (
+            f"acceptance length {sp['acceptance_length']:g}"
+            if sp["acceptance_length"]
+            else f"acceptance {sp['acceptance']}"
+        )
         print(f"  speculative ({sp['draft_model']}, k={sp['draft_tokens']}, "
-              f"acceptance {sp['acceptance']}): TPOT {1e3 * sp['tpot_s']:.4g} ms "
+              f"{acc}): TPOT {1e3 * sp['tpot_s']:.4g} ms "
               f"({sp['speedup']:.2f}x)")  # fmt: skip
     for phase, terms in out["breakdown"].items():
         total = sum(terms.values())
@@ -731,6 +974,30 @@ def print_infer(out: dict):
         for name, sec in sorted(terms.items(), key=lambda kv: -kv[1]):
             if sec > 0:
                 print(f"    {name:<16} {1e3 * sec:10.4g} ms  {sec / total:6.1%}")
+
+
+def print_load(out: dict):
+    m, ld = out["mapping"], out["load"]
+    what = (f"concurrency {ld['concurrency']}" if ld["mode"] == "closed" else
+            f"{ld['request_rate']:g} requests/s ({ld['arrival']})")  # fmt: skip
+    print(f"{out['model']} on {m['gpus']} × {out['hardware']} ({ld['replicas']:g} "
+          f"replicas), {what}, {m['input_len']} in / {m['output_len']} out"
+          )  # fmt: skip
+    ms = lambda k: float("nan") if out[k] is None else 1e3 * out[k]  # noqa: E731
+    for name in ("ttft", "tpot", "e2e_latency"):
+        print(f"  {name:<12} mean {ms(name + '_s'):9.4g} ms   p50 "
+              f"{ms(name + '_p50_s'):9.4g}   p90 {ms(name + '_p90_s'):9.4g}   p99 "
+              f"{ms(name + '_p99_s'):9.4g}")  # fmt: skip
+    user = out["output_tokens_per_s_per_user"] or float("nan")
+    print(f"  output tokens/s {out['output_tokens_per_s']:.5g} "
+          f"({out['output_tokens_per_s_per_gpu']:.4g} per GPU, "
+          f"{user:.4g} per user)")  # fmt: skip
+    state = "SATURATED" if out["saturated"] else "stable"
+    print(f"  {state}: utilization {ld['utilization']:.2f}; max request rate "
+          f"{out['max_request_rate']:.4g}/s; batch limit {ld['batch_limit']:.0f} "
+          f"per replica; {ld['decodes_per_step']:.1f} decodes and "
+          f"{ld['prefill_tokens_per_step']:.0f} prompt tokens per step of "
+          f"{1e3 * ld['step_time_s']:.4g} ms")  # fmt: skip
 
 
 def with_precision(model, precision):

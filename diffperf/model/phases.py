@@ -19,8 +19,11 @@ leaf). With small batches the fixed costs dominate decode: Llama-2-70B decodes a
 the same time per token at TP4 and TP8 on DGX-A100 (Splitwise), which a pure roofline
 misses by ~2×.
 
-Serving metrics (static batch, steady state):
+Serving metrics (static batch, steady state; `serving.serve`):
   TTFT = t_prefill;  TPOT = t_decode at the mean context S_in + S_out/2;
+  with pp > 1 the engine keeps n = min(B, pp) microbatches of B/n sequences in flight
+  (TensorRT-LLM, vLLM virtual engines): both phases run at B/n, a token still passes
+  all pp stages (TPOT = t_decode(B/n)) and TTFT = t_prefill(B/n)·(pp + n − 1)/pp;
   e2e = TTFT + (S_out − 1)·TPOT;  output tokens/s = B·S_out / e2e (per replica).
 Memory per chip: weights/(t·p) + KV cache B·(S_in + S_out)·L/p·kv/t (attention
 layers) + B·Mamba-2 state (constant per sequence, SSM layers) + the peak activations of
@@ -55,6 +58,7 @@ __all__ = [
     "phase_collectives",
     "phase_shape",
     "serving_shape",
+    "mixed_step",
 ]
 
 _EXACT = Exact()
@@ -256,6 +260,59 @@ def decode_step(
     cluster, _ = tier(fidelity, cluster)
     s = phase_shape(model, serving, relax, "decode", context=context)
     return phase_breakdown(cluster, model, serving, s, relax)
+
+
+def mixed_step(
+    cluster: Cluster,
+    model: Transformer,
+    serving: Serving,
+    *,
+    decodes,
+    prefill_tokens,
+    context=None,
+    relax: AbstractRelax = _EXACT,
+) -> PhaseBreakdown:
+    """One engine step that decodes `decodes` sequences and prefills prompt tokens [s].
+
+    The step of continuous batching with chunked prefill (Agrawal et al. 2024, Sarathi-
+    Serve; vLLM, TensorRT-LLM in-flight batching): D = `decodes` sequences each add one
+    token at `context` cached keys (default S_in + S_out/2), and P = `prefill_tokens`
+    prompt tokens of prompts of S_in tokens are prefilled. The GEMMs and collectives see
+    T = D + P tokens; attention is costed per token class: D single-token queries over
+    `context` keys plus P/S_in causal prompts of S_in tokens (each prompt token attends
+    to (S_in + 1)/2 keys on average, whether the prompt runs whole or in chunks):
+
+        t = phase_breakdown(T = D + P; attention = L·(attn_dec(D) + attn_pre(P/S_in)))
+
+    with the KV cache of D·context tokens read and P tokens written. D and P are float
+    leaves (vmap over them for a step-time surface); D = P = 0 is an empty step whose
+    time is the weight read and the fixed costs. Logits are computed for the D decodes
+    and the last token of each prompt (D + P/S_in rows), as engines sample only those.
+    """
+    d = relax.max(decodes, 0.0) + 1e-6  # an empty step keeps finite shapes
+    p = relax.max(prefill_tokens, 0.0)
+    s_in = serving.input_len
+    if context is None:
+        context = s_in + serving.output_len / 2.0
+
+    def batch(n):
+        return eqx.tree_at(lambda s: s.batch, serving, n)
+
+    s = serving_shape(model, batch(d + p), relax, q_len=1.0, seq=context, causal=False)
+    dec = serving_shape(model, batch(d), relax, q_len=1.0, seq=context, causal=False)
+    pre = serving_shape(
+        model, batch(p / s_in + 1e-6), relax, q_len=s_in, seq=s_in, causal=True
+    )
+    attention = model.n_layers * (
+        layer_forward(cluster, model, dec, relax)["attn"]
+        + layer_forward(cluster, model, pre, relax)["attn"]
+    )
+    # logits for the decodes and the last token of each prompt (P/S_in of them)
+    heads = batch(d + p / s_in)
+    kv_tokens = d * context + p  # decodes read, prompts write
+    return phase_breakdown(
+        cluster, model, heads, s, relax, attention=attention, kv_tokens=kv_tokens
+    )
 
 
 def kv_bytes_per_token(model: Transformer, serving: Serving) -> Array:

@@ -11,10 +11,13 @@ B decodes over the mean context S_in + S_out/2 plus the B/S_out prompts' causal 
     TPOT = t_mix,  throughput = B / t_mix [tokens/s],  TTFT ≈ max(S_out / B, 1)·t_mix
 (no queueing: a prompt waits for the chunks of its own prefill only).
 
-Speculative decoding (Leviathan et al. 2023): a draft model proposes k tokens, the
-target verifies them in one pass of k + 1 tokens per sequence; with acceptance rate a
-the expected tokens per round are (1 − a^(k+1)) / (1 − a), so
-    TPOT = (k·t_draft + t_verify) / ((1 − a^(k+1)) / (1 − a)).
+Speculative decoding (Leviathan et al. 2023): a draft proposes k tokens, the target
+verifies them in one pass of k + 1 tokens per sequence and keeps τ of them on average
+(the acceptance length, the bonus token included; with a per-token acceptance rate a,
+τ = (1 − a^(k+1)) / (1 − a)), so
+    TPOT = (k·t_draft + t_verify) / τ.
+The draft is a separate model, the target's own multi-token-prediction module (MTP,
+DeepSeek-V3) or an EAGLE head (`draft_model`).
 
 Cost: $/h of a replica is `economics.hourly_cost` (chips, hosts, NICs and fabric
 amortized over `cluster.cost.lifetime`, plus power at PUE and $/kWh; leaves of
@@ -22,9 +25,13 @@ amortized over `cluster.cost.lifetime`, plus power at PUE and $/kWh; leaves of
 $ per million output tokens = $/h / (3600·tok/s)·1e6.
 
 Disaggregated prefill/decode (Patel et al. 2024, Splitwise; Zhong et al. 2024,
-DistServe): P chips of prefill replicas and D chips of decode replicas. A request's KV
-cache, S_in·kv bytes for all layers, moves from its prefill replica to a decode replica
-over the scale-up tier when both share a domain, else over the prefill replica's NICs
+DistServe): P chips of prefill replicas and D chips of decode replicas: xPyD, x
+prefill workers and y decode workers, each with its own layout (tp, pp, batch). Each
+pool sustains x·B_p/t_prefill and y·B_d/(S_out·TPOT) requests/s; the deployment the
+smaller, and the pools balance at y/x = (B_p/t_prefill)/(B_d/(S_out·TPOT)).
+A request's KV cache, S_in·kv bytes for all layers, moves from its prefill replica
+to a decode replica over the scale-up tier when both share a domain, else over the
+prefill replica's NICs
 (whose per-chip rate, requests/s · kv bytes / P, is `kv_nic_demand`):
     TTFT = t_prefill + t_kv,  TPOT = t_decode(B_d)
     requests/s = min(prefill replicas / t_prefill, decode replicas·B_d / (S_out·TPOT)).
@@ -32,6 +39,8 @@ Goodput under SLOs is that rate when TTFT ≤ TTFT_SLO and TPOT ≤ TPOT_SLO, el
 decode pool's memory (weights + B_d full-length KV caches) is reported with
 `decode_feasible`; the prompt length is the prefill mapping's `input_len`.
 """
+
+import dataclasses
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -44,11 +53,11 @@ from ..specs.workload import Transformer
 from .comm import nic_bytes
 from .economics import hourly_cost, usd_per_million_tokens
 from .fidelity import Fidelity, tier
-from .layer import layer_forward
 from .phases import (
     PhaseBreakdown,
     decode_step,
     kv_bytes_per_token,
+    mixed_step,
     phase_breakdown,
     phase_collectives,
     prefill_activation_bytes,
@@ -61,6 +70,8 @@ from .phases import prefill as prefill_step
 __all__ = [
     "continuous_batching",
     "speculative_tpot",
+    "draft_model",
+    "SPECULATIVE",
     "hourly_cost",
     "disaggregated",
     "Disaggregation",
@@ -116,9 +127,17 @@ def serve(
     """
     check_serving(model, serving)
     cluster, _ = tier(fidelity, cluster)
-    pre = prefill_step(cluster, model, serving, relax=relax)
-    dec = decode_step(cluster, model, serving, relax=relax)
-    ttft, tpot = pre.total, dec.total
+    # pipeline parallelism keeps n = min(B, pp) microbatches of B/n sequences in
+    # flight: a token of every sequence takes one pass of its microbatch through all
+    # pp stages (TPOT), and the last of n prompt microbatches leaves the pipeline
+    # (pp + n − 1) stage times after the first enters (TTFT)
+    pp = serving.pp
+    flight = jnp.minimum(serving.batch, pp)  # the engine's integer choice, exact
+    micro = eqx.tree_at(lambda s: s.batch, serving, serving.batch / flight)
+    pre = prefill_step(cluster, model, micro, relax=relax)
+    dec = decode_step(cluster, model, micro, relax=relax)
+    ttft = pre.total * (pp + flight - 1.0) / pp
+    tpot = dec.total
     e2e = ttft + (serving.output_len - 1.0) * tpot
     chip = cluster.chip
     weights = weight_bytes(model, serving)
@@ -170,21 +189,13 @@ def continuous_batching(
         `phases.phase_collectives`).
     """
     b, s_in, s_out = serving.batch, serving.input_len, serving.output_len
-    context = s_in + s_out / 2.0
-    # GEMMs and collectives see all tokens of the step: B decodes + B·S_in/S_out
-    # prompt tokens; attention is costed per token class.
-    mixed = eqx.tree_at(lambda s: s.batch, serving, b * (1.0 + s_in / s_out))
-    s = serving_shape(model, mixed, relax, q_len=1.0, seq=context, causal=False)
-    dec = serving_shape(model, serving, relax, q_len=1.0, seq=context, causal=False)
-    prompts = eqx.tree_at(lambda s: s.batch, serving, b / s_out)  # prompts per step
-    pre = serving_shape(model, prompts, relax, q_len=s_in, seq=s_in, causal=True)
-    attention = model.n_layers * (
-        layer_forward(cluster, model, dec, relax)["attn"]
-        + layer_forward(cluster, model, pre, relax)["attn"]
+    # B decodes + B·S_in/S_out prompt tokens per step (phases.mixed_step)
+    step: PhaseBreakdown = mixed_step(
+        cluster, model, serving, decodes=b, prefill_tokens=b * s_in / s_out, relax=relax
     )
-    kv_tokens = b * context + b / s_out * s_in  # decodes read, prompts write
-    step: PhaseBreakdown = phase_breakdown(
-        cluster, model, mixed, s, relax, attention=attention, kv_tokens=kv_tokens
+    mixed = eqx.tree_at(lambda s: s.batch, serving, b * (1.0 + s_in / s_out))
+    s = serving_shape(
+        model, mixed, relax, q_len=1.0, seq=s_in + s_out / 2.0, causal=False
     )
     t = step.total
     chunks = relax.max(s_out / b, 1.0)  # steps to prefill one prompt, at least one
@@ -195,34 +206,76 @@ def continuous_batching(
     )
 
 
+SPECULATIVE = ("mtp", "eagle")
+"""Drafts built from the target model itself: its multi-token-prediction module(s)
+(DeepSeek-V3: one transformer block of the target's kind plus the shared embedding
+and head, reused for every draft token; Liu et al. 2024) or an EAGLE head (one dense
+decoder layer of the target's width on the target's features plus the shared head;
+Li et al. 2024, EAGLE / EAGLE-3)."""
+
+
+def draft_model(model: Transformer, method: str) -> Transformer:
+    """The draft network of `method` ("mtp" or "eagle") for `model` (one layer).
+
+    "mtp": one block of the target's own layer type (MoE or dense, its attention),
+    the module DeepSeek-V3/R1 ship (num_nextn_predict_layers = 1; the bundled specs
+    leave it out of `n_mtp_layers` to match the published parameter counts).
+    "eagle": one dense decoder layer of the target's width (`d_ff`).
+
+    Raises:
+        ValueError: an unknown method.
+    """
+    if method not in SPECULATIVE:
+        raise ValueError(f"speculative={method!r} must be one of mtp, eagle")
+    one = dict(n_layers=1.0, n_dense_layers=0.0, n_mtp_layers=0.0,
+               attention_fraction=1.0, ssm_fraction=0.0, mlp_fraction=1.0)  # fmt: skip
+    if method == "mtp":
+        return dataclasses.replace(model, name=f"{model.name} MTP", **one)
+    dense = dict(n_experts=0.0, top_k=0.0, d_ff_expert=0.0, n_shared_experts=0.0,
+                 d_ff_shared=0.0, moe_latent_dim=0.0)  # fmt: skip
+    return dataclasses.replace(model, name=f"{model.name} EAGLE", **one, **dense)
+
+
 def speculative_tpot(
     cluster: Cluster,
     model: Transformer,
-    draft: Transformer,
+    draft: Transformer | str,
     serving: Serving,
     *,
     k=4.0,
     acceptance=0.7,
+    acceptance_length=None,
     relax: AbstractRelax = _EXACT,
 ) -> Array:
     """Time per output token with speculative decoding [s] (module docstring).
 
+    TPOT = (k·t_draft + t_verify(k + 1 tokens per sequence)) / τ, with τ the mean
+    tokens accepted per verify step (the bonus token included): `acceptance_length`
+    if given, else (1 − a^(k+1)) / (1 − a) from the per-token acceptance rate a.
+
     Args:
         cluster: hardware running both models (same replica).
         model: the target model.
-        draft: the draft model.
+        draft: a draft model, or "mtp" / "eagle" for the target's own MTP module or
+            an EAGLE head (`draft_model`).
         serving: the replica and request shape.
         k: draft tokens per round.
         acceptance: probability a draft token is accepted, in [0, 1).
+        acceptance_length: τ in [1, k + 1], measured (overrides `acceptance`).
         relax: Exact() or Smooth(p).
     """
+    if isinstance(draft, str):
+        draft = draft_model(model, draft)
     context = serving.input_len + serving.output_len / 2.0
     t_draft = decode_step(cluster, draft, serving, context=context, relax=relax).total
     verify = serving_shape(
         model, serving, relax, q_len=k + 1.0, seq=context, causal=False
     )
     t_verify = phase_breakdown(cluster, model, serving, verify, relax).total
-    expected = (1.0 - acceptance ** (k + 1.0)) / (1.0 - acceptance)
+    if acceptance_length is None:
+        expected = (1.0 - acceptance ** (k + 1.0)) / (1.0 - acceptance)
+    else:
+        expected = acceptance_length
     return (k * t_draft + t_verify) / expected
 
 
@@ -241,6 +294,11 @@ class Disaggregation(eqx.Module):
     usd_per_million_tokens: Array  # at requests_per_s (SLOs aside)
     decode_memory_per_gpu: Array  # B: weights + B_d full-length KV caches + reserved
     decode_feasible: Array
+    prefill_workers: Array  # x of xPyD: prefill replicas
+    decode_workers: Array  # y: decode replicas
+    prefill_requests_per_s: Array  # what the prefill pool sustains
+    decode_requests_per_s: Array  # what the decode pool sustains
+    balanced_decode_per_prefill: Array  # y/x at which both pools sustain the same rate
 
 
 def disaggregated(
@@ -304,10 +362,11 @@ def disaggregated(
             inside = relax.step(cluster.scale_up.size - pool + 0.5)
         t_kv = inside * t_up + (1.0 - inside) * t_out
     ttft = t_pre + t_kv
-    prefill_rate = prefill_chips / prefill.chips * prefill.batch / t_pre
-    decode_rate = (
-        decode_chips / decode.chips * decode.batch / (decode.output_len * tpot)
-    )
+    x_workers, y_workers = prefill_chips / prefill.chips, decode_chips / decode.chips
+    per_prefill = prefill.batch / t_pre  # requests/s of one prefill worker
+    per_decode = decode.batch / (decode.output_len * tpot)  # of one decode worker
+    prefill_rate = x_workers * per_prefill
+    decode_rate = y_workers * per_decode
     rate = relax.min(prefill_rate, decode_rate)
     ok = relax.step(ttft_slo - ttft, scale=ttft) * relax.step(
         tpot_slo - tpot, scale=tpot
@@ -334,4 +393,9 @@ def disaggregated(
         usd_per_million_tokens=usd_per_million_tokens(usd_h, tokens),
         decode_memory_per_gpu=dec_mem,
         decode_feasible=dec_mem <= dec_hw.chip.hbm_capacity,
+        prefill_workers=x_workers,
+        decode_workers=y_workers,
+        prefill_requests_per_s=prefill_rate,
+        decode_requests_per_s=decode_rate,
+        balanced_decode_per_prefill=per_prefill / per_decode,
     )
