@@ -16,7 +16,7 @@ import math
 import re
 from collections import Counter
 
-__all__ = ["number", "short_source", "summarize", "model_family"]
+__all__ = ["score_rows", "number", "short_source", "summarize", "model_family"]
 
 
 def number(row, key, default=None):
@@ -28,6 +28,36 @@ def number(row, key, default=None):
         return float(v)
     except ValueError:
         raise ValueError(f"column {key}={v!r} must be a number") from None
+
+
+def score_rows(
+    rows: list[dict], predict, *, columns=(), excluded=None, progress=None
+) -> list[dict]:
+    """Predict every row; one entry per row, scored or with its one-line reason.
+
+    Each entry has the row's index, source, gpu and model text (plus `columns`) and
+    either `predict(row)`'s fields or `reason` (its ValueError's first line). Rows in
+    `excluded` (index -> why) are scored and marked `excluded`. `progress(done,
+    total)` is called after each row.
+    """
+    results = []
+    for i, row in enumerate(rows):
+        entry = dict(
+            row=i,
+            source=row.get("source", ""),
+            gpu=row.get("gpu", ""),
+            model_name=row.get("model", ""),
+        ) | {c: row.get(c, "") for c in columns}
+        try:
+            entry |= predict(row)
+            if excluded and i in excluded:
+                entry["excluded"] = excluded[i]
+        except ValueError as e:
+            entry["reason"] = str(e).splitlines()[0]
+        results.append(entry)
+        if progress is not None:
+            progress(i + 1, len(rows))
+    return results
 
 
 def _stats(rs: list[dict]) -> dict:

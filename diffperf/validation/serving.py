@@ -48,7 +48,7 @@ from ..model.phases import OPS, layer_op_times
 from ..model.serving import serve
 from ..specs.mapping import Serving, check_serving
 from ..specs.workload import Precision
-from .common import number, short_source, summarize
+from .common import number, score_rows, short_source, summarize
 
 __all__ = ["predict_infer_row", "validate_infer_rows", "calibration_infer_rows"]
 
@@ -284,25 +284,13 @@ def validate_infer_rows(
     Rows that contradict their own source are predicted and scored but marked
     `excluded` (with the reason); the summary gives every MAPE without and with them.
     """
-    results = []
-    bad = _inconsistent(rows)
-    for i, row in enumerate(rows):
-        if progress is not None:
-            progress(i, len(rows))
-        entry = dict(
-            row=i,
-            source=row.get("source", ""),
-            gpu=row.get("gpu", ""),
-            model_name=row.get("model", ""),
-            metric=row.get("metric", ""),
-        )
-        try:
-            entry |= predict_infer_row(row, fidelity=fidelity)
-            if i in bad:
-                entry["excluded"] = bad[i]
-        except ValueError as e:
-            entry["reason"] = str(e).splitlines()[0]
-        results.append(entry)
+    results = score_rows(
+        rows,
+        lambda row: predict_infer_row(row, fidelity=fidelity),
+        columns=("metric",),
+        excluded=_inconsistent(rows),
+        progress=progress,
+    )
     return summarize(results) | {"kind": "inference"}
 
 

@@ -34,7 +34,7 @@ from ..analysis.calibrate import Row
 from ..model.train import train_step
 from ..specs.mapping import Parallelism, check_mapping
 from ..specs.workload import Precision
-from .common import number, short_source, summarize
+from .common import number, score_rows, short_source, summarize
 from .frameworks import PROFILES, lora_settings, parse_mesh, profile, source_flops
 
 __all__ = [
@@ -312,19 +312,7 @@ def validate_rows(
     rows: list[dict], *, fidelity: str = "detailed", progress=None
 ) -> dict:
     """Per-row predictions and the error summary of a list of training CSV rows."""
-    results = []
-    for i, row in enumerate(rows):
-        if progress is not None:
-            progress(i, len(rows))
-        entry = dict(
-            row=i,
-            source=row.get("source", ""),
-            gpu=row.get("gpu", ""),
-            model_name=row.get("model", ""),
-        )
-        try:
-            entry |= predict_row(row, fidelity=fidelity)
-        except ValueError as e:
-            entry["reason"] = str(e).splitlines()[0]
-        results.append(entry)
+    results = score_rows(
+        rows, lambda row: predict_row(row, fidelity=fidelity), progress=progress
+    )
     return summarize(results)
