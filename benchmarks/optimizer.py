@@ -29,10 +29,8 @@ Prints and writes one JSON object.
 """
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -40,6 +38,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from machine import environment
 
 import diffperf as dp
 
@@ -394,14 +393,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     device = jax.devices()[0]
     out = dict(
-        date=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
-        device=str(device),
-        platform=platform.platform(),
-        processor=platform.processor() or platform.machine(),
-        cpus=os.cpu_count(),
-        load_average_start=list(os.getloadavg()),
-        jax=jax.__version__,
-        x64=bool(jax.config.jax_enable_x64),
+        **environment(),
         setup=dict(
             vary={k: list(v) for k, v in VARY.items()},
             budget_sets=BUDGET_SETS,

@@ -31,12 +31,10 @@ Prints and writes one JSON object.
 
 import argparse
 import dataclasses
-import datetime
 import importlib.metadata
 import json
 import logging
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -44,6 +42,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from machine import environment
 
 import diffperf as dp
 
@@ -237,15 +236,8 @@ def main(argv=None):
         raise SystemExit("--repeats must be ≥ 7, --configs ≥ 10000, --sample ≥ 1")
     device = jax.devices()[0]
     out = dict(
-        date=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
-        device=str(device),
-        platform=platform.platform(),
-        processor=platform.processor() or platform.machine(),
-        cpus=os.cpu_count(),
-        load_average_start=list(os.getloadavg()),
-        jax=jax.__version__,
+        **environment(),
         diffperf=dp.__version__,
-        x64=bool(jax.config.jax_enable_x64),
         job=dict(
             hardware=HARDWARE,
             model=MODEL,
