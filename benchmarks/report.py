@@ -71,6 +71,10 @@ def bench_machine() -> str:
     b = load("benchmarks/results_cpu.json")
     o = load("benchmarks/optimizer_results_cpu.json")
     la = lambda d: " / ".join(f"{v:.1f}" for v in d)  # noqa: E731
+    loads = [*b["load_average_start"], *b["load_average_end"]]
+    loads += [*o["load_average_start"], *o["load_average_end"]]
+    # a load average above the core count means other jobs shared the cores
+    busy = "Other jobs shared the machine. " if max(loads) > b["cpus"] else ""
     return (
         f"Machine: {b['cpus']} CPU cores ({b['processor']}, {b['platform']}), device "
         f"`{b['device']}`, jax {b['jax']}, float{'64' if b['x64'] else '32'}; "
@@ -78,9 +82,9 @@ def bench_machine() -> str:
         f"{la(b['load_average_start'])} at the start, {la(b['load_average_end'])} at "
         "the end), "
         f"`benchmarks/optimizer.py` on {o['date']} (load average "
-        f"{la(o['load_average_start'])} → {la(o['load_average_end'])}). The machine "
-        "was shared with other engineers' jobs: figures are medians of repeats with "
-        "their spread."
+        f"{la(o['load_average_start'])} → {la(o['load_average_end'])}). "
+        + busy
+        + "Figures are medians of repeats with their spread."
     )
 
 
