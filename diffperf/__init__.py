@@ -18,6 +18,7 @@ only the names in `__all__`.
 """
 
 from .analysis.calibrate import Prior, Row, calibrate
+from .analysis.hierarchy import SHRINK, RowLevels, calibrate_hierarchy
 from .analysis.optimize import DesignScorer, enumerate_mappings, optimize
 from .analysis.sensitivity import (
     RESOURCES,
@@ -31,10 +32,16 @@ from .core.paths import get_leaf, leaf_paths, scale_leaf, set_leaf
 from .core.relax import AbstractRelax, Exact, Smooth
 from .io import (
     SweepCheckpoint,
+    default_stack,
+    family_chain,
+    family_names,
     from_hf_config,
     hardware_names,
     load_hardware,
     load_workload,
+    stack_for_framework,
+    stack_leaf_paths,
+    stack_names,
     workload_names,
 )
 from .io.patch import patch_toml
@@ -85,7 +92,12 @@ from .specs.mapping import (
 from .specs.scheduler import Scheduler
 from .specs.workload import Precision, Transformer
 from .validation.calibration import (
+    HIERARCHY_HARDWARE,
+    HIERARCHY_SERVE_STACK,
+    HIERARCHY_STACK,
     default_leaves,
+    hierarchy_levels,
+    hierarchy_priors,
     leaf_priors,
     measured_rows,
     rows_by_device,
@@ -108,6 +120,9 @@ __all__ = [
     "check_mapping", "check_serving",
     "load_hardware", "load_workload", "from_hf_config", "hardware_names",
     "workload_names", "patch_toml",
+    # families and software stacks
+    "family_names", "family_chain", "stack_names", "default_stack",
+    "stack_for_framework", "stack_leaf_paths",
     # model
     "train_step", "Breakdown", "TERMS", "train_memory", "prefill", "decode_step",
     "PhaseBreakdown", "serve", "ServeResult", "continuous_batching", "disaggregated",
@@ -125,6 +140,10 @@ __all__ = [
     # measured rows: reading, resolving for calibration, labels
     "read_measurements", "measured_rows", "rows_by_device", "default_leaves",
     "leaf_priors", "model_family", "short_source",
+    # hierarchical calibration: global, family, device and software-stack levels
+    "calibrate_hierarchy", "RowLevels", "SHRINK", "hierarchy_levels",
+    "hierarchy_priors", "HIERARCHY_HARDWARE", "HIERARCHY_STACK",
+    "HIERARCHY_SERVE_STACK",
     # figures (matplotlib is imported when one is drawn)
     "tornado", "breakdown_bars", "roofline_plot",
     # pytree paths

@@ -110,7 +110,8 @@ class Row(NamedTuple):
 
     `metric` is "train" (step time) or a `ServeResult` latency attribute ("ttft",
     "tpot", "e2e_latency") or "inv_throughput" (1 / output tokens/s); `inverse` says
-    the source reported a throughput (∝ 1/time), for the APE.
+    the source reported a throughput (∝ 1/time), for the APE; `stack` names the
+    software-stack profile of the row (hierarchical calibration fits its leaves).
     """
 
     spec: str
@@ -120,6 +121,7 @@ class Row(NamedTuple):
     target: float
     metric: str
     inverse: bool
+    stack: str = ""  # the software-stack profile the row ran (hardware/stacks/)
 
 
 def prior_for(path: str, cluster: Cluster, *, center: str = "defaults") -> Prior:

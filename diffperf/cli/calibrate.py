@@ -15,7 +15,17 @@ from pathlib import Path
 
 from .. import io
 from ..analysis.calibrate import calibrate
-from ..validation.calibration import default_leaves, leaf_priors, measured_rows
+from ..analysis.hierarchy import calibrate_hierarchy
+from ..validation.calibration import (
+    HIERARCHY_HARDWARE,
+    HIERARCHY_SERVE_STACK,
+    HIERARCHY_STACK,
+    default_leaves,
+    hierarchy_levels,
+    hierarchy_priors,
+    leaf_priors,
+    measured_rows,
+)
 from ..validation.run import read_measurements
 from ..validation.training import spec_family
 
@@ -25,15 +35,25 @@ __all__ = ["add_calibrate", "run_calibrate", "print_calibrate", "fitted_toml"]
 def add_calibrate(sub):
     """The `calibrate` subcommand."""
     p = sub.add_parser("calibrate", help="fit a device's leaves to measured rows")
-    p.add_argument("--data", required=True, help="training or inference CSV")
-    p.add_argument("--hardware", required=True, help="name, alias or TOML path")
+    p.add_argument(
+        "--data", required=True, action="append",
+        help="training or inference CSV (repeat --data to fit several files at once "
+        "with --hierarchical)",
+    )  # fmt: skip
+    p.add_argument("--hardware", help="name, alias or TOML path (per-device fit)")
+    p.add_argument(
+        "--hierarchical", action="store_true",
+        help="fit every row jointly: hardware leaves at global, family and device "
+        "levels, software leaves per stack (dp.calibrate_hierarchy)",
+    )  # fmt: skip
     p.add_argument(
         "--leaves", help="comma-separated leaf paths (default: the usual ones)"
     )
     p.add_argument(
         "--holdout",
         default="auto",
-        help="source | kfold:K | none (default: source if ≥ 2 sources, else kfold:5)",
+        help="source | kfold:K | none (default: source if ≥ 2 sources, else kfold:5);"
+        " with --hierarchical also device | stack (default device)",
     )
     p.add_argument(
         "--prior",
@@ -50,6 +70,13 @@ def run_calibrate(args) -> dict:
     """Run `diffperf calibrate` (see the module docstring); the JSON result."""
     if args.steps < 1:
         raise ValueError(f"--steps={args.steps} must be >= 1")
+    if args.hierarchical:
+        return run_hierarchy(args)
+    if not args.hardware:
+        raise ValueError("--hardware is required (or --hierarchical to fit all rows)")
+    if len(args.data) > 1:
+        raise ValueError("several --data files need --hierarchical")
+    args.data = args.data[0]
     cluster = io.load_hardware(args.hardware)
     kind, csv_rows = read_measurements(args.data)
     member = {
@@ -106,6 +133,78 @@ def run_calibrate(args) -> dict:
         Path(args.out).write_text(fitted_toml(args.hardware, out, index))
         out["out"] = str(args.out)
     return out
+
+
+def run_hierarchy(args) -> dict:
+    """`diffperf calibrate --hierarchical`: all rows of all --data files jointly.
+
+    Hardware leaves (`HIERARCHY_HARDWARE`, or --leaves) at global, family and device
+    levels; software leaves (`HIERARCHY_STACK` for training, `HIERARCHY_SERVE_STACK`
+    for serving) per stack; priors: the project defaults (`PRIORS`).
+    """
+    rows, index, kinds = [], [], set()
+    for path in args.data:
+        kind, csv_rows = read_measurements(path)
+        kinds.add(kind)
+        got, idx, _ = measured_rows(kind, csv_rows)
+        rows += got
+        index += [dict(data=str(path), row=i) for i in idx]
+    if len(kinds) > 1:
+        raise ValueError("--data: training and inference CSVs cannot be fitted jointly")
+    if not rows:
+        raise ValueError(f"--data: no resolvable rows in {', '.join(args.data)}")
+    kind = kinds.pop()
+    stack_paths = HIERARCHY_STACK if kind == "training" else HIERARCHY_SERVE_STACK
+    if args.leaves:
+        hw = [p.strip() for p in args.leaves.split(",") if p.strip()]
+    else:
+        hw = list(HIERARCHY_HARDWARE) if kind == "training" else []
+    paths = list(dict.fromkeys([*hw, *stack_paths]))
+    priors = hierarchy_priors(paths)
+    holdout = {"auto": "device", "none": None}.get(args.holdout, args.holdout)
+    levels = hierarchy_levels(rows)
+    from .progress import progress
+
+    with progress(args, "calibrating", total=args.steps) as update:
+        fit = calibrate_hierarchy(
+            rows, levels, priors, stack_paths=stack_paths, holdout=holdout,
+            steps=args.steps, progress=lambda done, total: update(done),
+        )  # fmt: skip
+    results = [
+        dict(where, device=lv.device, families=list(lv.families), stack=lv.stack,
+             ape=a, heldout_ape=None if h != h else h, uncalibrated_ape=a0)
+        for where, lv, a, h, a0 in zip(
+            index, levels, fit.pop("row_ape"), fit.pop("row_heldout_ape"),
+            fit.pop("row_uncalibrated_ape"), strict=True,
+        )
+    ]  # fmt: skip
+    return dict(
+        hierarchical=True, kind=kind, data=[str(d) for d in args.data],
+        holdout=holdout, **fit, results=results,
+    )  # fmt: skip
+
+
+def print_hierarchy(out: dict):
+    """Human-readable summary of `run_hierarchy`'s result."""
+    pct = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"  # noqa: E731
+    print(f"{out['rows']} {out['kind']} rows from {', '.join(out['data'])}")
+    for level in ("global", "families", "devices", "stacks"):
+        block = out["values"][level]
+        items = {"global": block} if level == "global" else block
+        for key, leaves in items.items():
+            print(
+                f"{level:<9} {key:<18} "
+                + "  ".join(f"{p.split('.')[-1]}={v:.4g}" for p, v in leaves.items())
+            )
+    for b in out["at_bound"]:
+        print(f"AT BOUND ({b['bound']}): {b['level']} {b['key']} {b['path']}")
+    print(
+        f"\nMAPE: uncalibrated {pct(out['uncalibrated_mape'])}, train "
+        f"{pct(out['train_mape'])}, held-out ({out['holdout']}) "
+        f"{pct(out['heldout_mape'])}"
+    )
+    for f in out["heldout"]:
+        print(f"  {f['name'][:60]:<60} {f['rows']:4d} rows  MAPE {pct(f['mape'])}")
 
 
 def _in_family(gpu: str, stem: str) -> bool:
@@ -169,6 +268,8 @@ def _escape(text: str) -> str:
 
 def print_calibrate(out: dict):
     """Human-readable summary of `run_calibrate`'s result."""
+    if out.get("hierarchical"):
+        return print_hierarchy(out)
     pct = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"  # noqa: E731
     print(f"{out['hardware']}: {out['rows']} {out['kind']} rows from {out['data']}")
     print(f"{'leaf':<32} {'prior':>10} {'fitted':>10} {'± std':>9}  bounds")

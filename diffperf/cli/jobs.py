@@ -270,6 +270,11 @@ def train_arguments(p):
     p.add_argument("--hardware", required=True, help="name, alias or TOML path")
     p.add_argument("--model", required=True, help="name, alias, TOML or config.json")
     p.add_argument("--gpus", required=True, type=_positive_int("--gpus"))
+    p.add_argument(
+        "--stack",
+        help="software-stack profile (hardware/stacks/: megatron_core, trtllm, vllm, "
+        "...); default: the hardware family's training stack",
+    )
     for axis in ("tp", "pp", "cp", "ep", "etp", "vpp"):
         p.add_argument(f"--{axis}", type=_positive_int(f"--{axis}"), default=1)
     p.add_argument("--dp", type=_positive_int("--dp"), help="default gpus/(tp·pp·cp)")
@@ -348,6 +353,11 @@ def infer_arguments(p):
     p.add_argument("--hardware", required=True, help="name, alias or TOML path")
     p.add_argument("--model", required=True, help="name, alias, TOML or config.json")
     p.add_argument("--gpus", required=True, type=_positive_int("--gpus"))
+    p.add_argument(
+        "--stack",
+        help="software-stack profile (hardware/stacks/: megatron_core, trtllm, vllm, "
+        "...); default: the hardware family's serving stack",
+    )
     for axis in ("tp", "pp", "ep", "etp"):
         p.add_argument(f"--{axis}", type=_positive_int(f"--{axis}"), default=1)
     p.add_argument("--batch", type=_positive_int("--batch"), default=1)
@@ -623,6 +633,7 @@ def run_train(args) -> dict:
     out |= resolved_names(args.hardware, args.model, arch) | {
         "fidelity": args.fidelity,
         "hardware": cluster.name,
+        "stack": args.stack or io.default_stack(args.hardware),
         "model": model.name,
         "mapping": {
             "gpus": args.gpus,
@@ -657,7 +668,7 @@ def run_train(args) -> dict:
 
 def train_job(args):
     """(cluster, model, mapping) of `train_arguments` flags, checked (UsageError)."""
-    cluster = with_leaves(io.load_hardware(args.hardware), args.set)
+    cluster = with_leaves(io.load_hardware(args.hardware, stack=args.stack), args.set)
     model = io.load_workload(args.model, architecture_flags(args, args.seq_len))
     model = with_precision(model, Precision.training(args.dtype))
     if args.capacity_factor is not None:
@@ -791,7 +802,8 @@ def infer_result(cluster, model, serving, *, gpus=None, ttft_slo=None,
 
 def infer_job(args):
     """(cluster, model, serving, precision) of `infer_arguments` flags (UsageError)."""
-    cluster = with_leaves(io.load_hardware(args.hardware), args.set)
+    stack = args.stack or io.default_stack(args.hardware, "serving")
+    cluster = with_leaves(io.load_hardware(args.hardware, stack=stack), args.set)
     context = args.input_len + args.output_len
     model = io.load_workload(args.model, architecture_flags(args, context))
     if args.dtype is None:  # the checkpoint's format, as its name states (...-FP8)
@@ -897,6 +909,7 @@ def run_infer(args) -> dict:
     out |= resolved_names(args.hardware, args.model, arch) | {
         "fidelity": args.fidelity,
         "hardware": cluster.name,
+        "stack": args.stack or io.default_stack(args.hardware, "serving"),
         "model": model.name,
         "mapping": {"gpus": args.gpus, "tp": args.tp, "pp": args.pp, "ep": args.ep,
                     "batch": args.batch, "input_len": args.input_len,

@@ -7,6 +7,10 @@ of the library that reads files; the model layers below it take pytrees.
 
 from .checkpoint import SweepCheckpoint
 from .specs import (
+    STACK_LEAVES,
+    default_stack,
+    family_chain,
+    family_names,
     from_hf_config,
     hardware_names,
     load_hardware,
@@ -19,11 +23,23 @@ from .specs import (
     resolve_path,
     resolve_workload,
     spec_dir,
+    stack_for_framework,
+    stack_leaf_paths,
+    stack_meta,
+    stack_names,
     workload_names,
 )
 
 __all__ = [
+    "STACK_LEAVES",
     "SweepCheckpoint",
+    "default_stack",
+    "family_chain",
+    "family_names",
+    "stack_for_framework",
+    "stack_leaf_paths",
+    "stack_meta",
+    "stack_names",
     "from_hf_config",
     "hardware_names",
     "load_hardware",

@@ -44,6 +44,14 @@ __all__ = [
     "from_hf_config",
     "resolve_hardware",
     "resolve_workload",
+    "family_names",
+    "family_chain",
+    "stack_names",
+    "stack_meta",
+    "default_stack",
+    "stack_for_framework",
+    "stack_leaf_paths",
+    "STACK_LEAVES",
 ]
 
 _HERE = Path(__file__).resolve().parents[1]  # the diffperf package
@@ -146,6 +154,137 @@ def resolve_path(kind: str, name: str) -> Path:
     return _registry(kind)[found.spec].path
 
 
+STACK_LEAVES = {
+    "chip": ("kernel_overhead",),
+    "host": (
+        "dispatch_overhead",
+        "sync_overhead",
+        "step_overhead",
+        "serve_overhead",
+        "moe_host_ops",
+    ),
+}
+"""The leaves a software-stack profile sets (`hardware/stacks/*.toml`): launch, host
+and synchronization costs that belong to the framework or engine, not to the silicon.
+They live in the `Chip` and `Host` pytrees so the cost model reads them where they act;
+a hardware or family file must not set them (`stack_leaf_paths`)."""
+
+
+def stack_leaf_paths() -> tuple[str, ...]:
+    """Dotted `Cluster` paths of the software-stack leaves (`STACK_LEAVES`)."""
+    return tuple(f"{t}.{k}" for t, keys in STACK_LEAVES.items() for k in keys)
+
+
+def _sub_specs(sub: str) -> dict[str, Path]:
+    """Stem → path of `hardware/<sub>/*.toml` (families, stacks)."""
+    folder = spec_dir("hardware") / sub
+    return {p.stem: p for p in sorted(folder.glob("*.toml"))} if folder.is_dir() else {}
+
+
+def family_names() -> list[str]:
+    """Stems of the architecture-family files (`hardware/families/`)."""
+    return sorted(_sub_specs("families"))
+
+
+def stack_names() -> list[str]:
+    """Stems of the software-stack profiles (`hardware/stacks/`)."""
+    return sorted(_sub_specs("stacks"))
+
+
+def _base_path(kind: str, base: str) -> Path:
+    """The file an `extends` names: a family (hardware/families/) or a spec."""
+    if kind == "hardware" and base in _sub_specs("families"):
+        return _sub_specs("families")[base]
+    return resolve_path(kind, base)
+
+
+def family_chain(name: str | Path) -> list[str]:
+    """Families a hardware spec extends, root first; [] outside any family.
+
+    E.g. ["blackwell", "blackwell_ultra"] for gb300.
+    """
+    fams = _sub_specs("families")
+    path = resolve_path("hardware", str(name))
+    chain, seen = [], set()
+    while True:
+        base = _read_toml(path).get("meta", {}).get("extends")
+        if not base or base in seen:
+            return chain[::-1]
+        seen.add(base)
+        if base in fams:
+            chain.append(base)
+            path = fams[base]
+        else:
+            path = resolve_path("hardware", base)
+
+
+def default_stack(name: str | Path, kind: str = "training") -> str | None:
+    """The software stack a hardware spec runs by default.
+
+    The spec's own or its nearest family's `[meta] stack` (training) or
+    `serve_stack` (serving); None if none names one.
+    """
+    key = "stack" if kind == "training" else "serve_stack"
+    own = _read_toml(resolve_path("hardware", str(name))).get("meta", {})
+    if key in own:
+        return own[key]
+    fams = _sub_specs("families")
+    for fam in reversed(family_chain(name)):
+        meta = _read_toml(fams[fam]).get("meta", {})
+        if key in meta:
+            return meta[key]
+    return None
+
+
+def stack_meta(stack: str) -> dict:
+    """The `[meta]` table of a software-stack profile."""
+    return _read_toml(_stack_path(stack)).get("meta", {})
+
+
+def _stack_path(stack: str) -> Path:
+    stacks = _sub_specs("stacks")
+    if stack not in stacks:
+        raise ValueError(
+            f"unknown software stack {stack!r}; allowed: {', '.join(stacks) or 'none'}"
+        )
+    return stacks[stack]
+
+
+def stack_for_framework(framework: str, fallback: str | None = None) -> str | None:
+    """The stack whose `[meta] frameworks` patterns match a framework as printed.
+
+    ("Megatron-Bridge / NeMo 25.09", "TensorRT-LLM v0.6.1", "vLLM ..."): the stack
+    with the longest pattern contained in the text (case-insensitive; so
+    "TensorRT-LLM v0.5" beats "TensorRT-LLM"); `fallback` when none matches.
+    """
+    text = (framework or "").lower()
+    best, best_len = fallback, 0
+    for stem, path in _sub_specs("stacks").items():
+        for pat in _read_toml(path).get("meta", {}).get("frameworks", ()):
+            if pat.lower() in text and len(pat) > best_len:
+                best, best_len = stem, len(pat)
+    return best
+
+
+def _stack_overlay(data: dict, stack: str) -> dict:
+    """A merged hardware TOML with a stack profile's leaves set (`STACK_LEAVES`)."""
+    path = _stack_path(stack)
+    prof = _read_toml(path)
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for table, values in prof.items():
+        if table == "meta":
+            continue
+        allowed = STACK_LEAVES.get(table, ())
+        bad = set(values) - set(allowed) if isinstance(values, dict) else {table}
+        if bad:
+            raise ValueError(
+                f"{path.name} [{table}]: {', '.join(sorted(bad))} not a stack leaf; "
+                f"allowed: {', '.join(stack_leaf_paths())}"
+            )
+        out.setdefault(table, {}).update(values)
+    return out
+
+
 def _merged(kind: str, path: Path, seen: tuple = ()) -> dict:
     """The TOML of a spec with `[meta] extends` applied (tables merged key by key)."""
     data = _read_toml(path)
@@ -154,7 +293,7 @@ def _merged(kind: str, path: Path, seen: tuple = ()) -> dict:
         return data
     if base in seen:
         raise ValueError(f"{path}: [meta] extends loops through {base!r}")
-    parent = _merged(kind, resolve_path(kind, base), seen + (base,))
+    parent = _merged(kind, _base_path(kind, base), seen + (base,))
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in parent.items()}
     for table, values in data.items():
         if isinstance(values, dict):
@@ -212,8 +351,15 @@ def _check_meta(meta: dict, path: Path):
         )
 
 
-def load_hardware(name: str | Path, ici_chips: int | None = None) -> Cluster:
+def load_hardware(
+    name: str | Path, ici_chips: int | None = None, stack: str | None = None
+) -> Cluster:
     """A `Cluster` from a hardware name (module docstring) or TOML path.
+
+    The spec's `[meta] extends` chain (other specs, architecture families in
+    `hardware/families/`) is merged, then a software-stack profile
+    (`hardware/stacks/`) sets the launch and host leaves (`STACK_LEAVES`): `stack`,
+    else the spec's or its family's default training stack (`default_stack`).
 
     A power limit in the name caps the chip's power; a TPU slice name (v5p-512) cuts
     the pod's ICI domain to the slice (`io.systems`). `ici_chips` (a mesh's ICI axes)
@@ -223,7 +369,7 @@ def load_hardware(name: str | Path, ici_chips: int | None = None) -> Cluster:
     Raises:
         ValueError: unknown or ambiguous name, malformed TOML, unknown or missing
             keys, a value out of range (e.g. a negative bandwidth), or an ICI domain
-            the hardware cannot have.
+            the hardware cannot have, or an unknown stack.
     """
     found = resolve_hardware(name)
     reg = _registry("hardware")
@@ -232,7 +378,7 @@ def load_hardware(name: str | Path, ici_chips: int | None = None) -> Cluster:
         if found.how == "path"
         else reg[found.spec].path
     )
-    cluster = _load_hardware_path(path)
+    cluster = _load_hardware_path(path, stack)
     if found.power_w is not None:
         cluster = power_cap(cluster, found.power_w)
     chips = found.slice_chips
@@ -255,7 +401,7 @@ def load_hardware(name: str | Path, ici_chips: int | None = None) -> Cluster:
                     f"an ICI domain of {chips} chips exceeds {cluster.name}'s scale-up "
                     f"domain ({float(cluster.scale_up.size):g} chips)"
                 )
-            cluster = _load_hardware_path(reg[pods[0]].path)
+            cluster = _load_hardware_path(reg[pods[0]].path, stack)
             if found.power_w is not None:
                 cluster = power_cap(cluster, found.power_w)
         if cluster.scale_up.dims and chips < float(cluster.scale_up.size):
@@ -265,9 +411,12 @@ def load_hardware(name: str | Path, ici_chips: int | None = None) -> Cluster:
     return cluster
 
 
-def _load_hardware_path(path: Path) -> Cluster:
+def _load_hardware_path(path: Path, stack: str | None = None) -> Cluster:
     data = _merged("hardware", path)
     _check_meta(data.get("meta", {}), path)
+    stack = stack or default_stack(path)
+    if stack is not None:
+        data = _stack_overlay(data, stack)
     where = path.name
     cost = data.get("cost", {})
     tier = data.get("memory_tier")

@@ -5,7 +5,16 @@ a CSV's rows resolved to `Row`s, grouped by device, the leaves fitted by default
 their priors.
 """
 
-from ..analysis.calibrate import SERVE_LEAVES, TRAIN_LEAVES, Prior, Row, prior_for
+from .. import io
+from ..analysis.calibrate import (
+    PRIORS,
+    SERVE_LEAVES,
+    TRAIN_LEAVES,
+    Prior,
+    Row,
+    prior_for,
+)
+from ..analysis.hierarchy import RowLevels
 from ..specs.hardware import Cluster
 from .serving import calibration_infer_rows
 from .training import calibration_rows, spec_family
@@ -16,6 +25,11 @@ __all__ = [
     "rows_by_device",
     "default_leaves",
     "leaf_priors",
+    "hierarchy_levels",
+    "hierarchy_priors",
+    "HIERARCHY_HARDWARE",
+    "HIERARCHY_STACK",
+    "HIERARCHY_SERVE_STACK",
 ]
 
 MIN_ROWS_FOR_ALL = 20
@@ -81,3 +95,45 @@ def leaf_priors(
     if kind == "inference" and p is not None:
         priors["host.dispatch_overhead"] = p._replace(start=max(p.center, 3e-5))
     return priors
+
+
+HIERARCHY_HARDWARE = (
+    "chip.matmul_efficiency",
+    "chip.matmul_half_dim",
+    "chip.attention_efficiency",
+    "scale_out.efficiency",
+)
+"""Hardware leaves of the hierarchical training fit (global, family, device levels)."""
+HIERARCHY_STACK = (
+    "chip.kernel_overhead",
+    "host.dispatch_overhead",
+    "host.sync_overhead",
+    "host.step_overhead",
+)
+"""Software leaves of the hierarchical training fit (global, stack levels)."""
+HIERARCHY_SERVE_STACK = ("host.serve_overhead", "host.dispatch_overhead")
+"""Software leaves of the hierarchical serving fit (chip leaves come from training)."""
+
+
+def hierarchy_levels(rows: list[Row]) -> list[RowLevels]:
+    """Where each row sits: its chip's family chain, the chip, its stack.
+
+    Systems count for the chip they extend (dgx_a100_40gb → a100_sxm4_40gb); a row
+    without a stack runs its chip's default training stack.
+    """
+    out = []
+    for r in rows:
+        device = spec_family(r.spec)[-1]
+        stack = r.stack or io.default_stack(device) or "generic"
+        out.append(RowLevels(tuple(io.family_chain(device)), device, stack))
+    return out
+
+
+def hierarchy_priors(paths) -> dict[str, Prior]:
+    """Global priors of the hierarchical fit: the project defaults (`PRIORS`)."""
+    missing = [p for p in paths if p not in PRIORS]
+    if missing:
+        raise ValueError(
+            f"no default prior for {', '.join(missing)}; allowed: {', '.join(PRIORS)}"
+        )
+    return {p: PRIORS[p] for p in paths}

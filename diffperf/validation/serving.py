@@ -49,6 +49,7 @@ from ..model.serving import serve
 from ..specs.mapping import Serving, check_serving
 from ..specs.workload import Precision
 from .common import number, score_rows, short_source, summarize
+from .training import row_stack
 
 __all__ = ["predict_infer_row", "validate_infer_rows", "calibration_infer_rows"]
 
@@ -129,7 +130,8 @@ def predict_infer_row(row: dict, *, fidelity: str = "detailed") -> dict:
     measured = _measured_value(row)
     out = dict(
         metric=metric, measured=measured, hardware=cluster.name, model=model.name,
-        resolved_hardware=names["hardware"], resolved_model=names["model"],
+        stack=names["stack"], resolved_hardware=names["hardware"],
+        resolved_model=names["model"],
     )  # fmt: skip
     if float(serving.batch) < 1:  # not even one request fits next to the weights
         return out | dict(
@@ -167,7 +169,7 @@ def resolve_infer_row(row: dict, *, with_names: bool = False):
     (0 when none does). With `with_names`, also what the gpu and model text resolved
     to. Shared by the validation and the serving calibration (experiments/).
     """
-    cluster = io.load_hardware(row["gpu"])
+    cluster = io.load_hardware(row["gpu"], stack=row_stack(row, "serving"))
     hw = io.resolve_hardware(row["gpu"])
     try:
         found = io.resolve_workload(row["model"])
@@ -196,7 +198,11 @@ def resolve_infer_row(row: dict, *, with_names: bool = False):
     if row.get("metric", "").strip() in _MAX_LOAD or not row.get("batch", "").strip():
         best = serve(cluster, model, serving).max_batch
         serving = eqx.tree_at(lambda s: s.batch, serving, best.astype(float))
-    names = dict(hardware=hw.as_dict(), model=found.as_dict() if found else None)
+    names = dict(
+        hardware=hw.as_dict(),
+        model=found.as_dict() if found else None,
+        stack=row_stack(row, "serving"),
+    )
     return (cluster, model, serving, names) if with_names else (cluster, model, serving)
 
 
@@ -333,6 +339,7 @@ def calibration_infer_rows(rows: list[dict]) -> tuple[list[Row], dict[int, str]]
                 target,
                 name,
                 not latency,
+                res["stack"],
             )
         )
     return out, skipped

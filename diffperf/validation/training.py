@@ -179,7 +179,9 @@ def resolve_training_row(row: dict, cluster=None):
         if slice_chips is None and not hw.slice_chips and _tpu_host(hw):
             # a TPU job without a mesh or slice name: one slice of all its chips
             slice_chips = round(gpus)
-        cluster = io.load_hardware(row["gpu"], ici_chips=slice_chips)
+        cluster = io.load_hardware(
+            row["gpu"], ici_chips=slice_chips, stack=row_stack(row, "training")
+        )
     dtype = _dtype(row.get("dtype", ""))
     if float(cluster.chip.peak_flops(dtype)) <= 0:
         raise ValueError(f"{cluster.name} has no {dtype} tensor throughput")
@@ -262,6 +264,7 @@ def predict_row(row: dict, *, hardware_override=None, fidelity="detailed") -> di
         model=model.name,
         moe=bool(float(model.n_experts) > 0),
         framework_profile=kind,
+        stack=row_stack(row, "training"),
         resolved_hardware=names["hardware"],
         resolved_model=names["model"],
     )
@@ -271,9 +274,33 @@ def predict_row(row: dict, *, hardware_override=None, fidelity="detailed") -> di
 
 
 def spec_family(stem: str) -> tuple[str, ...]:
-    """The spec and the specs it extends, nearest first (dgx_a100 → a100_sxm4_80gb)."""
+    """The spec and the specs it extends, nearest first (dgx_a100 → a100_sxm4_80gb).
+
+    Architecture families (`hardware/families/`) are not specs and end the chain.
+    """
     base = io.meta("hardware", stem).get("extends")
-    return (stem, *spec_family(base)) if base else (stem,)
+    if not base or base in io.family_names():
+        return (stem,)
+    return (stem, *spec_family(base))
+
+
+def row_stack(row: dict, kind: str) -> str:
+    """The software stack of a row.
+
+    Its `stack` column (a stack name), else the stack whose framework patterns
+    match its `framework` column (`io.stack_for_framework`), else the hardware's
+    default for `kind` ("training" or "serving").
+    """
+    named = (row.get("stack") or "").strip()
+    if named:
+        if named not in io.stack_names():
+            raise ValueError(
+                f"column stack = {named!r} is not a software stack; allowed: "
+                f"{', '.join(io.stack_names())}"
+            )
+        return named
+    found = io.stack_for_framework(row.get("framework", ""))
+    return found or io.default_stack(row["gpu"], kind)
 
 
 def calibration_rows(rows: list[dict]) -> tuple[list[Row], dict[int, str]]:
@@ -303,6 +330,7 @@ def calibration_rows(rows: list[dict]) -> tuple[list[Row], dict[int, str]]:
                 target,
                 "train",
                 inverse,
+                res["stack"],
             )  # fmt: skip
         )
     return out, skipped

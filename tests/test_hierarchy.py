@@ -1,0 +1,104 @@
+"""Hierarchical calibration: planted family, device and stack leaves are recovered."""
+
+import math
+
+import equinox as eqx
+import numpy as np
+import pytest
+
+import diffperf as dp
+from diffperf.analysis.calibrate import Prior, Row
+from diffperf.analysis.hierarchy import RowLevels, calibrate_hierarchy, level_folds
+from diffperf.core.paths import set_leaf
+
+MODEL = "llama3_8b"
+FAMILY = {"a100_sxm4_40gb": "ampere", "a100_sxm4_80gb": "ampere",
+          "h100_sxm": "hopper", "h200_sxm": "hopper"}  # fmt: skip
+# planted truth: global matmul efficiency, family and device log residuals, stacks
+GLOBAL = 0.7
+FAM_RES = {"ampere": math.log(0.85), "hopper": math.log(1.15)}
+DEV_RES = {"a100_sxm4_40gb": 0.0, "a100_sxm4_80gb": math.log(1.05),
+           "h100_sxm": 0.0, "h200_sxm": math.log(0.97)}  # fmt: skip
+STEP = {"megatron_core": 0.15, "composer_fsdp": 0.02}
+PRIORS = {
+    "chip.matmul_efficiency": Prior(0.7, 0.3, 0.98),
+    "host.step_overhead": Prior(0.05, 1e-3, 1.0, sigma=math.log(4.0)),
+}
+
+
+_STEP_TIME = eqx.filter_jit(lambda c, m, p: dp.train_step(c, m, p).total)
+
+
+def _rows():
+    model = dp.load_workload(MODEL)
+    rows, levels = [], []
+    for dev, fam in FAMILY.items():
+        for stack, step in STEP.items():
+            for batch in (16.0, 256.0):
+                cluster = dp.load_hardware(dev, stack=stack)
+                eff = GLOBAL * math.exp(FAM_RES[fam] + DEV_RES[dev])
+                true = set_leaf(cluster, "chip.matmul_efficiency", eff)
+                true = set_leaf(true, "host.step_overhead", step)
+                mapping = dp.Parallelism(dp=8.0, tp=1.0, global_batch=batch,
+                                         seq_len=2048.0)  # fmt: skip
+                t = float(_STEP_TIME(true, model, mapping))
+                rows.append(Row(dev, f"src-{dev}", cluster, (model, mapping), t,
+                                "train", False, stack))  # fmt: skip
+                levels.append(RowLevels((fam,), dev, stack))
+    return rows, levels
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    rows, levels = _rows()
+    fit = calibrate_hierarchy(
+        rows, levels, PRIORS, stack_paths=["host.step_overhead"], steps=300,
+        lr=0.05, holdout="device",
+    )  # fmt: skip
+    return rows, levels, fit
+
+
+def test_recovers_planted_family_and_stack_values(fitted):
+    _, _, fit = fitted
+    fams = fit["values"]["families"]
+    for fam, res in FAM_RES.items():
+        truth = GLOBAL * math.exp(res)
+        # family level = global × family residual; the devices' mean residual is
+        # not zero (shrinkage shares it between levels), so compare devices exactly
+        assert fams[fam]["chip.matmul_efficiency"] == pytest.approx(truth, rel=0.08)
+    for dev, fam in FAMILY.items():
+        truth = GLOBAL * math.exp(FAM_RES[fam] + DEV_RES[dev])
+        got = fit["values"]["devices"][dev]["chip.matmul_efficiency"]
+        assert got == pytest.approx(truth, rel=0.02), dev
+    for stack, step in STEP.items():
+        got = fit["values"]["stacks"][stack]["host.step_overhead"]
+        assert got == pytest.approx(step, rel=0.1), stack
+    assert fit["train_mape"] < 0.01
+    assert fit["at_bound"] == []
+
+
+def test_leave_one_device_out_predicts_from_the_family(fitted):
+    _, levels, fit = fitted
+    held = np.array(fit["row_heldout_ape"])
+    devices = np.array([lv.device for lv in levels])
+    # devices planted on their family's value are predicted by it; the others miss
+    # by their own residual (≤ 5%), which nothing else in the data can reveal
+    for dev, res in DEV_RES.items():
+        mape = held[devices == dev].mean()
+        assert mape < abs(math.expm1(res)) + 0.03, (dev, mape)
+    assert fit["uncalibrated_mape"] > 3 * fit["heldout_mape"]
+
+
+def test_folds_and_bad_input():
+    rows, levels = _rows()
+    names, held = level_folds(rows, levels, "stack")
+    assert names == sorted(STEP)
+    assert held.sum() == len(rows)
+    names, held = level_folds(rows, levels, "device", min_rows=100)
+    assert names == [] and held.shape[0] == 0
+    with pytest.raises(ValueError, match="device, source, stack or kfold"):
+        level_folds(rows, levels, "chip")
+    with pytest.raises(ValueError, match="levels has"):
+        calibrate_hierarchy(rows, levels[:-1], PRIORS)
+    with pytest.raises(ValueError, match="no rows"):
+        calibrate_hierarchy([], [], PRIORS)
