@@ -98,6 +98,8 @@ HARDWARE = [
     ("NVIDIA GH200 144G HBM3e", "gh200_144gb", "nvidia-smi (HBM3e part)"),
     ("GH200 Grace Hopper Superchip 144GB", "gh200_144gb", "vendor tables"),
     ("GH200 NVL32", "gh200_nvl32", "NVIDIA GH200 NVL32 blog"),
+    ("NVIDIA GH200 NVL2", "gh200_nvl2", "NVIDIA GH200 NVL2 Enterprise RA blog"),
+    ("GH200 NVL2 288GB", "gh200_nvl2", "NVIDIA GH200 product page"),
     ("JUPITER Booster", "gh200_quad", "JSC JUPITER configuration page"),
     ("MI355X", "mi355x", "AMD MI350 series launch"),
     ("AMD Instinct MI355X", "mi355x", "AMD product page"),

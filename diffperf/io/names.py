@@ -72,6 +72,7 @@ HARDWARE_TRAITS: dict[str, tuple[str, str, tuple[float, ...], str]] = {
     "gh200": ("gh200", "", (96, 480, 576), ""),
     "gh200_144gb": ("gh200", "", (144, 624), ""),
     "gh200_quad": ("gh200", "", (96,), "quad"),
+    "gh200_nvl2": ("gh200", "", (144, 288, 624), "nvl2"),
     "gh200_nvl32": ("gh200", "", (144, 624), "nvl32"),
     "h200_sxm": ("h200", "sxm", (141, 1128), ""),
     "h800_sxm": ("h800", "sxm", (80,), ""),
@@ -372,11 +373,12 @@ def _parse_features(text: str, low: str, table, base) -> HardwareName:
         (r"oam", "oam"),
         (r"nvl ?(?:72|36)", "nvl72"),
         (r"nvl ?32", "nvl32"),
+        (r"nvl ?2(?![0-9])", "nvl2"),
         (r"nvl(?![0-9])", "nvl"),
     )
     for pattern, name in forms:
         if re.search(pattern, low):
-            if name in ("nvl72", "nvl32"):
+            if name in ("nvl72", "nvl32", "nvl2"):
                 system = name
             else:
                 form = name
