@@ -79,6 +79,41 @@ HARDWARE = [
     ("TPU v5p-512", "tpu_v5p_pod", "Google Cloud TPU v5p accelerator types"),
     ("v5litepod-256", "tpu_v5e_pod", "Google Cloud TPU v5e accelerator types"),
     ("v6e-256", "tpu_v6e_pod", "Google Cloud TPU v6e accelerator types"),
+    # published rows on hardware added for issue #16 (names as their sources print them)
+    ("NVIDIA A100-PCIE-40GB", "a100_pcie_40gb", "nvidia-smi"),
+    ("NVIDIA A100 80GB PCIe", "a100_pcie_80gb", "nvidia-smi"),
+    ("A100 PCIe 80GB", "a100_pcie_80gb", "NVIDIA A100 datasheet (form factor column)"),
+    ("A100 PCIe 40GB", "a100_pcie_40gb", "NVIDIA A100 datasheet (form factor column)"),
+    ("A100-PCIe-80GB", "a100_pcie_80gb", "papers and benchmark logs"),
+    ("8x A100 80GB PCIe", "a100_pcie_80gb", "cloud instance descriptions"),
+    ("H100 NVL", "h100_nvl", "NVIDIA H100 datasheet (NVL column)"),
+    ("NVIDIA H100 NVL", "h100_nvl", "nvidia-smi"),
+    ("H100-NVL-94GB", "h100_nvl", "MLPerf Inference results"),
+    ("H100 94GB NVL", "h100_nvl", "vendor tables"),
+    ("GH200", "gh200", "NVIDIA GH200 datasheet"),
+    ("GH200 480GB", "gh200", "vendor and cloud tables (96 GB HBM3 + 480 GB LPDDR5X)"),
+    ("NVIDIA GH200 480GB", "gh200", "nvidia-smi"),
+    ("NVIDIA GH200 Grace Hopper Superchip", "gh200", "NVIDIA GH200 product page"),
+    ("GH200-GraceHopper-Superchip", "gh200", "MLPerf Inference system names"),
+    ("NVIDIA GH200 144G HBM3e", "gh200_144gb", "nvidia-smi (HBM3e part)"),
+    ("GH200 Grace Hopper Superchip 144GB", "gh200_144gb", "vendor tables"),
+    ("GH200 NVL32", "gh200_nvl32", "NVIDIA GH200 NVL32 blog"),
+    ("NVIDIA GH200 NVL2", "gh200_nvl2", "NVIDIA GH200 NVL2 Enterprise RA blog"),
+    ("GH200 NVL2 288GB", "gh200_nvl2", "NVIDIA GH200 product page"),
+    ("JUPITER Booster", "gh200_quad", "JSC JUPITER configuration page"),
+    ("MI355X", "mi355x", "AMD MI350 series launch"),
+    ("AMD Instinct MI355X", "mi355x", "AMD product page"),
+    ("AMD Instinct MI355X 288GB HBM3e", "mi355x", "MLPerf Inference v6.0 (AMD)"),
+    ("MI350X", "mi350x", "AMD MI350 series launch"),
+    ("AMD Instinct MI350X 288GB HBM3e", "mi350x", "MLPerf Inference v6.1 (AMD)"),
+    ("AMD Instinct MI350X OAM", "mi350x", "AMD MI350X datasheet (OAM module)"),
+    ("TPU v7", "tpu_v7", "Google Cloud blog"),
+    ("Ironwood", "tpu_v7", "Google Cloud blog"),
+    ("tpu7x", "tpu_v7", "GKE accelerator name"),
+    ("TPU7x (Ironwood)", "tpu_v7", "Google Cloud TPU7x docs"),
+    ("tpu7x-8", "tpu_v7", "xpk device types (one 2x2x1 host)"),
+    ("tpu7x-256", "tpu_v7_pod", "xpk / MaxText device types"),
+    ("v7-256", "tpu_v7_pod", "papers (slice names)"),
 ]
 
 MODELS = [
@@ -158,6 +193,9 @@ def test_the_table_is_at_least_sixty_spellings():
     [
         ("A100-SXM4", ["a100_sxm4_40gb", "a100_sxm4_80gb"]),
         ("A100 SXM", ["a100_sxm4_40gb", "a100_sxm4_80gb"]),
+        ("A100 PCIe", ["a100_pcie_40gb", "a100_pcie_80gb"]),
+        ("NVIDIA A100 PCIe", ["a100_pcie_40gb", "a100_pcie_80gb"]),
+        ("GH200 Superchip", ["gh200", "gh200_144gb"]),
     ],
 )
 def test_ambiguous_hardware_lists_candidates(text, candidates):
@@ -181,8 +219,10 @@ def test_ambiguous_models_list_candidates(text, candidates):
 
 
 def test_missing_variants_and_misspellings_are_errors_not_guesses():
-    with pytest.raises(ValueError, match="no bundled a100 spec with form factor pcie"):
-        io.resolve_hardware("A100 PCIe 40GB")
+    with pytest.raises(ValueError, match="no bundled v100 spec with form factor pcie"):
+        io.resolve_hardware("V100 PCIe 32GB")
+    with pytest.raises(ValueError, match="no bundled h100 spec with form factor pcie"):
+        io.resolve_hardware("H100 PCIe 94GB")  # 94 GB is the NVL card
     with pytest.raises(ValueError, match="unrecognized word.*sxn"):
         io.resolve_hardware("h100_sxn")
     with pytest.raises(ValueError, match="unknown workloads"):
@@ -197,6 +237,9 @@ def test_counting_conventions_and_slices():
     trn1, trn2 = io.resolve_hardware("trn1.32xlarge"), io.resolve_hardware("Trn2")
     assert (trn1.cores_per_chip, trn1.devices_per_chip) == (2.0, 2.0)
     assert (trn2.cores_per_chip, trn2.devices_per_chip) == (8.0, 4.0)  # LNC = 2
+    v7 = io.resolve_hardware("tpu7x-256")  # names count TensorCores; 2 devices a chip
+    assert (v7.slice_chips, v7.cores_per_chip, v7.devices_per_chip) == (128, 2.0, 2.0)
+    assert io.resolve_hardware("v7-512").slice_chips == 256
 
 
 def test_power_caps_and_slices_apply_to_the_loaded_spec():
@@ -211,6 +254,9 @@ def test_power_caps_and_slices_apply_to_the_loaded_spec():
     assert float(pod.scale_up.size) == 256.0
     assert [float(d.size) for d in pod.scale_up.dims] == [4.0, 8.0, 8.0]
     assert float(io.load_hardware("v4-384").scale_up.size) == 192.0
+    ironwood = io.load_hardware("tpu7x-256")
+    assert float(ironwood.scale_up.size) == 128.0
+    assert [float(d.size) for d in ironwood.scale_up.dims] == [4.0, 4.0, 8.0]
 
 
 def test_cli_json_says_what_names_resolved_to(capsys):

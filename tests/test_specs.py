@@ -96,6 +96,61 @@ def test_extends_inherits_and_overrides():
     assert dgx.name == "dgx_h100"
 
 
+# Datasheet figures of the specs added for published rows (issue #16), as the sources
+# in each file's [meta] source print them: dense BF16 and FP8 peaks [FLOP/s], HBM
+# bandwidth [B/s] and capacity [B], power [W], scale-up domain [chips].
+ISSUE16_SPECS = [
+    ("a100_pcie_40gb", 312e12, 0.0, 1.555e12, 42.95e9, 250.0, 8.0),
+    ("a100_pcie_80gb", 312e12, 0.0, 1.935e12, 85.9e9, 300.0, 8.0),
+    ("h100_nvl", 835.5e12, 1670.5e12, 3.9e12, 94e9, 400.0, 8.0),
+    ("gh200", 989.4e12, 1978.9e12, 4.0e12, 96e9, 700.0, 1.0),
+    ("gh200_144gb", 989.4e12, 1978.9e12, 4.9e12, 144e9, 700.0, 1.0),
+    ("gh200_quad", 989.4e12, 1978.9e12, 4.0e12, 96e9, 550.0, 4.0),
+    ("gh200_nvl2", 989.4e12, 1978.9e12, 4.9e12, 144e9, 700.0, 2.0),
+    ("gh200_nvl32", 989.4e12, 1978.9e12, 4.9e12, 144e9, 700.0, 32.0),
+    ("mi350x", 2306.9e12, 4613.7e12, 8.0e12, 309.2e9, 1000.0, 8.0),
+    ("mi355x", 2516.6e12, 5033.2e12, 8.0e12, 309.2e9, 1400.0, 8.0),
+    ("tpu_v7", 2307e12, 4614e12, 7.38e12, 206e9, 750.0, 4.0),
+    ("tpu_v7_pod", 2307e12, 4614e12, 7.38e12, 206e9, 750.0, 9216.0),
+]
+
+
+@pytest.mark.parametrize("stem,bf16,fp8,hbm_bw,hbm,power,domain", ISSUE16_SPECS)
+def test_issue16_specs_carry_their_datasheet_figures(
+    stem, bf16, fp8, hbm_bw, hbm, power, domain
+):
+    c = dp.load_hardware(stem)
+    got = [c.chip.flops_bf16, c.chip.flops_fp8, c.chip.hbm_bandwidth,
+           c.chip.hbm_capacity, c.chip.power, c.scale_up.size]  # fmt: skip
+    np.testing.assert_allclose(
+        [float(v) for v in got], [bf16, fp8, hbm_bw, hbm, power, domain], rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize(
+    "stem,base",
+    [("a100_pcie_40gb", "a100_sxm4_40gb"), ("a100_pcie_80gb", "a100_sxm4_80gb"),
+     ("h100_nvl", "h100_pcie"), ("gh200", "h100_sxm"), ("mi355x", "mi350x")],
+)  # fmt: skip
+def test_variants_keep_their_base_efficiency_leaves(stem, base):
+    """A variant file holds only datasheet fields; efficiency leaves come by extends."""
+    assert io.meta("hardware", stem)["extends"] == base
+    text = (ROOT / "hardware" / f"{stem}.toml").read_text()
+    assert "# calibrated:" not in text
+    v, b = dp.load_hardware(stem).chip, dp.load_hardware(base).chip
+    for leaf in ("matmul_efficiency", "matmul_half_dim", "attention_efficiency"):
+        assert float(getattr(v, leaf)) == float(getattr(b, leaf)), leaf
+
+
+def test_bridged_pcie_cards_are_pairs_over_pcie():
+    """A100 PCIe / H100 NVL: NVLink bridge pairs (600 GB/s bidirectional), pairs over
+    PCIe Gen4 / Gen5 x16."""
+    for stem, pcie in (("a100_pcie_80gb", 31.5e9), ("h100_nvl", 63e9)):
+        dims = dp.load_hardware(stem).scale_up.dims
+        assert [float(d.size) for d in dims] == [2.0, 4.0]
+        assert [float(d.bandwidth) for d in dims] == [300e9, pcie]
+
+
 def test_hf_config_import():
     cfgs = sorted((ROOT / "tests" / "data" / "hf_configs").glob("*.json"))
     assert cfgs

@@ -53,6 +53,8 @@ def normalize(name: str) -> str:
 HARDWARE_TRAITS: dict[str, tuple[str, str, tuple[float, ...], str]] = {
     "a100_sxm4_40gb": ("a100", "sxm", (40,), ""),
     "a100_sxm4_80gb": ("a100", "sxm", (80,), ""),
+    "a100_pcie_40gb": ("a100", "pcie", (40,), ""),
+    "a100_pcie_80gb": ("a100", "pcie", (80,), ""),
     "dgx_a100": ("a100", "sxm", (80, 640), "dgx"),
     "dgx_a100_40gb": ("a100", "sxm", (40, 320), "dgx"),
     "b200": ("b200", "sxm", (180, 192, 1440), ""),
@@ -64,8 +66,14 @@ HARDWARE_TRAITS: dict[str, tuple[str, str, tuple[float, ...], str]] = {
     "gb300_nvl72": ("gb300", "sxm", (279, 288), "nvl72"),
     "h100_sxm": ("h100", "sxm", (80,), ""),
     "h100_pcie": ("h100", "pcie", (80,), ""),
+    "h100_nvl": ("h100", "nvl", (94, 188), ""),
     "dgx_h100": ("h100", "sxm", (80, 640), "dgx"),
     "h20": ("h20", "sxm", (96,), ""),
+    "gh200": ("gh200", "", (96, 480, 576), ""),
+    "gh200_144gb": ("gh200", "", (144, 624), ""),
+    "gh200_quad": ("gh200", "", (96,), "quad"),
+    "gh200_nvl2": ("gh200", "", (144, 288, 624), "nvl2"),
+    "gh200_nvl32": ("gh200", "", (144, 624), "nvl32"),
     "h200_sxm": ("h200", "sxm", (141, 1128), ""),
     "h800_sxm": ("h800", "sxm", (80,), ""),
     "l40s": ("l40s", "pcie", (48,), ""),
@@ -74,6 +82,8 @@ HARDWARE_TRAITS: dict[str, tuple[str, str, tuple[float, ...], str]] = {
     "mi250x": ("mi250x", "oam", (128,), ""),
     "mi300x": ("mi300x", "oam", (192,), ""),
     "mi325x": ("mi325x", "oam", (256,), ""),
+    "mi350x": ("mi350x", "oam", (288,), ""),
+    "mi355x": ("mi355x", "oam", (288,), ""),
     "gaudi2": ("gaudi2", "oam", (96,), ""),
     "gaudi3": ("gaudi3", "oam", (128,), ""),
     "maia100": ("maia100", "", (64,), ""),
@@ -86,6 +96,8 @@ HARDWARE_TRAITS: dict[str, tuple[str, str, tuple[float, ...], str]] = {
     "tpu_v5p_pod": ("tpu_v5p", "", (95, 96), "pod"),
     "tpu_v6e": ("tpu_v6e", "", (32,), ""),
     "tpu_v6e_pod": ("tpu_v6e", "", (32,), "pod"),
+    "tpu_v7": ("tpu_v7", "", (192,), ""),
+    "tpu_v7_pod": ("tpu_v7", "", (192,), "pod"),
     "trn1": ("trn1", "", (32, 512), ""),
     "trn2": ("trn2", "", (96, 1536), ""),
     "trn2_ultraserver": ("trn2", "", (96,), "ultraserver"),
@@ -100,23 +112,28 @@ HARDWARE_TRAITS: dict[str, tuple[str, str, tuple[float, ...], str]] = {
 # each one device (Neuron docs, Trainium architecture); a Trainium2 chip has 8
 # NeuronCore-v3 grouped by the logical NeuronCore config, LNC = 2 by default on Trn2
 # (Neuron docs, NCC_EVRF066), so 8 / LNC devices. An MI250X module has 2 GCDs, each a
-# device (AMD CDNA2 white paper).
+# device (AMD CDNA2 white paper). A TPU7x (Ironwood) chip is two chiplets, each a
+# TensorCore that JAX sees as its own device (no megacore; Google Cloud TPU7x docs,
+# "Dual-chiplet architecture"), and its slice names count TensorCores: tpu7x-8 is a
+# 2x2x1 host of 4 chips (AI-Hypercomputer/xpk system characteristics).
 COUNTING: dict[str, tuple[float, float]] = {
     "tpu_v4": (2.0, 1.0),
     "tpu_v5p": (2.0, 1.0),
     "tpu_v5e": (1.0, 1.0),
     "tpu_v6e": (1.0, 1.0),
+    "tpu_v7": (2.0, 2.0),
     "trn1": (2.0, 2.0),
     "trn2": (8.0, 4.0),
     "mi250x": (2.0, 2.0),
 }
 SLICE_COUNTS_CORES = {"tpu_v2": True, "tpu_v3": True, "tpu_v4": True, "tpu_v5p": True,
-                      "tpu_v5e": False, "tpu_v6e": False}  # fmt: skip
+                      "tpu_v5e": False, "tpu_v6e": False, "tpu_v7": True}  # fmt: skip
 
 _A = r"(?<![a-z0-9])"  # a chip name starts a word (gb200 is not b200)
 _FAMILIES = [
     ("gb300", _A + r"gb300"),
     ("gb200", _A + r"gb200"),
+    ("gh200", _A + r"gh200"),
     ("b300", _A + r"b300"),
     ("b200", _A + r"b200"),
     ("h200", _A + r"h200"),
@@ -127,6 +144,8 @@ _FAMILIES = [
     ("v100", _A + r"v100"),
     ("l40s", _A + r"l40s"),
     ("rtxpro6000", _A + r"rtx ?pro ?6000"),
+    ("mi355x", _A + r"mi355x?"),
+    ("mi350x", _A + r"mi350x?"),
     ("mi325x", _A + r"mi325x?"),
     ("mi300x", _A + r"mi300x"),
     ("mi250x", _A + r"mi250x"),
@@ -138,6 +157,10 @@ _FAMILIES = [
     ("tpu_v5p", _A + r"(tpu[ -]?)?v5p"),
     ("tpu_v5e", _A + r"(tpu[ -]?)?(v5e|v5 ?lite)"),
     ("tpu_v6e", _A + r"(tpu[ -]?)?v6e|trillium"),
+    (
+        "tpu_v7",
+        _A + r"(tpu[ -]?)?v7x?(?![0-9a-z])|" + _A + r"tpu ?7x?(?![0-9a-z])|ironwood",
+    ),
     ("tpu_v4", _A + r"tpu[ -]?v4|" + _A + r"v4(?=-\d)"),
     ("tpu_v3", _A + r"tpu[ -]?v3|" + _A + r"v3(?=-\d)"),
     ("tpu_v2", _A + r"tpu[ -]?v2|" + _A + r"v2(?=-\d)"),
@@ -179,7 +202,10 @@ _SYSTEMS = [
     (r"selene", ("a100", 80, "dgx", "Selene: NVIDIA's DGX A100 SuperPOD")),
     (r"(?<![a-z])eos(?![a-z])", ("h100", 80, "dgx", "Eos: NVIDIA's DGX H100 SuperPOD")),
 ]
-_SLICE = re.compile(r"(?<![a-z0-9])(?:tpu[ -]?)?(v2|v3|v4|v5p|v5e|v5litepod|v6e)-(\d+)")
+_SLICE = re.compile(
+    r"(?<![a-z0-9])(?:tpu[ -]?)?(v2|v3|v4|v5p|v5e|v5litepod|v6e|v7x?|(?<=tpu)7x)-(\d+)"
+)
+_SLICE_FAMILY = {"v5litepod": "tpu_v5e", "v7x": "tpu_v7", "7x": "tpu_v7"}
 _NOISE = {"nvidia", "amd", "instinct", "google", "cloud", "aws", "amazon", "intel",
           "habana", "tesla", "microsoft", "azure", "gcp", "ec2", "hbm", "hbm2", "hbm2e",
           "hbm3", "hbm3e", "gpu", "gpus", "accelerator", "chip", "chips", "node",
@@ -275,7 +301,7 @@ def parse_hardware(text: str, registry: dict[str, tuple[str, ...]]) -> HardwareN
                 count=int(count_m.group(1)) if count_m else None)  # fmt: skip
     sl = _SLICE.search(low)
     if sl:  # an alias that is a slice name (v5e-256) still says its size
-        fam = {"v5litepod": "tpu_v5e"}.get(sl.group(1), "tpu_" + sl.group(1))
+        fam = _SLICE_FAMILY.get(sl.group(1), "tpu_" + sl.group(1))
         n = int(sl.group(2))
         chips = n // 2 if SLICE_COUNTS_CORES.get(fam, False) else n
     for key in (normalize(text), normalize(bare)):
@@ -307,7 +333,7 @@ def _parse_features(text: str, low: str, table, base) -> HardwareName:
     slice_chips = None
     sl = _SLICE.search(low)
     if sl:
-        fam = {"v5litepod": "tpu_v5e"}.get(sl.group(1), "tpu_" + sl.group(1))
+        fam = _SLICE_FAMILY.get(sl.group(1), "tpu_" + sl.group(1))
         n = int(sl.group(2))
         cores = SLICE_COUNTS_CORES.get(fam, False)
         slice_chips = n // 2 if cores else n
@@ -346,12 +372,14 @@ def _parse_features(text: str, low: str, table, base) -> HardwareName:
         (r"pcie", "pcie"),
         (r"oam", "oam"),
         (r"nvl ?(?:72|36)", "nvl72"),
+        (r"nvl ?32", "nvl32"),
+        (r"nvl ?2(?![0-9])", "nvl2"),
         (r"nvl(?![0-9])", "nvl"),
     )
     for pattern, name in forms:
         if re.search(pattern, low):
-            if name == "nvl72":
-                system = "nvl72"
+            if name in ("nvl72", "nvl32", "nvl2"):
+                system = name
             else:
                 form = name
             break
@@ -376,7 +404,8 @@ def _parse_features(text: str, low: str, table, base) -> HardwareName:
 
 _KNOWN = {"sxm", "pcie", "oam", "nvl", "dgx", "gb", "gib", "lite", "pro", "rtx",
           "ultra", "mega", "superchip", "edition", "blackwell", "hopper", "ampere",
-          "volta", "xlarge", "g", "hgx", "spx", "cpx", "instance", "vm"}  # fmt: skip
+          "volta", "xlarge", "g", "hgx", "spx", "cpx", "instance", "vm",
+          "grace"}  # fmt: skip
 
 
 def _known_word(w: str) -> bool:
