@@ -10,7 +10,8 @@ benchmarks/results_cpu.json and optimizer_results_cpu.json (`make bench`),
 experiments/demo_gpt3_175b_dgx_h100/results.json (`make demo`),
 experiments/validation_report/report_{training,inference}.json,
 experiments/calibrate_heldout/results_*.json,
-experiments/calibrate_fidelity/results.json and
+experiments/calibrate_fidelity/results.json,
+experiments/calibrate_hierarchy/results.json and
 experiments/validation_report/peers.json.
 """
 
@@ -338,6 +339,80 @@ def _heldout(rel: str, column: str) -> str:
     return "\n\n".join(out)
 
 
+HIER = "experiments/calibrate_hierarchy/results.json"
+SCHEME = {"device": "leave one device out", "source": "leave one source out",
+          "stack": "leave one stack out"}  # fmt: skip
+
+
+def _hier_groups(res: dict, by: str, schemes: list[str]) -> str:
+    """One table: rows, uncalibrated, each scheme's held-out MAPE, in-sample."""
+    rows = res["per_row"]
+    key = {"device": lambda r: r["device"], "family": lambda r: (r["families"] or
+           ["-"])[0], "kind": lambda r: r["kind"], "stack": lambda r: r["stack"],
+           "source": lambda r: r["source"][:60]}[by]  # fmt: skip
+    groups = defaultdict(list)
+    for r in rows:
+        groups[key(r)].append(r)
+    body = []
+    for name, rs in [*sorted(groups.items()), ("**all**", rows)]:
+        line = [name, len(rs), pct(sum(r["uncalibrated"] for r in rs) / len(rs))]
+        for s in schemes:
+            vals = [r[s] for r in rs if r.get(s) is not None]
+            line.append(pct(sum(vals) / len(vals)) if vals else "–")
+        line.append(pct(sum(r["train"] for r in rs) / len(rs)))
+        body.append(line)
+    head = [by, "rows", "uncalibrated", *(SCHEME[s] for s in schemes), "in-sample"]
+    return table(head, body)
+
+
+def hierarchy_headline(kind: str = "training") -> str:
+    res = load(HIER)[kind]
+    schemes = [s for s in ("device", "source", "stack") if s in res["heldout"]]
+    parts = [
+        f"**{res['rows']} rows** ({res['refused']} refused), {load(HIER)['steps']} Adam"
+        " steps; "
+        + "; ".join(
+            f"{SCHEME[s]}: **{pct(res['heldout'][s]['mape'])}** over "
+            f"{res['heldout'][s]['rows']} rows"
+            for s in schemes
+        )
+        + f"; in-sample {pct(res['train_mape'])}; uncalibrated (priors) "
+        f"{pct(res['uncalibrated_mape'])}."
+    ]
+    bys = ("device", "family", "kind", "stack") if kind == "training" else (
+        "device", "stack", "source")  # fmt: skip
+    parts += [_hier_groups(res, by, schemes) for by in bys]
+    return "\n\n".join(parts)
+
+
+def hierarchy_levels(kind: str = "training") -> str:
+    res = load(HIER)[kind]
+    paths = res["paths"]
+    short = [p.split(".", 1)[1] if p.startswith(("chip.", "host.")) else p
+             for p in paths]  # fmt: skip
+    body = [["**global**", *(f"{res['values']['global'][p]:.4g}" for p in paths)]]
+    for level in ("families", "devices", "stacks"):
+        for key, leaves in sorted(res["values"][level].items()):
+            body.append([f"{level[:-1] if level != 'families' else 'family'}: {key}",
+                         *(f"{leaves[p]:.4g}" if p in leaves else "·"
+                           for p in paths)])  # fmt: skip
+    out = [table(["level", *short], body)]
+    bound = res["at_bound"]
+    out.append(
+        "Leaves on a bound: "
+        + (
+            "; ".join(
+                f"{b['level']} {b['key']} `{b['path']}` ({b['bound']}, "
+                f"{b['value']:.4g})"
+                for b in bound
+            )  # fmt: skip
+            if bound
+            else "none."
+        )
+    )
+    return "\n\n".join(out)
+
+
 def _mape(rel: str, column: str = "heldout") -> float:
     rows = load(rel)["rows"]
     return sum(r[column] for r in rows) / len(rows)
@@ -417,6 +492,10 @@ BLOCKS = {
         "heldout-inference": lambda: _heldout(H + "results_inference.json", "held-out"),
         "peers": peers,
         "fidelity": fidelity,
+        "hierarchy-training": hierarchy_headline,
+        "hierarchy-training-levels": hierarchy_levels,
+        "hierarchy-serving": lambda: hierarchy_headline("serving"),
+        "hierarchy-serving-levels": lambda: hierarchy_levels("serving"),
     },
 }
 

@@ -26,7 +26,11 @@ PRIORS = {
 }
 
 
-_STEP_TIME = eqx.filter_jit(lambda c, m, p: dp.train_step(c, m, p).total)
+# targets from the relaxation the fit optimizes, so that the test measures the
+# estimator (levels, shrinkage, folds), not the gap between Smooth and Exact
+_STEP_TIME = eqx.filter_jit(
+    lambda c, m, p: dp.train_step(c, m, p, relax=dp.Smooth(32.0)).total
+)
 
 
 def _rows():
@@ -34,7 +38,7 @@ def _rows():
     rows, levels = [], []
     for dev, fam in FAMILY.items():
         for stack, step in STEP.items():
-            for batch in (16.0, 256.0):
+            for batch in (8.0, 64.0):
                 cluster = dp.load_hardware(dev, stack=stack)
                 eff = GLOBAL * math.exp(FAM_RES[fam] + DEV_RES[dev])
                 true = set_leaf(cluster, "chip.matmul_efficiency", eff)
@@ -52,7 +56,7 @@ def _rows():
 def fitted():
     rows, levels = _rows()
     fit = calibrate_hierarchy(
-        rows, levels, PRIORS, stack_paths=["host.step_overhead"], steps=300,
+        rows, levels, PRIORS, stack_paths=["host.step_overhead"], steps=250,
         lr=0.05, holdout="device",
     )  # fmt: skip
     return rows, levels, fit

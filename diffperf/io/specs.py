@@ -222,17 +222,18 @@ def default_stack(name: str | Path, kind: str = "training") -> str | None:
     """The software stack a hardware spec runs by default.
 
     The spec's own or its nearest family's `[meta] stack` (training) or
-    `serve_stack` (serving); None if none names one.
+    `serve_stack` (serving; else the training stack); None if none names one.
     """
-    key = "stack" if kind == "training" else "serve_stack"
     own = _read_toml(resolve_path("hardware", str(name))).get("meta", {})
-    if key in own:
-        return own[key]
     fams = _sub_specs("families")
-    for fam in reversed(family_chain(name)):
-        meta = _read_toml(fams[fam]).get("meta", {})
-        if key in meta:
-            return meta[key]
+    metas = [own] + [
+        _read_toml(fams[f]).get("meta", {}) for f in reversed(family_chain(name))
+    ]
+    keys = ["stack"] if kind == "training" else ["serve_stack", "stack"]
+    for key in keys:  # serving falls back to the training stack
+        for meta in metas:
+            if key in meta:
+                return meta[key]
     return None
 
 

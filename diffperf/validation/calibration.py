@@ -87,7 +87,7 @@ def leaf_priors(
     """Priors of the fitted leaves; serving fits start the CPU launch cost at 30 µs.
 
     A launch cost hidden behind the GPU has no gradient, so the serving fit starts it
-    where it binds (as experiments/calibrate_inference always did). `center` is
+    where it binds. `center` is
     "defaults" (project defaults) or "spec" (the spec's values), as in `prior_for`.
     """
     priors = {p: prior_for(p, cluster, center=center) for p in paths}

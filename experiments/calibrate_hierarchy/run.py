@@ -52,9 +52,16 @@ def load_rows(kind: str, files: list[str]):
         for k, i in enumerate(index):
             labels.append(
                 dict(csv=name, row=i, model=dp.model_family(csv_rows[i]["model"]),
-                     source=got[k].source)
+                     source=got[k].source, kind=model_kind(got[k].job[0]))
             )  # fmt: skip
     return rows, labels, refused
+
+
+def model_kind(model) -> str:
+    """dense, moe or hybrid (Mamba layers), for the per-kind tables."""
+    if float(model.ssm_fraction) > 0:
+        return "hybrid"
+    return "moe" if float(model.n_experts) > 0 else "dense"
 
 
 def fit(rows, levels, paths, stack_paths, *, steps, holdout=(), min_rows=1):
@@ -112,9 +119,14 @@ def study(rows, labels, levels, paths, stack_paths, schemes, *, steps):
             by_device=grouped(held, [lv.device for lv in levels]),
             by_family=grouped(held, [(lv.families or ("-",))[0] for lv in levels]),
             by_model=grouped(held, [lab["model"] for lab in labels]),
+            by_kind=grouped(held, [lab["kind"] for lab in labels]),
             by_stack=grouped(held, [lv.stack for lv in levels]),
         )
     result["train_by_device"] = grouped(full["row_ape"], [lv.device for lv in levels])
+    result["train_by_kind"] = grouped(full["row_ape"], [lab["kind"] for lab in labels])
+    result["uncalibrated_by_device"] = grouped(
+        full["row_uncalibrated_ape"], [lv.device for lv in levels]
+    )
     result["per_row"] = per_row
     return result
 
@@ -130,7 +142,9 @@ def write(result: dict):
         )
     for stack, leaves in vals["stacks"].items():
         dp.patch_toml(stack_dir / f"{stack}.toml", leaves, f"{NOTE} ({n} rows)")
+    hardware = [p for p in result["paths"] if p not in result["stack_paths"]]
     for dev, leaves in vals["devices"].items():
+        drop_leaves(ROOT / "hardware" / f"{dev}.toml", hardware)
         res = result["residuals"]["devices"][dev]
         own = {p: v for p, v in leaves.items() if abs(res[p]) > math.log(1.02)}
         if own:
@@ -155,6 +169,20 @@ def write(result: dict):
                 {p: v for p, v in vals["global"].items() if p in result["stack_paths"]},
                 f"{NOTE} (no rows: the global level)",
             )  # fmt: skip
+
+
+def drop_leaves(path: Path, paths: list[str]):
+    """Remove the lines of `paths` (table.key) from a TOML: the family speaks."""
+    out, table = [], None
+    for line in path.read_text().split("\n"):
+        head = line.strip()
+        if head.startswith("[") and head.endswith("]"):
+            table = head.strip("[]")
+        key = head.split("=", 1)[0].strip() if "=" in head else None
+        if key and not head.startswith("#") and f"{table}.{key}" in paths:
+            continue
+        out.append(line)
+    path.write_text("\n".join(out))
 
 
 def _extends(path: Path) -> bool:
