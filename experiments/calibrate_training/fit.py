@@ -4,8 +4,9 @@ For every chip spec with rows in data/training_calibration.csv, fits the leaves 
 `dp.default_leaves` (`diffperf.analysis.calibrate.TRAIN_LEAVES`)
 
     chip.matmul_efficiency, chip.matmul_half_dim, chip.attention_efficiency,
-    chip.low_precision_efficiency, chip.kernel_overhead, scale_out.efficiency,
-    host.dispatch_overhead, host.sync_overhead, host.step_overhead
+    chip.fp8_efficiency, chip.fp4_efficiency, chip.kernel_overhead,
+    scale_out.efficiency, host.dispatch_overhead, host.sync_overhead,
+    host.step_overhead
 
 (`chip.matmul_efficiency` only for devices with fewer than 20 rows), the same values
 for every row of a device, with `diffperf calibrate`'s machinery (`dp.calibrate`:
