@@ -133,6 +133,12 @@ def test_inference_quantizes_one_layout_and_no_gradients():
     q = 2.0 + 1.0  # delayed/static per-tensor scale: read bf16, write fp8 once
     np.testing.assert_allclose(float(fwd), T * (D + NH + D + F) * q, rtol=1e-12)
     assert float(bwd) == 0.0
+    nvfp4 = _with(LLAMA8, Precision(math="fp4", weights="fp4"))
+    s4 = phase_shape(nvfp4, serving, EXACT, "prefill")
+    fwd4, _, kernels4 = quantize_bytes(nvfp4, s4)
+    q4 = 2.0 + (0.5 + 1 / 16)  # calibrated tensor scale: one pass
+    np.testing.assert_allclose(float(fwd4), T * (D + NH + D + F) * q4, rtol=1e-12)
+    assert float(kernels4) == 4.0
 
 
 def test_sixteen_bit_math_has_no_quantize_work():

@@ -76,12 +76,15 @@ A pass where TE fuses the amax into the producing kernel (its LayerNormLinear) i
 counted as a separate one: an upper bound of these kernels' traffic."""
 
 
-def quant_bytes_per_element(recipe: str, b_in: float, b_out: float, copies: float):
+def quant_bytes_per_element(
+    recipe: str, b_in: float, b_out: float, copies: float, passes: float | None = None
+):
     """HBM bytes per element of one quantize kernel [B/element].
 
         q = passes·b_in + copies·(b_out + scale)
 
-    with (passes, scale) from `QUANT_RECIPES`, b_in the bytes of the bf16 source,
+    with (passes, scale) from `QUANT_RECIPES` (`passes` given: instead of the
+    table's), b_in the bytes of the bf16 source,
     b_out of the low-precision value (1 for FP8, 0.5 for FP4), `copies` the quantized
     layouts written: 2 in training (row-wise for the forward/dgrad GEMM, column-wise,
     i.e. transposed, for the wgrad GEMM: Hopper FP8 GEMMs take only the TN layout, and
@@ -90,7 +93,8 @@ def quant_bytes_per_element(recipe: str, b_in: float, b_out: float, copies: floa
     """
     if recipe not in QUANT_RECIPES:
         raise ValueError(f"recipe={recipe!r} must be one of {', '.join(QUANT_RECIPES)}")
-    passes, scale = QUANT_RECIPES[recipe]
+    table_passes, scale = QUANT_RECIPES[recipe]
+    passes = table_passes if passes is None else passes
     return passes * b_in + copies * (b_out + scale)
 
 
@@ -284,7 +288,9 @@ def quantize_bytes(model: Transformer, s: LayerShape):
         backward = Σ_i w_i·λ_i·c_i·M_i·N_i · q     [B]  (the output gradient dY)
         kernels  = Σ_i w_i·λ_i · passes             (forward; one per quantized input)
     with q = `quant_bytes_per_element`(recipe, b_act, b_low, copies), copies 2 with a
-    backward pass (training) and 1 without (inference: row-wise only, no dY).
+    backward pass (training) and 1 without (inference: row-wise only, no dY; NVFP4
+    inference takes its fp32 tensor scale from the checkpoint's calibrated
+    `input_scale` (NVIDIA ModelOpt NVFP4 checkpoints), so one pass, not two).
     Elementwise work, memory bound: time = bytes / (β·η) (`ops.memory_time`).
     Weights are not counted: Transformer Engine quantizes a weight once per
     optimizer step and reuses it across microbatches (`is_first_microbatch`), or
@@ -299,10 +305,13 @@ def quantize_bytes(model: Transformer, s: LayerShape):
         return zero, zero, 0.0
     lam = low_shares(s, names) * weight
     copies = 2.0 if s.backward else 1.0
-    q = quant_bytes_per_element(s.recipe, s.b_act, s.b_gemm, copies)
+    passes = QUANT_RECIPES[s.recipe][0]
+    if s.recipe == "nvfp4" and not s.backward:
+        passes = 1.0  # inference: the checkpoint's calibrated tensor scale
+    q = quant_bytes_per_element(s.recipe, s.b_act, s.b_gemm, copies, passes)
     fwd = jnp.sum(lam * count * mm * kk) * q
     bwd = jnp.sum(lam * count * mm * nn) * q if s.backward else zero
-    kernels = jnp.sum(lam) * QUANT_RECIPES[s.recipe][0]
+    kernels = jnp.sum(lam) * passes
     return fwd, bwd, kernels
 
 
