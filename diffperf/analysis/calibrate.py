@@ -82,7 +82,8 @@ PRIORS = {
     "chip.matmul_efficiency": Prior(0.7, 0.3, 0.98),
     "chip.matmul_half_dim": Prior(96.0, 16.0, 512.0),
     "chip.attention_efficiency": Prior(0.8, 0.2, 0.95),
-    "chip.low_precision_efficiency": Prior(1.0, 0.3, 1.0),
+    "chip.fp8_efficiency": Prior(1.0, 0.3, 1.0),
+    "chip.fp4_efficiency": Prior(1.0, 0.3, 1.0),
     "chip.memory_efficiency": Prior(0.85, 0.4, 0.98),
     "chip.kernel_overhead": Prior(4e-6, 0.5e-6, 10e-6),
     "scale_up.efficiency": Prior(0.8, 0.3, 0.98),
@@ -97,7 +98,8 @@ PRIORS = {
 
 TRAIN_LEAVES = (
     "chip.matmul_efficiency", "chip.matmul_half_dim", "chip.attention_efficiency",
-    "chip.low_precision_efficiency", "chip.kernel_overhead", "scale_out.efficiency",
+    "chip.fp8_efficiency", "chip.fp4_efficiency", "chip.kernel_overhead",
+    "scale_out.efficiency",
     "host.dispatch_overhead", "host.sync_overhead", "host.step_overhead",
 )  # fmt: skip
 """Leaves fitted to training rows by default."""

@@ -422,7 +422,7 @@ def _load_hardware_path(path: Path, stack: str | None = None) -> Cluster:
     cost = data.get("cost", {})
     tier = data.get("memory_tier")
     cluster = Cluster(
-        chip=_build(Chip, data.get("chip"), f"{where} [chip]"),
+        chip=_build(Chip, _chip_table(data.get("chip")), f"{where} [chip]"),
         scale_up=_tier(data.get("scale_up"), f"{where} [scale_up]"),
         scale_out=_tier(data.get("scale_out"), f"{where} [scale_out]"),
         host=_build(Host, data.get("host"), f"{where} [host]"),
@@ -433,6 +433,27 @@ def _load_hardware_path(path: Path, stack: str | None = None) -> Cluster:
         else _build(MemoryTier, tier, f"{where} [memory_tier]"),
     )
     return anchor(cluster, given=frozenset(cost))
+
+
+DEPRECATED_CHIP_KEYS = {
+    "low_precision_efficiency": ("fp8_efficiency", "fp4_efficiency"),
+}
+"""Chip keys of earlier schemas and the keys they set (where the table does not).
+`low_precision_efficiency`, one leaf for every sub-16-bit GEMM, is now split per dtype
+class; the old key is still read, as both, so older files load unchanged."""
+
+
+def _chip_table(table):
+    """The [chip] table with deprecated keys (`DEPRECATED_CHIP_KEYS`) renamed."""
+    if not isinstance(table, dict):
+        return table
+    out = dict(table)
+    for old, new in DEPRECATED_CHIP_KEYS.items():
+        if old in out:
+            value = out.pop(old)
+            for key in new:
+                out.setdefault(key, value)
+    return out
 
 
 def _tier(table, where: str) -> NetworkTier:

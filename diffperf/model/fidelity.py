@@ -35,7 +35,7 @@ FIDELITIES = ("roofline", "detailed")
 
 _ONE = (
     "chip.matmul_efficiency", "chip.attention_efficiency", "chip.memory_efficiency",
-    "chip.low_precision_efficiency", "chip.attention_fa2_efficiency",
+    "chip.fp8_efficiency", "chip.fp4_efficiency", "chip.attention_fa2_efficiency",
     "scale_up.efficiency", "scale_out.efficiency",
 )  # fmt: skip
 _ZERO = (

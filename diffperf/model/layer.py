@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from ..core.checks import concrete
 from ..core.relax import AbstractRelax, as_float
 from ..specs.hardware import Cluster
-from ..specs.workload import Transformer
+from ..specs.workload import LOW_PRECISION, Transformer
 from .comm import Collective
 from .ops import (
     attention_time,
@@ -33,9 +33,69 @@ __all__ = [
     "layer_collectives",
     "kv_elems",
     "head_time",
+    "LOW_PRECISION",
+    "BF16_OPS",
+    "QUANT_RECIPES",
+    "quant_bytes_per_element",
+    "quantize_bytes",
+    "low_shares",
 ]
 
-LOW_PRECISION = ("fp8", "int8", "fp4", "mxfp8", "mxfp4", "nvfp4")
+BF16_OPS = ("router",)
+"""GEMMs of `_gemm_shapes` that stay in bf16 when the layers' linear GEMMs run in a
+low-precision dtype: the MoE router, a plain `torch.nn.Linear` in Megatron-core's
+`TopKRouter` (bf16 or, with `--moe-router-dtype fp32`, fp32), never a Transformer
+Engine module, so no FP8/FP4 recipe reaches it. Outside the op arrays the core
+attention (`attention_time`, FlashAttention / cuDNN in bf16 unless FP8 attention is
+explicitly enabled), the Mamba-2 scan, the embedding and the output logits GEMM
+(`head_time`) are costed at the bf16 peak as well."""
+
+QUANT_RECIPES = {
+    "delayed": (1.0, 0.0),
+    "current": (2.0, 0.0),
+    "block": (1.0, 4.0 / 128.0),
+    "mx": (1.0, 1.0 / 32.0),
+    "nvfp4": (2.0, 1.0 / 16.0),
+}
+"""(passes reading the bf16 tensor, scale bytes per element) of each scaling recipe's
+quantize kernel (`quant_bytes_per_element`; recipes: `specs.workload.RECIPES`):
+  - delayed: one pass; the cast kernel records the amax for the next iterations'
+    scale (TE `DelayedScaling`, amax history), one fp32 scale per tensor;
+  - current: two passes, an amax reduction over the tensor, then the cast with the
+    scale it gives (TE `Float8CurrentScaling`);
+  - block: one pass; each 1×128 tile gets an fp32 scale (4/128 B per element; TE
+    `Float8BlockScaling`, DeepSeek-V3 §3.3.2);
+  - mx: one pass; each 32-element block gets an E8M0 byte (1/32 B; OCP MX v1.0, TE
+    `MXFP8BlockScaling`);
+  - nvfp4: two passes, the tensor amax for the fp32 global scale, then the 16-element
+    blocks with an E4M3 byte each (1/16 B; TE `NVFP4BlockScaling`:
+    s_global = amax / (448·6), s_block = block_amax / 6 / s_global). The random
+    Hadamard transform of the wgrad operands works on 16×16 tiles in registers: no
+    extra bytes.
+A pass where TE fuses the amax into the producing kernel (its LayerNormLinear) is
+counted as a separate one: an upper bound of these kernels' traffic."""
+
+
+def quant_bytes_per_element(
+    recipe: str, b_in: float, b_out: float, copies: float, passes: float | None = None
+):
+    """HBM bytes per element of one quantize kernel [B/element].
+
+        q = passes·b_in + copies·(b_out + scale)
+
+    with (passes, scale) from `QUANT_RECIPES` (`passes` given: instead of the
+    table's), b_in the bytes of the bf16 source,
+    b_out of the low-precision value (1 for FP8, 0.5 for FP4), `copies` the quantized
+    layouts written: 2 in training (row-wise for the forward/dgrad GEMM, column-wise,
+    i.e. transposed, for the wgrad GEMM: Hopper FP8 GEMMs take only the TN layout, and
+    MXFP8/NVFP4 scale blocks run along the contraction dimension, so each operand
+    needs its own copy; TE docs, "Handling transposes"), 1 in inference.
+    """
+    if recipe not in QUANT_RECIPES:
+        raise ValueError(f"recipe={recipe!r} must be one of {', '.join(QUANT_RECIPES)}")
+    table_passes, scale = QUANT_RECIPES[recipe]
+    passes = table_passes if passes is None else passes
+    return passes * b_in + copies * (b_out + scale)
 
 
 class LayerShape:
@@ -55,6 +115,8 @@ class LayerShape:
         fa2: the fused kernel is FlashAttention-2 (`Chip.attention_fa2_efficiency`),
             not the chip's best.
         weight_bytes: bytes per weight element read by the GEMMs (default: GEMM dtype).
+        backward: the layer also runs a backward pass (training): low-precision GEMM
+            operands are quantized in both layouts, and the output gradients too.
     """
 
     def __init__(
@@ -74,6 +136,7 @@ class LayerShape:
         flash: bool,
         fa2: bool = False,
         weight_bytes: float | None = None,
+        backward: bool = False,
     ):
         m = model
         self.t, self.c, self.ep, self.etp = tp, cp, ep, etp
@@ -105,11 +168,14 @@ class LayerShape:
         self.kv_tokens = (1.0 - f) * mean + f * relax.min(window, mean)
         self.b_act = m.precision.bytes("activations")
         self.b_kv = m.precision.bytes("kv_cache")
-        self.low = m.precision.math in LOW_PRECISION
+        self.low = m.precision.low
+        self.recipe = m.precision.scaling  # "none" for 16/32-bit math
+        self.bf16_layers = m.precision.bf16_layers if self.low else 0.0
         self.b_gemm = m.precision.bytes("math") if self.low else self.b_act
         self.b_weight = self.b_gemm if weight_bytes is None else weight_bytes
         self.flash = flash
         self.fa2 = fa2 and flash
+        self.backward = backward
 
 
 def _gemm_shapes(model: Transformer, s: LayerShape):
@@ -184,8 +250,8 @@ def _elementwise_bytes(model: Transformer, s: LayerShape):
     Q and K, 4·(N + K)·H: an estimate between Transformer Engine's fused RoPE kernel
     (read + write, 2 passes) and Megatron-core's unfused `apply_rotary_pos_emb` (9
     passes: the rotate_half copy, two products and their sum); the Mamba-2 causal conv
-    (read + write d_in + 2·G·Ns) and gated norm (read y and z, write y); with fp8/fp4
-    GEMMs, a cast of each GEMM input (read b, write 1 byte).
+    (read + write d_in + 2·G·Ns) and gated norm (read y and z, write y). The quantize
+    kernels of low-precision GEMMs are `quantize_bytes`.
     """
     m, t = model, s.t
     up = m.mlp_mats - 1.0
@@ -198,25 +264,64 @@ def _elementwise_bytes(model: Transformer, s: LayerShape):
     ssm = m.ssm_fraction * (2.0 * conv + 3.0 * m.ssm_inner) / t
     b = s.b_act
     norms = s.sp_tokens * 5.0 * m.d_model * b * m.sublayers
-    total = norms + s.tokens * (act + rope + ssm) * b
-    if s.low:
-        gemm_inputs = (
-            m.sublayers * m.d_model
-            + m.attention_fraction * m.n_heads * m.head_dim / t
-            + m.ssm_fraction * m.ssm_inner / t
-            + m.mlp_fraction * m.d_ff / t
-        )
-        total = total + s.tokens * gemm_inputs * (b + 1.0)
-    return total
+    return norms + s.tokens * (act + rope + ssm) * b
 
 
-BLOCK_KERNELS = {"attention": 6.0, "ssm": 11.0, "mlp": 5.0, "moe": 6.0, "cast": 2.0}
+def low_shares(s: LayerShape, names):
+    """Share of each GEMM of `_gemm_shapes` (by name) run in the low-precision dtype.
+
+    λ_i = 1 − bf16_layers for a linear GEMM, 0 for `BF16_OPS`; all 0 for 16/32-bit
+    math.
+    """
+    if not s.low:
+        return jnp.zeros(len(names))
+    keep = 1.0 - s.bf16_layers
+    return jnp.array([0.0 if n in BF16_OPS else keep for n in names])
+
+
+def quantize_bytes(model: Transformer, s: LayerShape):
+    """HBM bytes of one layer's quantize kernels on one chip, per microbatch.
+
+    For each GEMM i of `_gemm_shapes` (input M_i × K_i, output M_i × N_i, `count`
+    c_i, share of layers w_i, low-precision share λ_i of `low_shares`):
+        forward  = Σ_i w_i·λ_i·c_i·M_i·K_i · q     [B]  (the input X, both layouts)
+        backward = Σ_i w_i·λ_i·c_i·M_i·N_i · q     [B]  (the output gradient dY)
+        kernels  = Σ_i w_i·λ_i · passes             (forward; one per quantized input)
+    with q = `quant_bytes_per_element`(recipe, b_act, b_low, copies), copies 2 with a
+    backward pass (training) and 1 without (inference: row-wise only, no dY; NVFP4
+    inference takes its fp32 tensor scale from the checkpoint's calibrated
+    `input_scale` (NVIDIA ModelOpt NVFP4 checkpoints), so one pass, not two).
+    Elementwise work, memory bound: time = bytes / (β·η) (`ops.memory_time`).
+    Weights are not counted: Transformer Engine quantizes a weight once per
+    optimizer step and reuses it across microbatches (`is_first_microbatch`), or
+    keeps FP8 primary weights (`fp8_param_gather`); inference loads them quantized.
+
+    Returns:
+        (forward [B], backward [B], forward kernels); zeros for 16/32-bit math.
+    """
+    (mm, kk, nn, count, weight), names = _gemm_shapes(model, s)
+    zero = jnp.zeros(())
+    if not s.low:
+        return zero, zero, 0.0
+    lam = low_shares(s, names) * weight
+    copies = 2.0 if s.backward else 1.0
+    passes = QUANT_RECIPES[s.recipe][0]
+    if s.recipe == "nvfp4" and not s.backward:
+        passes = 1.0  # inference: the checkpoint's calibrated tensor scale
+    q = quant_bytes_per_element(s.recipe, s.b_act, s.b_gemm, copies, passes)
+    fwd = jnp.sum(lam * count * mm * kk) * q
+    bwd = jnp.sum(lam * count * mm * nn) * q if s.backward else zero
+    kernels = jnp.sum(lam) * passes
+    return fwd, bwd, kernels
+
+
+BLOCK_KERNELS = {"attention": 6.0, "ssm": 11.0, "mlp": 5.0, "moe": 6.0}
 """GPU kernels of one block's forward pass, counted from its op list (one kernel per
 op): attention = norm, QKV, rotary, attention, output, residual; Mamba-2 (ssm) = norm,
 in_proj, conv, the 5 SSD scan kernels of mamba_ssm (chunk cumsum, chunk state, state
 passing, BMM, chunk scan), gated norm, out_proj, residual; MLP = norm, up, activation,
 down, residual; an MoE layer adds router GEMM, top-k, permute, 2 grouped GEMMs and
-unpermute (moe); fp8/fp4 GEMMs add a cast of each GEMM input pair per block (cast)."""
+unpermute (moe). Low-precision GEMMs add their quantize kernels (`quantize_bytes`)."""
 
 
 def _kernels_per_layer(model: Transformer, s: LayerShape, host) -> tuple:
@@ -229,11 +334,10 @@ def _kernels_per_layer(model: Transformer, s: LayerShape, host) -> tuple:
     sync, permutation indices, all-to-all splits), a calibratable leaf.
     """
     m, k = model, BLOCK_KERNELS
-    cast = k["cast"] if s.low else 0.0
     base = (
-        m.attention_fraction * (k["attention"] + cast)
-        + m.ssm_fraction * (k["ssm"] + cast)
-        + m.mlp_fraction * (k["mlp"] + cast)
+        m.attention_fraction * k["attention"]
+        + m.ssm_fraction * k["ssm"]
+        + m.mlp_fraction * k["mlp"]
     )
     kernels = base + k["moe"] * s.moe
     return kernels, kernels + host.moe_host_ops * s.moe
@@ -244,20 +348,41 @@ def layer_forward(
 ):
     """Forward seconds of the representative layer by class, per microbatch.
 
+    GEMMs: a low-precision model (`Precision.low`) runs each linear GEMM i at the
+    share λ_i of `low_shares` in its dtype, at π_dtype·`Chip.dtype_efficiency`, with
+    operands of that width, and the rest (the router, `BF16_OPS`, and the layers kept
+    in bf16) at the bf16 peak with bf16 operands:
+        t_i = λ_i·t(π_low·ε_dtype, b_low) + (1 − λ_i)·t(π_bf16, b_bf16)       [s]
+    Quantize kernels (`quantize_bytes`) add to the elementwise time; `quant` holds
+    their forward and backward seconds (the backward's are not 2× the forward's, so
+    `train.layer_passes` takes them apart from the other elementwise work).
+
     Weight-only quantization (weights narrower than the GEMM operands, e.g. int4
     weights with bf16 math) adds the dequantization of every weight element, 2 vector
     FLOP each on the FP32 units, to the elementwise time.
     """
     chip = cluster.chip
-    peak = chip.peak_flops(model.precision.math)
-    if s.low:  # sub-16-bit GEMMs reach a smaller share of their (higher) peak
-        peak = peak * chip.low_precision_efficiency
+    m = model
     peak16 = chip.peak_flops("bf16")
     (mm, kk, nn, count, weight), names = _gemm_shapes(model, s)
-    g = gemm_time(
-        chip, mm, kk, nn, count=count, peak=peak, nbytes=s.b_gemm,
-        weight_nbytes=s.b_weight, relax=relax,
-    )  # fmt: skip
+    dims = dict(count=count, relax=relax)
+    if s.low:
+        math = m.precision.math
+        peak_low = chip.peak_flops(math) * chip.dtype_efficiency(math)
+        lam = low_shares(s, names)
+        low_args = dict(nbytes=s.b_gemm, weight_nbytes=s.b_weight)
+        hi_args = dict(nbytes=s.b_act, weight_nbytes=s.b_act)
+        g = lam * gemm_time(chip, mm, kk, nn, peak=peak_low, **low_args, **dims) + (
+            1.0 - lam
+        ) * gemm_time(chip, mm, kk, nn, peak=peak16, **hi_args, **dims)
+        g_flops, b_low, _ = gemm_work(chip, mm, kk, nn, **low_args, **dims)
+        _, b_hi, _ = gemm_work(chip, mm, kk, nn, **hi_args, **dims)
+        g_bytes = lam * b_low + (1.0 - lam) * b_hi
+    else:
+        args = dict(nbytes=s.b_gemm, weight_nbytes=s.b_weight)
+        peak = chip.peak_flops(m.precision.math)
+        g = gemm_time(chip, mm, kk, nn, peak=peak, **args, **dims)
+        g_flops, g_bytes, _ = gemm_work(chip, mm, kk, nn, **args, **dims)
     gemm = jnp.sum(g * weight)
     shape = dict(
         batch=s.batch,
@@ -276,7 +401,6 @@ def layer_forward(
         fa2=s.fa2,
     )
     attn, attn_flops = attention_time(chip, relax=relax, **shape)
-    m = model
     ssm, ssm_flops = ssm_scan_time(
         chip,
         tokens=s.tokens,
@@ -291,16 +415,15 @@ def layer_forward(
         recurrent=s.recurrent,
         relax=relax,
     )
-    elem = memory_time(chip, _elementwise_bytes(model, s))
+    q_fwd, q_bwd, q_kernels = quantize_bytes(model, s)
+    quant = dict(forward=memory_time(chip, q_fwd), backward=memory_time(chip, q_bwd))
+    elem = memory_time(chip, _elementwise_bytes(model, s)) + quant["forward"]
     if s.b_weight < s.b_gemm:  # weight-only quantization: dequantize K×N per GEMM
         dequant = jnp.sum(kk * nn * count * weight) * 2.0 / chip.flops_fp32
         elem = elem + dequant
     kernels, host_ops = _kernels_per_layer(model, s, cluster.host)
+    kernels, host_ops = kernels + q_kernels, host_ops + q_kernels
     flops = 2.0 * jnp.sum(mm * kk * nn * count * weight)
-    g_flops, g_bytes, _ = gemm_work(
-        chip, mm, kk, nn, count=count, nbytes=s.b_gemm, weight_nbytes=s.b_weight,
-        relax=relax,
-    )  # fmt: skip
     _, attn_bytes, _ = attention_work(chip, relax=relax, **shape)
     a, f_ssm = m.attention_fraction, m.ssm_fraction
     return dict(
@@ -308,6 +431,7 @@ def layer_forward(
         attn=a * attn,
         ssm=f_ssm * ssm,
         elem=elem,
+        quant=quant,
         kernels=kernels,
         host_ops=host_ops,
         flops=flops,
@@ -472,7 +596,10 @@ def head_time(
 ):
     """Embedding, logits GEMM (fwd + 2 bwd) and loss of one microbatch [s].
 
-    Logits: (T × D)·(D × V/t) in bf16, forward + backward by `PASS_FACTORS["matmul"]`;
+    Logits: (T × D)·(D × V/t) in bf16 whatever `Precision.math` is (the output layer
+    is not a Transformer Engine linear under an FP8/FP4 recipe: Megatron-core's
+    output_layer is a ColumnParallelLinear, the embedding a gather), forward + backward
+    by `PASS_FACTORS["matmul"]`;
     cross-entropy streams the T·V/t logits three times in fp32 (3 × 4 = 12 B per
     logit: max, exp-sum and gradient passes of Megatron's vocab-parallel cross
     entropy); the embedding gather (read + write T·D) and its gradient scatter-add

@@ -87,6 +87,7 @@ def training_shape(
         sequence_parallel=mapping.sequence_parallel,
         flash=resolved_attention_kernel(mapping) != "unfused",
         fa2=resolved_attention_kernel(mapping) == "fa2",
+        backward=True,
     )
 
 
@@ -147,7 +148,9 @@ def layer_passes(
 ) -> LayerPasses:
     """Forward and backward seconds of one layer per microbatch (module docstring).
 
-    Work of class k in pass i: PASS_FACTORS[k][i] × its forward time; the recomputed
+    Work of class k in pass i: PASS_FACTORS[k][i] × its forward time, except the
+    quantize kernels of low-precision GEMMs (`layer.quantize_bytes`), whose backward
+    seconds are their own (the output gradients'); the recomputed
     forward (`RECOMPUTED[policy]`) runs the listed classes once more. Communication: the
     layer's `Collective` records (`layer_collectives`; a recomputed class repeats its
     collectives, `COMM_CLASS`), each axis' raw time T = Σ count·time, of which the
@@ -181,6 +184,14 @@ def layer_passes(
         "backward": {k: factors[k][1] * v for k, v in fwd.items()},
         "recompute": {k: (v if k in redo else 0.0 * v) for k, v in fwd.items()},
     }
+    # quantize kernels: the backward quantizes the output gradients (`quantize_bytes`),
+    # not twice the forward's inputs as the elementwise pass factor would say
+    quant = lay["quant"]
+    work["backward"]["elementwise"] = (
+        work["backward"]["elementwise"]
+        - factors["elementwise"][1] * quant["forward"]
+        + quant["backward"]
+    )
     # frozen base weights (fine-tuning) skip their wgrad; the adapters train in full
     work["backward"]["matmul"] = (
         work["backward"]["matmul"] - (1.0 - tau) * WGRAD * (lay["gemm"])

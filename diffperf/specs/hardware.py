@@ -51,6 +51,12 @@ class Chip(eqx.Module):
     for jobs whose stack runs FA2 (`Parallelism.attention_kernel="fa2"`): 1 where FA2
     is the best kernel (Ampere and earlier), below 1 on Hopper/Blackwell, whose FA3 /
     cuDNN kernels use wgmma/TMA (tcgen05 on Blackwell) that FA2 does not.
+
+    `fp8_efficiency` and `fp4_efficiency` scale the 8-bit (fp8, int8, MXFP8) and 4-bit
+    (fp4, NVFP4, MXFP4) tensor peaks: a low-precision GEMM reaches `matmul_efficiency`
+    times that share of its own peak (`dtype_efficiency`). They replace the single
+    `low_precision_efficiency` of earlier versions (a TOML key the loader still reads,
+    deprecated, as both).
     """
 
     flops_fp32: Array = eqx.field(**_F)  # FLOP/s, vector (non-tensor) FP32
@@ -74,7 +80,8 @@ class Chip(eqx.Module):
     power: Array = eqx.field(**_F)  # W (TDP)
     die_area: Array = eqx.field(**_F)  # m²
     price: Array = eqx.field(**_F)  # USD
-    low_precision_efficiency: Array = eqx.field(**_F, default=1.0)  # fp8/fp4 rel. bf16
+    fp8_efficiency: Array = eqx.field(**_F, default=1.0)  # 8-bit GEMMs rel. bf16
+    fp4_efficiency: Array = eqx.field(**_F, default=1.0)  # 4-bit GEMMs rel. bf16
     # FlashAttention-2 rel. to the chip's best fused attention kernel (1 = FA2 is it)
     attention_fa2_efficiency: Array = eqx.field(**_F, default=1.0)
 
@@ -107,10 +114,25 @@ class Chip(eqx.Module):
                 "matmul_efficiency",
                 "attention_efficiency",
                 "memory_efficiency",
-                "low_precision_efficiency",
+                "fp8_efficiency",
+                "fp4_efficiency",
                 "attention_fa2_efficiency",
             ),
         )
+
+    def dtype_efficiency(self, dtype: str):
+        """Achieved share of a math dtype's peak relative to bf16's.
+
+        1 for 16/32-bit, `fp8_efficiency` for 8-bit (fp8, int8, mxfp8),
+        `fp4_efficiency` for 4-bit (fp4, nvfp4, mxfp4).
+        """
+        if dtype not in MATH_DTYPES:
+            raise ValueError(f"dtype={dtype!r} must be one of {', '.join(MATH_DTYPES)}")
+        if dtype in ("fp8", "int8", "mxfp8"):
+            return self.fp8_efficiency
+        if dtype in ("fp4", "mxfp4", "nvfp4"):
+            return self.fp4_efficiency
+        return 1.0
 
     def peak_flops(self, dtype: str) -> Array:
         """Dense tensor peak [FLOP/s] of a math dtype (fp16 → bf16, MX/NV → fp8/fp4)."""

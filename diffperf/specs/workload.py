@@ -24,7 +24,14 @@ from ..core.checks import check_fields, concrete
 from ..core.relax import as_float
 from ..core.units import BYTES
 
-__all__ = ["Precision", "Transformer"]
+__all__ = [
+    "Precision",
+    "Transformer",
+    "LOW_PRECISION",
+    "RECIPES",
+    "DEFAULT_RECIPE",
+    "TRAINING_BF16_LAYERS",
+]
 
 _F = dict(converter=as_float)
 _MIX = ("attention_fraction", "ssm_fraction", "mlp_fraction")
@@ -36,12 +43,74 @@ def _dtype(x: str, field: str) -> str:
     return x
 
 
+LOW_PRECISION = ("fp8", "int8", "fp4", "mxfp8", "mxfp4", "nvfp4")
+"""Math dtypes narrower than 16 bits: their GEMMs need quantized (scaled) operands."""
+
+RECIPES = ("delayed", "current", "block", "mx", "nvfp4")
+"""Scaling recipes of low-precision GEMMs (`Precision.recipe`), as Transformer Engine
+names them (github:NVIDIA/TransformerEngine docs/features/low_precision_training):
+  - delayed: FP8 per-tensor scaling from the amax history of past iterations
+    (`DelayedScaling`, TE's default recipe; also the static per-tensor scales of
+    FP8 inference engines);
+  - current: FP8 per-tensor current scaling (`Float8CurrentScaling`, Megatron-Bridge
+    "fp8_cs"): the scale comes from this tensor's amax, a separate reduction pass;
+  - block: FP8 block scaling, 1×128 activation tiles and 128×128 weight blocks with
+    fp32 scales (`Float8BlockScaling`, DeepSeek-V3 §3.3, Megatron-Bridge "fp8_sc";
+    Hopper);
+  - mx: OCP microscaling, 32-element blocks with an E8M0 scale (`MXFP8BlockScaling`,
+    Megatron-Bridge "fp8_mx"; Blackwell);
+  - nvfp4: NVFP4, E2M1 values in 16-element blocks with an E4M3 scale and an fp32
+    per-tensor scale (`NVFP4BlockScaling`; Blackwell; arXiv:2509.25149).
+Both per-tensor recipes are what issue #14 calls "tensor" scaling."""
+
+_RECIPE_DTYPES = {
+    "delayed": ("fp8", "int8"),
+    "current": ("fp8", "int8"),
+    "block": ("fp8",),
+    "mx": ("fp8", "mxfp8", "fp4", "mxfp4"),
+    "nvfp4": ("fp4", "nvfp4"),
+}
+"""Math dtypes each recipe can scale (a 4-bit recipe needs a 4-bit GEMM)."""
+
+DEFAULT_RECIPE = {
+    "fp8": "delayed",
+    "int8": "delayed",
+    "mxfp8": "mx",
+    "mxfp4": "mx",
+    "fp4": "nvfp4",
+    "nvfp4": "nvfp4",
+}
+"""The recipe of a low-precision math dtype whose `recipe` is "auto": TE's default
+(delayed scaling) for FP8/INT8, the format's own block scaling for MX and NVFP4."""
+
+TRAINING_BF16_LAYERS = {"nvfp4": 0.16}
+"""Share of layers a training recipe keeps in BF16 by default (`Precision.training`).
+NVFP4: "selective high-precision layers", the last layers in BF16 (NVIDIA,
+"Pretraining Large Language Models with NVFP4", arXiv:2509.25149, §4); Megatron-Bridge
+`nemotron_3_super_bf16_with_nvfp4_mixed` keeps the last 14 of Nemotron 3 Super's 88
+layers (0.16; github:NVIDIA-NeMo/Megatron-Bridge
+src/megatron/bridge/training/mixed_precision.py), the recipe of its NVFP4 performance
+runs. FP8 recipes: 0; the per-tensor current-scaling preset keeps the first and last
+layer in BF16, but Megatron-Bridge's performance configurations turn that off
+(scripts/performance/utils/precision.py: `first_last_layers_bf16 = False`), and its
+MXFP8, block and delayed presets keep none."""
+
+
 class Precision(eqx.Module):
     """Dtype of each tensor class (static labels; bytes from `core.units.BYTES`).
 
-    `math` picks the tensor-core peak; the others set bytes moved and stored. Defaults
-    are the usual mixed-precision recipe: bf16 weights/activations, fp32 gradient
-    reduction, fp32 Adam state and master weights.
+    `math` picks the tensor-core peak of the layers' linear GEMMs; the others set bytes
+    moved and stored. Defaults are the usual mixed-precision recipe: bf16
+    weights/activations, fp32 gradient reduction, fp32 Adam state and master weights.
+
+    Low-precision math (`LOW_PRECISION`) runs as the Transformer Engine / Megatron
+    recipes run it: the linear layers' GEMMs (QKV, attention output, MLP, expert,
+    shared-expert, Mamba projections) in `math`, scaled by `recipe` (`RECIPES`; "auto":
+    `DEFAULT_RECIPE`); the core attention, the MoE router, the embedding and the output
+    logits GEMM stay in bf16 (`model.layer.BF16_OPS`, `layer.head_time`), and a share
+    `bf16_layers` of the layers keeps all its GEMMs in bf16 (Megatron
+    `--num-layers-at-start/end-in-bf16`). Both are static: they pick kernels, not
+    amounts.
     """
 
     math: str = eqx.field(static=True, default="bf16")
@@ -50,22 +119,59 @@ class Precision(eqx.Module):
     kv_cache: str = eqx.field(static=True, default="bf16")
     grads: str = eqx.field(static=True, default="fp32")
     optimizer: str = eqx.field(static=True, default="fp32")
+    recipe: str = eqx.field(static=True, default="auto")
+    bf16_layers: float = eqx.field(static=True, default=0.0)
 
     def __check_init__(self):
         for f in ("math", "weights", "activations", "kv_cache", "grads", "optimizer"):
             _dtype(getattr(self, f), f)
+        if self.recipe != "auto" and self.recipe not in RECIPES:
+            raise ValueError(
+                f"Precision(recipe={self.recipe!r}) must be auto or one of "
+                f"{', '.join(RECIPES)}"
+            )
+        fits = _RECIPE_DTYPES.get(self.recipe, ())
+        if self.recipe != "auto" and self.low and self.math not in fits:
+            raise ValueError(
+                f"Precision(recipe={self.recipe!r}) scales "
+                f"{'/'.join(_RECIPE_DTYPES[self.recipe])} math, not math={self.math!r}"
+            )
+        share = self.bf16_layers
+        if isinstance(share, bool) or not isinstance(share, int | float):
+            raise ValueError(f"Precision(bf16_layers={share!r}) must be a number")
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"Precision(bf16_layers={share:g}) must be in [0, 1]")
 
     def bytes(self, tensor_class: str) -> float:
         """Bytes per element of a tensor class ("weights", "activations", ...)."""
         return BYTES[getattr(self, tensor_class)]
 
+    @property
+    def low(self) -> bool:
+        """The linear GEMMs run narrower than 16 bits (`LOW_PRECISION`)."""
+        return self.math in LOW_PRECISION
+
+    @property
+    def scaling(self) -> str:
+        """The scaling recipe in effect.
+
+        `recipe`, "auto" resolved by `DEFAULT_RECIPE`; "none" for 16/32-bit math.
+        """
+        if not self.low:
+            return "none"
+        return DEFAULT_RECIPE[self.math] if self.recipe == "auto" else self.recipe
+
     @classmethod
-    def training(cls, dtype: str) -> "Precision":
+    def training(
+        cls, dtype: str, recipe: str = "auto", bf16_layers: float | None = None
+    ) -> "Precision":
         """The precision of a training run whose GEMMs run in `dtype`.
 
         Low-precision (fp8/fp4) training keeps its primary weights in that dtype (fp32
         master weights live in the optimizer state), bf16 activations between GEMMs, and
-        casts GEMM inputs (Transformer Engine's fp8 parameters and recipe).
+        casts GEMM inputs (Transformer Engine's fp8 parameters and recipe). `recipe`
+        as `Precision.recipe`; `bf16_layers` defaults to the recipe's
+        `TRAINING_BF16_LAYERS` share.
         """
         if dtype in ("bf16", "fp16", "fp32", "tf32"):
             return cls(
@@ -73,7 +179,12 @@ class Precision(eqx.Module):
                 weights=dtype if dtype != "tf32" else "fp32",
                 activations=dtype if dtype != "tf32" else "fp32",
             )
-        return cls(math=_dtype(dtype, "math"), weights=dtype)
+        base = cls(math=_dtype(dtype, "math"), weights=dtype, recipe=recipe)
+        if bf16_layers is None:
+            bf16_layers = TRAINING_BF16_LAYERS.get(base.scaling, 0.0)
+        return cls(
+            math=dtype, weights=dtype, recipe=recipe, bf16_layers=float(bf16_layers)
+        )
 
 
 class Transformer(eqx.Module):

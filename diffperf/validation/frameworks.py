@@ -51,6 +51,36 @@ A TPU row without a mesh or a slice name runs in one slice of all its chips (up 
 the pod; MaxText's single-slice jobs); a `num_gpus` equal to a slice name's TensorCore
 count (512 with v5p-512) counts TensorCores.
 
+Precision (`dtype_recipe`): the `dtype` cell names the math dtype and, where the source
+says, the scaling recipe (`specs.workload.RECIPES`); a bare FP8 takes the framework's
+default recipe. Matched in this order on the lowercased cell:
+
+| dtype cell | math | recipe |
+|---|---|---|
+| NVFP4, fp4 | fp4 | nvfp4 (last 16% of layers in bf16, `TRAINING_BF16_LAYERS`) |
+| FP8-MX, MXFP8 | fp8 | mx |
+| FP8-CS | fp8 | current |
+| FP8-SC, FP8-block | fp8 | block |
+| FP8-DS, FP8-delayed | fp8 | delayed |
+| FP8-... [value in parentheses: alt quantization granularity] | fp8 | alt |
+| fp8, FP8, amp_fp8, FP8-presumed-unstated [primary value] | fp8 | framework |
+| BF16, bf16, amp_bf16, fp16 mixed | bf16 | none |
+
+alt: mx on Blackwell (a chip with an FP4 peak), block on Hopper; framework: current
+scaling for Megatron-Bridge, delayed scaling for any other framework.
+
+Sources: Megatron-Bridge names its performance recipes fp8_cs (per-tensor current
+scaling), fp8_mx, fp8_sc (blockwise: 128×128 weights, 1×128 activations), fp8_ds and
+nvfp4 (github:NVIDIA-NeMo/Megatron-Bridge scripts/performance/utils/precision.py); its
+25.11 tables print "FP8-CS (FP8-MX)" where 25.09 printed an unlabelled "x (y)", whose
+page note says the parenthesised value is "GB200/B200: MXFP8 32x32 blocks; H100:
+128x128 weights / 1x128 activations" (the rows' notes), so a bare FP8 of Megatron-
+Bridge is current scaling. NeMo 24.x (`MegatronMixedPrecision(fp8_recipe="delayed")`),
+Composer/llm-foundry's `amp_fp8` and Transformer Engine itself default to delayed
+scaling (TE `fp8_autocast` without a recipe: `DelayedScaling`). The optional columns
+`recipe` (delayed|current|block|mx|nvfp4) and `bf16_layers` (share of layers in bf16,
+0..1) override the table.
+
 `count_unit` says what num_gpus, the degrees and the microbatch count: chips (default),
 framework devices (`device`: Trainium NeuronCores at the logical NeuronCore config,
 MI250X GCDs, TPU v2/v3 TensorCores) or physical cores (`core`), converted to chips with
@@ -62,6 +92,8 @@ import re
 from ..specs.mapping import LORA_TARGETS
 
 __all__ = [
+    "dtype_recipe",
+    "DTYPE_RECIPES",
     "profile",
     "PROFILES",
     "parse_mesh",
@@ -85,6 +117,44 @@ PROFILES = {
 """Documented defaults per framework profile (module docstring); sp None: tp > 1."""
 
 FORMULAS = ("megatron", "megatron_recompute", "6n", "6n_attn")
+
+DTYPE_RECIPES = (
+    (r"nvfp4|fp4", "fp4", "nvfp4"),
+    (r"fp8-mx|mxfp8", "fp8", "mx"),
+    (r"fp8-cs", "fp8", "current"),
+    (r"fp8-sc|fp8-block", "fp8", "block"),
+    (r"fp8-ds|fp8-delayed", "fp8", "delayed"),
+    (r"fp8.*alt quantization granularity", "fp8", "alt"),
+    (r"fp8", "fp8", "framework"),
+    (r"bf16|fp16", "bf16", "none"),
+)
+"""(pattern, math, recipe) of a `dtype` cell, first match wins (module docstring);
+"alt": mx on Blackwell, block on Hopper; "framework": the framework's FP8 default."""
+
+
+def dtype_recipe(text: str, framework: str, mx_capable: bool) -> tuple[str, str]:
+    """(math dtype, scaling recipe) of a `dtype` cell (module docstring's table).
+
+    Args:
+        text: the cell ("" = bf16).
+        framework: the row's `framework` cell (a bare FP8's default recipe).
+        mx_capable: the chip has MX/NVFP4 tensor cores (Blackwell: an FP4 peak).
+
+    Raises:
+        ValueError: a cell no pattern matches.
+    """
+    t = (text or "").lower().strip()
+    if not t:
+        return "bf16", "none"
+    for pattern, math, recipe in DTYPE_RECIPES:
+        if re.search(pattern, t):
+            if recipe == "alt":
+                recipe = "mx" if mx_capable else "block"
+            elif recipe == "framework":
+                bridge = "bridge" in (framework or "").lower()
+                recipe = "current" if bridge else "delayed"
+            return math, recipe
+    raise ValueError(f"dtype {text!r} is not one of bf16/fp16/fp8/fp4 variants")
 
 
 def _year(text: str) -> int | None:

@@ -21,11 +21,12 @@ settings: the row's columns, else the documented defaults of its `framework`
     compute for the layouts whose published recipe enables it (`_A2A_OVERLAP`);
     models named "(tokendrop)" route with capacity factor 1 (padded), others
     dropless; "(w/ MTP)" adds one multi-token-prediction module.
-  - dtype blank: bf16.
+  - dtype blank: bf16; otherwise the math dtype and scaling recipe of
+    `frameworks.dtype_recipe` (e.g. FP8-CS: per-tensor current scaling, MXFP8: mx,
+    NVFP4: nvfp4 with the last 16% of layers in bf16).
 """
 
 import math
-import re
 
 import equinox as eqx
 
@@ -33,9 +34,16 @@ from .. import io
 from ..analysis.calibrate import Row
 from ..model.train import train_step
 from ..specs.mapping import Parallelism, check_mapping
-from ..specs.workload import Precision
+from ..specs.workload import LOW_PRECISION, RECIPES, Precision
 from .common import number, score_rows, short_source, summarize
-from .frameworks import PROFILES, lora_settings, parse_mesh, profile, source_flops
+from .frameworks import (
+    PROFILES,
+    dtype_recipe,
+    lora_settings,
+    parse_mesh,
+    profile,
+    source_flops,
+)
 
 __all__ = [
     "validate_rows",
@@ -45,21 +53,27 @@ __all__ = [
     "resolve_training_row",
 ]
 
-_DTYPES = [
-    (r"nvfp4|fp4", "fp4"),
-    (r"fp8", "fp8"),
-    (r"bf16|fp16|amp_bf16", "bf16"),
-]
 
+def _precision(row, cluster) -> Precision:
+    """The row's `Precision`.
 
-def _dtype(text: str) -> str:
-    t = text.lower().strip()
-    if not t:
-        return "bf16"
-    for pattern, dtype in _DTYPES:
-        if re.search(pattern, t):
-            return dtype
-    raise ValueError(f"dtype {text!r} is not one of bf16/fp16/fp8/fp4 variants")
+    Its `dtype` (and the optional `recipe` and `bf16_layers` columns) by
+    `frameworks.dtype_recipe`.
+    """
+    mx = float(cluster.chip.flops_fp4) > 0  # Blackwell-class: MX/NVFP4 tensor cores
+    dtype, recipe = dtype_recipe(row.get("dtype", ""), row.get("framework", ""), mx)
+    if float(cluster.chip.peak_flops(dtype)) <= 0:
+        raise ValueError(f"{cluster.name} has no {dtype} tensor throughput")
+    if dtype not in LOW_PRECISION:
+        return Precision.training(dtype)
+    recipe = (row.get("recipe") or "").strip().lower() or recipe
+    if recipe not in RECIPES:
+        allowed = ", ".join(RECIPES)
+        raise ValueError(f"column recipe={recipe!r} must be one of {allowed}")
+    share = number(row, "bf16_layers")
+    if share is not None and not 0.0 <= share <= 1.0:
+        raise ValueError(f"column bf16_layers={share:g} must be in [0, 1]")
+    return Precision.training(dtype, recipe=recipe, bf16_layers=share)
 
 
 def _model(row):
@@ -182,10 +196,7 @@ def resolve_training_row(row: dict, cluster=None):
         cluster = io.load_hardware(
             row["gpu"], ici_chips=slice_chips, stack=row_stack(row, "training")
         )
-    dtype = _dtype(row.get("dtype", ""))
-    if float(cluster.chip.peak_flops(dtype)) <= 0:
-        raise ValueError(f"{cluster.name} has no {dtype} tensor throughput")
-    model = eqx.tree_at(lambda m: m.precision, model, Precision.training(dtype))
+    model = eqx.tree_at(lambda m: m.precision, model, _precision(row, cluster))
     rec = (row.get("recompute") or "").strip().lower() or defaults["recompute"]
     sp = _flag(row, "seq_parallel")
     if sp is None:
