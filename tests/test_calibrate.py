@@ -173,3 +173,36 @@ def test_cli_malformed_csv_exits_2(capsys, tmp_path):
     rc = main(["calibrate", "--data", str(p), "--hardware", "h100_sxm"])
     _, err = capsys.readouterr()
     assert rc == 2 and "line 2" in err
+
+
+def test_cli_hierarchical(capsys, tmp_path):
+    """`--hierarchical`: every row jointly, values per level, held-out by source."""
+    data = _narayanan_csv(tmp_path)
+    rc = main(["calibrate", "--data", str(data), "--hierarchical", "--holdout",
+               "kfold:2", "--steps", "20", "--json"])  # fmt: skip
+    stdout, err = capsys.readouterr()
+    assert rc == 0, err
+    res = json.loads(stdout)
+    assert res["hierarchical"] and res["rows"] == 10
+    vals = res["values"]
+    assert set(vals["families"]) == {"ampere"}
+    assert set(vals["devices"]) == {"a100_sxm4_80gb"}
+    assert set(vals["stacks"]) == {"megatron_lm"}
+    assert set(vals["stacks"]["megatron_lm"]) == set(dp.HIERARCHY_STACK)
+    assert len(res["results"]) == 10 and len(res["heldout"]) == 2
+    assert 0 < res["train_mape"] < 0.08 and res["uncalibrated_mape"] > 0
+    assert all(r["stack"] == "megatron_lm" for r in res["results"])
+
+
+@pytest.mark.parametrize(
+    "argv, pattern",
+    [
+        (["--steps", "5"], "--hardware is required"),
+        (["--hierarchical", "--holdout", "chip"], "device, source, stack or kfold"),
+    ],
+)
+def test_cli_hierarchical_bad_input(capsys, tmp_path, argv, pattern):
+    data = _narayanan_csv(tmp_path, 2)
+    rc = main(["calibrate", "--data", str(data), *argv])
+    _, err = capsys.readouterr()
+    assert rc == 2 and pattern in err

@@ -57,7 +57,7 @@ def fitted():
     rows, levels = _rows()
     fit = calibrate_hierarchy(
         rows, levels, PRIORS, stack_paths=["host.step_overhead"], steps=250,
-        lr=0.05, holdout="device",
+        lr=0.05, holdout="device", noise=0.01,  # noise-free rows: weak priors
     )  # fmt: skip
     return rows, levels, fit
 
@@ -85,12 +85,17 @@ def test_leave_one_device_out_predicts_from_the_family(fitted):
     _, levels, fit = fitted
     held = np.array(fit["row_heldout_ape"])
     devices = np.array([lv.device for lv in levels])
-    # devices planted on their family's value are predicted by it; the others miss
-    # by their own residual (≤ 5%), which nothing else in the data can reveal
-    for dev, res in DEV_RES.items():
+    # a withheld device is predicted by its family, estimated from its sibling alone:
+    # it misses by its own planted residual plus what the sibling's residual moved
+    # the family (nothing in the data can reveal either), plus the Exact model's
+    # distance from the Smooth targets (~2%); without the family level it would miss
+    # by the family's planted offset (15%)
+    for dev, fam in FAMILY.items():
+        sibling = next(d for d, f in FAMILY.items() if f == fam and d != dev)
+        bound = abs(math.expm1(DEV_RES[dev])) + abs(math.expm1(DEV_RES[sibling]))
         mape = held[devices == dev].mean()
-        assert mape < abs(math.expm1(res)) + 0.03, (dev, mape)
-    assert fit["uncalibrated_mape"] > 3 * fit["heldout_mape"]
+        assert mape < bound + 0.03, (dev, mape)
+    assert fit["uncalibrated_mape"] > 2 * fit["heldout_mape"]
 
 
 def test_folds_and_bad_input():

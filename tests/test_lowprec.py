@@ -273,7 +273,8 @@ def test_recipe_and_bf16_layers_columns_override_the_table():
 
 def test_old_low_precision_key_still_loads_as_both_leaves(tmp_path):
     text = (ROOT / "hardware" / "b200.toml").read_text()
-    text = text.replace("fp8_efficiency = ", "low_precision_efficiency = 0.8  #", 1)
+    assert "fp8_efficiency" not in text  # the family's default speaks
+    text = text.replace("[chip]\n", "[chip]\nlow_precision_efficiency = 0.8\n", 1)
     path = tmp_path / "old_b200.toml"
     path.write_text(text)
     chip = dp.load_hardware(path).chip

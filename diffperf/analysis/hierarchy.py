@@ -184,6 +184,7 @@ def calibrate_hierarchy(
     min_rows: int = 1,
     steps: int = 200,
     lr: float = 0.05,
+    noise: float = NOISE,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Fit global, family, device and stack levels of `priors`' leaves to `rows`.
@@ -199,6 +200,8 @@ def calibrate_hierarchy(
         min_rows: leave-one-device-out folds only for devices with this many rows.
         steps: Adam steps.
         lr: Adam learning rate [log units].
+        noise: σ_r, the assumed relative error of the model on one row (log units):
+            the weight of the priors is σ_r² / N.
         progress: `progress(done, total)` after each Adam step.
 
     Returns:
@@ -246,7 +249,7 @@ def calibrate_hierarchy(
     u = {p: jnp.asarray(np.tile(start[p], (folds, 1))) for p in tab}
     mu = {p: jnp.asarray(t.mu)[None, :] for p, t in tab.items()}
     inv_var = {p: jnp.asarray(1.0 / t.sigma**2)[None, :] for p, t in tab.items()}
-    prior_w = jnp.asarray(NOISE**2 / np.maximum((weights > 0).sum(axis=1), 1))[:, None]
+    prior_w = jnp.asarray(noise**2 / np.maximum((weights > 0).sum(axis=1), 1))[:, None]
     relax = Smooth(32.0)
     opt = optax.adam(lr)
     state = opt.init(u)
