@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "calibrate_hierarchy" / "results.json"
 DEVICE = "b200"
 GAP = 0.03
-"""Allowed rise of the device's MAPE when its rows are withheld (issue #14: 3 points)."""
+"""Allowed rise of the MAPE when the device's rows are withheld (issue #14)."""
 
 
 def _fold(res: dict, name: str) -> dict:
