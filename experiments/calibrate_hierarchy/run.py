@@ -171,6 +171,29 @@ def write(result: dict):
             )  # fmt: skip
 
 
+def merge(old: dict | None, new: dict, schemes: list[str], *, base: bool) -> dict:
+    """Combine two runs of the same fit (same rows, leaves and steps).
+
+    `base`: this run's full fit is the one written to the TOMLs (--write); it keeps
+    the other run's hold-out schemes. Otherwise the earlier run stays the base and
+    takes this run's schemes (their folds are fitted in another vmapped batch, so the
+    full-fit values agree to float precision, not bit for bit).
+    """
+    same = old and old["rows"] == new["rows"] and old["paths"] == new["paths"]
+    if not same:
+        return new
+    keep, add = (new, old) if base else (old, new)
+    for scheme, block in add["heldout"].items():
+        if base and scheme in schemes:
+            continue
+        if not base and scheme not in schemes:
+            continue
+        keep["heldout"][scheme] = block
+        for a, b in zip(keep["per_row"], add["per_row"], strict=True):
+            a[scheme] = b.get(scheme)
+    return keep
+
+
 def drop_leaves(path: Path, paths: list[str]):
     """Remove the lines of `paths` (table.key) from a TOML: the family speaks."""
     out, table = [], None
@@ -194,6 +217,11 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--write", action="store_true")
     ap.add_argument("--kind", choices=["training", "serving", "both"], default="both")
+    ap.add_argument(
+        "--schemes", default="device,source,stack",
+        help="hold-out schemes (comma-separated); with a subset, results.json keeps "
+        "the other schemes' entries from an earlier run of the same fit",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     path = HERE / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {}
@@ -203,12 +231,15 @@ def main(argv=None):
         rows, labels, refused = load_rows("training", TRAINING)
         levels = dp.hierarchy_levels(rows)
         paths = dp.HIERARCHY_HARDWARE + dp.HIERARCHY_STACK
+        schemes = [x for x in args.schemes.split(",") if x]
         res = study(
-            rows, labels, levels, paths, dp.HIERARCHY_STACK,
-            ["device", "source", "stack"], steps=args.steps,
+            rows, labels, levels, paths, dp.HIERARCHY_STACK, schemes,
+            steps=args.steps,
         )  # fmt: skip
         res["refused"] = refused
-        results["training"] = res
+        results["training"] = merge(
+            results.get("training"), res, schemes, base=args.write
+        )
         if args.write:
             write(res)
     if args.kind in ("serving", "both"):
@@ -216,12 +247,12 @@ def main(argv=None):
         rows, labels, refused = load_rows("inference", [SERVING])
         levels = dp.hierarchy_levels(rows)
         paths = dp.HIERARCHY_SERVE_STACK
-        res = study(
-            rows, labels, levels, paths, paths, ["source", "stack"],
-            steps=args.steps,
-        )  # fmt: skip
+        schemes = [x for x in args.schemes.split(",") if x and x != "device"]
+        res = study(rows, labels, levels, paths, paths, schemes, steps=args.steps)
         res["refused"] = refused
-        results["serving"] = res
+        results["serving"] = merge(
+            results.get("serving"), res, schemes, base=args.write
+        )
         if args.write:
             write(res)
     results["steps"] = args.steps
