@@ -32,6 +32,11 @@ def test_reader_on_fixture_rows_units_and_versions():
     assert by["gemm_perf"]["provenance"] == "collected"
     assert by["gemm_perf"]["excluded"] == {"gemm dtype int4_wo": 1}
     assert by["moe_perf"]["excluded"] == {"moe routing power_law_1.2": 1}
+    # the newest MoE table has no row the model scores: the next older one is read
+    assert by["moe_perf"]["version"] == "1.3.0rc20"
+    assert by["moe_perf"]["newer_without_scored_rows"] == {
+        "1.3.0rc23": {"moe dtype w4a16_mxfp4": 1}
+    }
     assert by["generation_attention_perf"]["excluded"] == {"beam width > 1": 1}
     assert by["nccl_perf"]["excluded"] == {"nccl broadcast/half": 1}
     ops = [r.op for r in rows]

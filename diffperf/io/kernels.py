@@ -141,7 +141,7 @@ def _nccl_version(root: Path, system: str) -> str | None:
 
 
 def _table_files(root, system, backend, version):
-    """[(table stem, op kind, file, backend, version)] chosen for one system."""
+    """[(table stem, op kind, [(file, version)] newest first, backend)] of a system."""
     base = root / "data" / system
     chosen = []
     for stem, (op_dir, kind) in _TABLES.items():
@@ -156,16 +156,16 @@ def _table_files(root, system, backend, version):
                     have[vdir.name] = vdir / f"{stem}{ext}"
         if not have:
             continue
+        order = sorted(have, key=_version_key, reverse=True)
         if kind == "nccl":
             want = _nccl_version(root, system)
-            v = want if want in have else max(have, key=_version_key)
+            if want in have:
+                order = [want] + [v for v in order if v != want]
         elif version is not None:
             if version not in have:
                 continue
-            v = version
-        else:
-            v = max(have, key=_version_key)
-        chosen.append((stem, kind, have[v], be, v))
+            order = [version]
+        chosen.append((stem, kind, [(have[v], v) for v in order], be))
     return chosen
 
 
@@ -234,15 +234,17 @@ def read_kernel_tables(
     Args:
         system: an aiconfigurator system (`kernel_systems()`, e.g. "h100_sxm").
         backend: trtllm | vllm | sglang (NCCL tables are read whatever the backend).
-        version: the backend version (default: the latest holding each table); NCCL
-            tables use the system YAML's `nccl_version`, else the latest.
+        version: the backend version (default: the newest holding each table with
+            rows the model scores; a newer one whose rows are all unscored, e.g. an
+            MXFP4-only MoE table, is listed in `newer_without_scored_rows`); NCCL
+            tables use the system YAML's `nccl_version`, else the newest.
         root: a `systems` folder in the package's layout (default: the installed
             package's).
 
     Returns:
         (rows, tables): tables is one dict per file read: table, op, backend,
         version, provenance, file (relative to `root`), rows, excluded
-        ({reason: count}).
+        ({reason: count}), newer_without_scored_rows ({version: excluded}).
 
     Raises:
         ValueError: missing extra, unknown system, no table for the backend/version.
@@ -258,17 +260,23 @@ def read_kernel_tables(
             f"{backend!r}" + (f" version {version!r}" if version else "")
         )
     rows, tables = [], []
-    for stem, kind, path, be, v in files:
-        source = f"aiconfigurator-core {system}/{be}/{v}/{stem}"
-        got, excluded = [], Counter()
-        for r in _read_table(path):
-            new, why = _convert(kind, r, source)
-            got += new
-            if why:
-                excluded[why] += 1
+    for stem, kind, candidates, be in files:
+        passed = {}
+        for path, v in candidates:  # newest first; an older one only if none scores
+            source = f"aiconfigurator-core {system}/{be}/{v}/{stem}"
+            got, excluded = [], Counter()
+            for r in _read_table(path):
+                new, why = _convert(kind, r, source)
+                got += new
+                if why:
+                    excluded[why] += 1
+            if got or (path, v) == candidates[-1]:
+                break
+            passed[v] = dict(excluded)
         rows += got
         tables.append(dict(
             table=stem, op=kind, backend=be, version=v, provenance=_meta(path.parent),
             file=str(path.relative_to(root)), rows=len(got), excluded=dict(excluded),
+            newer_without_scored_rows=passed,
         ))  # fmt: skip
     return rows, tables
