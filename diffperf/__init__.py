@@ -19,6 +19,13 @@ only the names in `__all__`.
 
 from .analysis.calibrate import Prior, Row, calibrate
 from .analysis.hierarchy import SHRINK, RowLevels, calibrate_hierarchy
+from .analysis.kernels import (
+    KernelRow,
+    Stage,
+    fit_kernels,
+    kernel_mape,
+    predict_kernels,
+)
 from .analysis.optimize import DesignScorer, enumerate_mappings, optimize
 from .analysis.sensitivity import (
     RESOURCES,
@@ -44,6 +51,8 @@ from .io import (
     stack_names,
     workload_names,
 )
+from .io.kernels import SYSTEMS as KERNEL_SYSTEMS
+from .io.kernels import kernel_systems, read_kernel_tables
 from .io.patch import patch_toml
 from .model.breakdown import TERMS, Breakdown
 from .model.collectives import collective_time, scale_out_bytes
@@ -134,6 +143,8 @@ __all__ = [
     "hourly_cost", "step_power", "joules_per_token", "usd_per_million_tokens",
     # analyses
     "optimize", "enumerate_mappings", "DesignScorer", "calibrate", "Prior", "Row",
+    "KernelRow", "Stage", "fit_kernels", "kernel_mape", "predict_kernels",
+    "read_kernel_tables", "kernel_systems", "KERNEL_SYSTEMS",
     "validate", "sweep", "SweepResult",
     "SweepCheckpoint", "sensitivity", "elasticities", "uncertainty",
     "binding_resource", "RESOURCES",

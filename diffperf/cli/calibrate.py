@@ -8,14 +8,24 @@ fitted values (`--out`). The bundled hardware files are never modified by the CL
 `dp.patch_toml` (used by the experiment scripts' `--write`) rewrites one in place.
 The row resolution, grouping, default leaves and priors are
 `diffperf.validation.calibration`'s (public as `dp.measured_rows`, ...).
+
+`--kernels SYSTEM` fits instead the op model's efficiency leaves to the measured
+kernel tables of `aiconfigurator-core` (the optional extra `diffperf[kernels]`):
+`dp.fit_kernels` on `dp.read_kernel_tables(SYSTEM, backend, version)`, for the bundled
+hardware of that system (or `--hardware`); it prints the fitted leaves, the per-op
+MAPE before and after, the leaves on a bound and the tables read (`--out` writes the
+JSON). No hardware file is modified.
 """
 
 import datetime
+import json
 from pathlib import Path
 
 from .. import io
 from ..analysis.calibrate import calibrate
 from ..analysis.hierarchy import calibrate_hierarchy
+from ..analysis.kernels import fit_kernels
+from ..io.kernels import SYSTEMS, read_kernel_tables
 from ..validation.calibration import (
     HIERARCHY_HARDWARE,
     HIERARCHY_SERVE_STACK,
@@ -29,16 +39,23 @@ from ..validation.calibration import (
 from ..validation.run import read_measurements
 from ..validation.training import spec_family
 
-__all__ = ["add_calibrate", "run_calibrate", "print_calibrate", "fitted_toml"]
+__all__ = [
+    "add_calibrate",
+    "run_calibrate",
+    "print_calibrate",
+    "fitted_toml",
+    "run_kernel_calibrate",
+    "print_kernel_calibrate",
+]
 
 
 def add_calibrate(sub):
     """The `calibrate` subcommand."""
     p = sub.add_parser("calibrate", help="fit a device's leaves to measured rows")
     p.add_argument(
-        "--data", required=True, action="append",
+        "--data", action="append",
         help="training or inference CSV (repeat --data to fit several files at once "
-        "with --hierarchical)",
+        "with --hierarchical; not with --kernels)",
     )  # fmt: skip
     p.add_argument("--hardware", help="name, alias or TOML path (per-device fit)")
     p.add_argument(
@@ -46,6 +63,19 @@ def add_calibrate(sub):
         help="fit every row jointly: hardware leaves at global, family and device "
         "levels, software leaves per stack (dp.calibrate_hierarchy)",
     )  # fmt: skip
+    p.add_argument(
+        "--kernels",
+        metavar="SYSTEM",
+        help="fit to aiconfigurator-core's kernel tables of SYSTEM (e.g. h100_sxm; "
+        "needs the extra diffperf[kernels])",
+    )
+    p.add_argument(
+        "--backend",
+        default="trtllm",
+        choices=("trtllm", "vllm", "sglang"),
+        help="kernel tables' framework (with --kernels)",
+    )
+    p.add_argument("--version", help="kernel tables' framework version (--kernels)")
     p.add_argument(
         "--leaves", help="comma-separated leaf paths (default: the usual ones)"
     )
@@ -70,6 +100,10 @@ def run_calibrate(args) -> dict:
     """Run `diffperf calibrate` (see the module docstring); the JSON result."""
     if args.steps < 1:
         raise ValueError(f"--steps={args.steps} must be >= 1")
+    if args.kernels:
+        return run_kernel_calibrate(args)
+    if not args.data:
+        raise ValueError("calibrate needs --data (or --kernels SYSTEM)")
     if args.hierarchical:
         return run_hierarchy(args)
     if not args.hardware:
@@ -207,6 +241,66 @@ def print_hierarchy(out: dict):
         print(f"  {f['name'][:60]:<60} {f['rows']:4d} rows  MAPE {pct(f['mape'])}")
 
 
+def run_kernel_calibrate(args) -> dict:
+    """`diffperf calibrate --kernels SYSTEM`: the JSON result (module docstring)."""
+    if args.data:
+        raise ValueError("--kernels fits kernel tables: drop --data")
+    rows, tables = read_kernel_tables(
+        args.kernels, backend=args.backend, version=args.version
+    )
+    hardware = args.hardware or SYSTEMS.get(args.kernels)
+    if hardware is None:
+        raise ValueError(
+            f"--kernels {args.kernels}: no bundled hardware for it; pass --hardware"
+        )
+    cluster = io.load_hardware(hardware)
+    fit = fit_kernels(cluster, rows, steps=args.steps)
+    fit.pop("cluster")
+    out = dict(
+        system=args.kernels, hardware=cluster.name, backend=args.backend,
+        version=args.version, rows=len(rows), tables=tables, steps=args.steps, **fit,
+    )  # fmt: skip
+    if args.out:
+        Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+        out["out"] = str(args.out)
+    return out
+
+
+def print_kernel_calibrate(out: dict):
+    """Human-readable summary of `run_kernel_calibrate`'s result."""
+    print(
+        f"{out['hardware']}: {out['rows']} measured kernels of {out['system']} "
+        f"({out['backend']})"
+    )
+    for t in out["tables"]:
+        skipped = sum(t["excluded"].values())
+        print(
+            f"  {t['file']}: {t['rows']} rows"
+            + (f", {skipped} not scored {t['excluded']}" if skipped else "")
+        )
+    print(f"\n{'leaf':<32} {'committed':>10} {'fitted':>10}  stage")
+    for path, v in out["leaves"].items():
+        flag = "  (at bound)" if v["at_bound"] else ""
+        print(
+            f"{path:<32} {v['committed']:>10.4g} {v['fitted']:>10.4g}  "
+            f"{v['stage']}{flag}"
+        )
+    print(f"\n{'op':<22} {'rows':>7} {'MAPE before':>12} {'after':>8}")
+    for op, b in out["before"].items():
+        a = out["after"][op]
+        print(
+            f"{op:<22} {b['rows']:>7} {100 * b['mape']:>11.1f}% "
+            f"{100 * a['mape']:>7.1f}%"
+        )
+    for d in out["defects"]:
+        print(f"defect: {d}")
+    for name, d in out["diagnostics"].items():
+        vals = ", ".join(f"{p} {v:.4g}" for p, v in d["leaves"].items())
+        print(f"diagnostic {name}: {vals}" + "".join(f"; {x}" for x in d["defects"]))
+    if out.get("out"):
+        print(f"\nwrote {out['out']}")
+
+
 def _in_family(gpu: str, stem: str) -> bool:
     """Whether a CSV `gpu` text names `stem` or a spec extending it."""
     try:
@@ -270,6 +364,8 @@ def print_calibrate(out: dict):
     """Human-readable summary of `run_calibrate`'s result."""
     if out.get("hierarchical"):
         return print_hierarchy(out)
+    if "system" in out:
+        return print_kernel_calibrate(out)
     pct = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"  # noqa: E731
     print(f"{out['hardware']}: {out['rows']} {out['kind']} rows from {out['data']}")
     print(f"{'leaf':<32} {'prior':>10} {'fitted':>10} {'± std':>9}  bounds")
