@@ -187,7 +187,7 @@ def _unnamed(x):
     return dataclasses.replace(x, name="") if hasattr(x, "name") else x
 
 
-def _groups(rows: list[Row]) -> list[_Group]:
+def static_groups(rows: list[Row]) -> list[_Group]:
     """Rows with the same static structure, their leaves stacked for vmap."""
     by_key = defaultdict(list)
     for i, r in enumerate(rows):
@@ -302,7 +302,7 @@ def _all_residuals(groups, u, n, relax) -> np.ndarray:
     return r
 
 
-def _ape(r: np.ndarray, inverse: np.ndarray) -> np.ndarray:
+def reported_ape(r: np.ndarray, inverse: np.ndarray) -> np.ndarray:
     """APE on the reported metric from log residuals (throughputs: ∝ 1/time)."""
     return np.where(inverse, np.abs(np.exp(-r) - 1.0), np.abs(np.exp(r) - 1.0))
 
@@ -310,8 +310,8 @@ def _ape(r: np.ndarray, inverse: np.ndarray) -> np.ndarray:
 def row_apes(rows: list[Row], values: dict | None = None) -> np.ndarray:
     """Exact-model APE of every row with the leaves set to `values` (None: as is)."""
     u = {p: jnp.log(jnp.asarray([v], dtype=float)) for p, v in (values or {}).items()}
-    r = _all_residuals(_groups(rows), u, len(rows), Exact())
-    return _ape(r[0], np.array([row.inverse for row in rows]))
+    r = _all_residuals(static_groups(rows), u, len(rows), Exact())
+    return reported_ape(r[0], np.array([row.inverse for row in rows]))
 
 
 def _covariance(rows, groups, priors, u_hat, weights) -> np.ndarray:
@@ -389,7 +389,7 @@ def calibrate(
         raise ValueError(f"--holdout={holdout!r} must be source or kfold:K")
     masks = np.vstack([np.ones((1, n), dtype=bool), ~held])
     weights = np.stack([source_balanced(rows, m) for m in masks])
-    groups = _groups(rows)
+    groups = static_groups(rows)
     tick = None if progress is None else (lambda k: progress(k, steps))
     u = _fit(groups, priors, weights, steps=steps, lr=lr, relax=Smooth(32.0),
              progress=tick)  # fmt: skip
@@ -399,7 +399,7 @@ def calibrate(
         p: jnp.concatenate([v, jnp.full(1, math.log(priors[p].center), dtype=float)])
         for p, v in u.items()
     }
-    ape_all = _ape(_all_residuals(groups, u_all, n, Exact()), inverse)
+    ape_all = reported_ape(_all_residuals(groups, u_all, n, Exact()), inverse)
     ape, ape0 = ape_all[:-1], ape_all[-1]  # [1 + F, N], [N]
     u_hat = {p: v[0] for p, v in u.items()}
     cov = _covariance(rows, groups, priors, u_hat, weights[0])

@@ -45,12 +45,12 @@ from .calibrate import (
     NOISE,
     Prior,
     Row,
-    _ape,
-    _groups,
     kfold_folds,
+    reported_ape,
     row_time,
     source_balanced,
     source_folds,
+    static_groups,
 )
 
 __all__ = [
@@ -235,7 +235,7 @@ def calibrate_hierarchy(
     tab = _tables(rows, levels, priors, stack_paths)
     lo = {p: math.log(pr.lower) for p, pr in priors.items()}
     hi = {p: math.log(pr.upper) for p, pr in priors.items()}
-    groups = _groups(list(rows))
+    groups = static_groups(list(rows))
     g_member = [
         {p: jnp.asarray(t.member[g.index]) for p, t in tab.items()} for g in groups
     ]
@@ -272,7 +272,7 @@ def calibrate_hierarchy(
             _group_residuals(u_all, mem, lo, hi, g.metric, g.trees, Exact())
         )
     inverse = np.array([row.inverse for row in rows])
-    ape = _ape(r, inverse)
+    ape = reported_ape(r, inverse)
     per_scheme = {}
     for scheme in schemes:
         row_held, fold_out = np.full(n, np.nan), []
