@@ -116,8 +116,10 @@ def test_a_few_small_rows_are_predicted_and_every_row_accounted(tmp_path):
     ][:3]  # fmt: skip
     blind = [r for r in rows if r["mode"] == "disagg" and not r["prefill_num_workers"]]
     path = _write(tmp_path / "aic.csv", small + blind[:2])
-    out = dp.validate(path)
+    calls = []
+    out = dp.validate(path, progress=lambda done, total: calls.append((done, total)))
     assert out["kind"] == "aiconfigurator" and out["rows"] == 5
+    assert calls[-1] == (5, 5)
     assert out["rows_predicted"] == 3 and out["rows_refused"] == 2
     assert out["refused"] == {
         "disaggregated run without worker counts (prefill_num_workers, "

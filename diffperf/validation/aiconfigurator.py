@@ -268,7 +268,7 @@ def _open(cluster, model, serving, rate, scheduler):
     return jax.vmap(one)(cluster, model, serving, rate, scheduler)
 
 
-def _batched(fn, jobs: list[tuple]) -> np.ndarray:
+def _batched(fn, jobs: list[tuple], tick=None) -> np.ndarray:
     """Results of `fn` over jobs (pytree tuples), grouped by static structure."""
     groups = defaultdict(list)
     for i, job in enumerate(jobs):
@@ -285,6 +285,8 @@ def _batched(fn, jobs: list[tuple]) -> np.ndarray:
             res = np.asarray(fn(*stacked))
             for k, i in enumerate(part):
                 out[i] = res[k]
+            if tick is not None:
+                tick(len(part))
     return out
 
 
@@ -302,10 +304,10 @@ def _agg_jobs(resolved: dict[int, dict]) -> dict[int, tuple]:
     return jobs
 
 
-def _predict_agg(resolved: dict[int, dict]) -> dict[int, dict]:
+def _predict_agg(resolved: dict[int, dict], tick=None) -> dict[int, dict]:
     jobs = _agg_jobs(resolved)
     keys = list(jobs)
-    res = _batched(_closed, [jobs[k] for k in keys])
+    res = _batched(_closed, [jobs[k] for k in keys], tick)
     return {
         k: dict(ttft=float(v[0]), tpot=float(v[1]), kv_capacity=float(v[2]))
         for k, v in zip(keys, res, strict=True)
@@ -324,7 +326,9 @@ def _decode_pool(cluster, model, serving, n):
     return jax.vmap(one)(cluster, model, serving, n)
 
 
-def _predict_disagg(resolved: dict[int, dict], iters: int = 12) -> dict[int, dict]:
+def _predict_disagg(
+    resolved: dict[int, dict], iters: int = 12, tick=None
+) -> dict[int, dict]:
     """Disaggregated rows (module docstring): decode pool, then the prefill fixed point.
 
     TPOT is the decode step of N/y sequences at the mean context (`serve`); TTFT the
@@ -343,7 +347,7 @@ def _predict_disagg(resolved: dict[int, dict], iters: int = 12) -> dict[int, dic
         c, m = _strip(r["cluster"], r["model"])
         per = max(r["concurrency"] / r["workers"][1], 1.0)
         dec_jobs.append((c, m, r["decode"], jnp.asarray(per, dtype=float)))
-    dec = _batched(_decode_pool, dec_jobs)
+    dec = _batched(_decode_pool, dec_jobs, tick)
     tpot = {k: float(v[0]) for k, v in zip(keys, dec, strict=True)}
     cap = {k: float(v[1]) for k, v in zip(keys, dec, strict=True)}
     ttft, kv = {}, {}
@@ -390,6 +394,7 @@ def validate_aic_rows(rows: list[dict], *, progress=None) -> dict:
 
     `results` holds two entries per predicted CSV row (`metric` "ttft" and "tpot",
     milliseconds, `row` its index) and one per refused row (`reason`).
+    `progress(done, total)` is called as chunks of rows finish.
     """
     resolved, refused = {}, {}
     for i, row in enumerate(rows):
@@ -401,7 +406,14 @@ def validate_aic_rows(rows: list[dict], *, progress=None) -> dict:
             refused[i] = str(e).splitlines()[0]
     agg = {i: r for i, r in resolved.items() if r["kind"] == "agg"}
     dis = {i: r for i, r in resolved.items() if r["kind"] == "disagg"}
-    pred = _predict_agg(agg) | _predict_disagg(dis)
+    done = [len(refused)]
+
+    def tick(n):  # rows finished, for a progress bar
+        done[0] += n
+        if progress is not None:
+            progress(done[0], len(rows))
+
+    pred = _predict_agg(agg, tick) | _predict_disagg(dis, tick=tick)
     results = []
     for i, row in enumerate(rows):
         base = dict(
@@ -430,8 +442,6 @@ def validate_aic_rows(rows: list[dict], *, progress=None) -> dict:
                     feasible=p["kv_capacity"] >= 1.0,
                 )
             )  # fmt: skip
-        if progress is not None:
-            progress(i + 1, len(rows))
     return summarize_aic(results, len(rows))
 
 
