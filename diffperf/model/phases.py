@@ -25,8 +25,9 @@ Serving metrics (static batch, steady state; `serving.serve`):
   (TensorRT-LLM, vLLM virtual engines): both phases run at B/n, a token still passes
   all pp stages (TPOT = t_decode(B/n)) and TTFT = t_prefill(B/n)·(pp + n − 1)/pp;
   e2e = TTFT + (S_out − 1)·TPOT;  output tokens/s = B·S_out / e2e (per replica).
-Memory per chip: weights/(t·p) + KV cache B·(S_in + S_out)·L/p·kv/t (attention
-layers) + B·Mamba-2 state (constant per sequence, SSM layers) + the peak activations of
+Memory per chip: weights/(t·p) + KV cache B/a·(S_in + S_out)·L/p·kv/t (attention
+layers; a = attention_dp ranks, each holding its share of the batch) + B/a·Mamba-2
+state (constant per sequence, SSM layers) + the peak activations of
 one prompt's prefill (`prefill_activation_bytes`; engines prefill prompts one chunk at a
 time) + reserved. max_batch is the largest batch whose KV caches fit beside the rest.
 """
@@ -103,7 +104,14 @@ class PhaseBreakdown(eqx.Module):
 
 
 def serving_shape(model, serving, relax, *, q_len, seq, causal) -> LayerShape:
-    """The layer shape of a serving step: `q_len` new tokens per sequence over `seq`."""
+    """The layer shape of a serving step: `q_len` new tokens per sequence over `seq`.
+
+    With attention data parallelism (a = `attention_dp` ranks of tp chips) a chip
+    runs the layer of its rank: B/a sequences through attention (tp-way), the dense
+    MLP and shared experts, and its T/tp tokens dispatched to the routed experts
+    sharded over ep·etp = tp·a chips; `LayerShape`'s expert rows per chip,
+    T/t·k·etp·load/(E/ep), are then B·q·k·load/E per expert, every rank's tokens.
+    """
     return LayerShape(
         model,
         relax,
@@ -111,7 +119,7 @@ def serving_shape(model, serving, relax, *, q_len, seq, causal) -> LayerShape:
         cp=1.0,
         ep=serving.ep,
         etp=serving.etp,
-        batch=serving.batch,
+        batch=serving.rank_batch,  # one attention rank's sequences
         q_len=q_len,
         seq=seq,
         causal=causal,
@@ -163,7 +171,7 @@ def phase_breakdown(
     # Logits of the last token of each sequence, vocabulary-parallel, then sampling.
     logits = gemm_time(
         chip,
-        serving.batch,
+        serving.rank_batch,
         model.d_model,
         model.vocab_size / serving.tp,
         peak=chip.peak_flops("bf16"),
@@ -172,7 +180,7 @@ def phase_breakdown(
         relax=relax,
     )
     # the sampler reads each sequence's fp32 logits once (4 B per vocabulary entry)
-    head = logits + memory_time(chip, serving.batch * model.vocab_size * 4.0)
+    head = logits + memory_time(chip, serving.rank_batch * model.vocab_size * 4.0)
     (pp,) = [r for r in records if r.axis == "pp"]
     hop = instance_time(cluster, pp, relax=relax)
     gpu = dict(
@@ -191,7 +199,7 @@ def phase_breakdown(
     ops = 0.0 if serving.graphs else layers * lay["host_ops"]
     t_host = ops * host.dispatch_overhead
     if kv_tokens is None:
-        kv_tokens = serving.batch * s.seq
+        kv_tokens = serving.rank_batch * s.seq
     kv = serving.offload_kv * kv_tokens * kv_bytes_per_token(model, serving)
     t_link = kv / cluster.offload_tier(relax).bandwidth
     return PhaseBreakdown(
@@ -309,7 +317,7 @@ def mixed_step(
     )
     # logits for the decodes and the last token of each prompt (P/S_in of them)
     heads = batch(d + p / s_in)
-    kv_tokens = d * context + p  # decodes read, prompts write
+    kv_tokens = (d * context + p) / serving.attention_dp  # decodes read, prompts write
     return phase_breakdown(
         cluster, model, heads, s, relax, attention=attention, kv_tokens=kv_tokens
     )

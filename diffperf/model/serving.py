@@ -148,7 +148,8 @@ def serve(
     per_seq = kv_token * context * (1.0 - serving.offload_kv) + ssm_state_bytes(
         model, serving
     )  # in HBM
-    memory = weights + serving.batch * per_seq + act_one + chip.reserved_memory
+    rank = serving.rank_batch  # sequences on one attention rank (batch/attention_dp)
+    memory = weights + rank * per_seq + act_one + chip.reserved_memory
     tier_capacity = cluster.offload_tier(relax).capacity  # the offloaded share's limit
     off_seq = kv_token * context * serving.offload_kv
     return ServeResult(
@@ -161,13 +162,14 @@ def serve(
         chips=serving.chips,
         memory_per_gpu=memory,
         memory_capacity=chip.hbm_capacity,
-        max_batch=jnp.floor(
+        max_batch=serving.attention_dp
+        * jnp.floor(
             jnp.minimum(
                 jnp.maximum(free, 0.0) / jnp.maximum(per_seq, 1e-30),
                 tier_capacity / jnp.maximum(off_seq, 1e-30),
             )
         ),
-        offload_memory=serving.batch * off_seq,
+        offload_memory=rank * off_seq,
         offload_capacity=tier_capacity,
         kv_bytes_per_token=kv_token,
     )
@@ -376,7 +378,7 @@ def disaggregated(
     context = prefill.input_len + decode.output_len
     dec_mem = (
         weight_bytes(model, decode)
-        + decode.batch
+        + decode.rank_batch
         * (kv_bytes_per_token(model, decode) * context + ssm_state_bytes(model, decode))
         + dec_hw.chip.reserved_memory
     )

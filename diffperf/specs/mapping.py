@@ -259,8 +259,19 @@ def check_mapping(model: Transformer, mapping: Parallelism, gpus: int | None = N
 class Serving(eqx.Module):
     """How a model is served: parallel degrees of one replica and the request shape.
 
-    A replica uses tp·pp chips and runs `batch` sequences at once, each with
-    `input_len` prompt tokens and `output_len` generated tokens. `graphs=True` replays
+    A replica uses tp·pp·attention_dp chips and runs `batch` sequences at once, each
+    with `input_len` prompt tokens and `output_len` generated tokens.
+
+    Attention data parallelism (`attention_dp` = a > 1; DeepSeek-style wide expert
+    parallelism: TensorRT-LLM `enable_attention_dp`, SGLang `--enable-dp-attention`,
+    vLLM `--data-parallel-size` with `--enable-expert-parallel`): the replica's
+    attention, dense MLP and shared-expert weights are replicated on a ranks of tp
+    chips each, and every rank runs its own B/a of the batch (and holds their KV
+    caches); the routed experts are sharded over all tp·a chips (ep·etp = tp·a), and
+    each MoE layer dispatches every rank's tokens to them and combines the results
+    (all-to-all over the ep ranks). On one chip a layer is then the layer of a
+    tp-way replica at batch B/a whose experts are spread over ep·etp chips
+    (`model.phases.serving_shape`). `graphs=True` replays
     each decode step as one captured graph (CUDA graphs / XLA), so the CPU does not
     launch kernels one by one. `flash_attention` and `attention_kernel` as in
     `Parallelism`. `offload_kv` is the fraction of the KV cache kept in the
@@ -271,6 +282,7 @@ class Serving(eqx.Module):
     pp: Array = eqx.field(**_F, default=1.0)
     ep: Array = eqx.field(**_F, default=1.0)
     etp: Array = eqx.field(**_F, default=1.0)
+    attention_dp: Array = eqx.field(**_F, default=1.0)  # attention data-parallel ranks
     batch: Array = eqx.field(**_F, default=1.0)
     input_len: Array = eqx.field(**_F, default=128.0)
     output_len: Array = eqx.field(**_F, default=128.0)
@@ -284,26 +296,40 @@ class Serving(eqx.Module):
     def __check_init__(self):
         check_fields(
             self,
-            positive=("tp", "pp", "ep", "etp", "batch", "input_len", "output_len"),
+            positive=(
+                "tp",
+                "pp",
+                "ep",
+                "etp",
+                "attention_dp",
+                "batch",
+                "input_len",
+                "output_len",
+            ),
             fraction=("offload_kv",),
         )
         _check_kernel(self)
 
     @property
     def chips(self) -> Array:
-        """Chips of one replica: tp·pp."""
-        return self.tp * self.pp
+        """Chips of one replica: tp·pp·attention_dp."""
+        return self.tp * self.pp * self.attention_dp
+
+    @property
+    def rank_batch(self) -> Array:
+        """Sequences on one attention rank: batch / attention_dp."""
+        return self.batch / self.attention_dp
 
 
 def check_serving(model: Transformer, serving: Serving, gpus: int | None = None):
     """Raises ValueError if a concrete serving mapping does not fit the model.
 
     Checks: whole degrees; tp divides the query heads, and the KV heads divide tp or tp
-    divides them; pp ≤ layers; ep divides the experts and ep·etp divides tp; the
-    context input + output fits
-    the model's maximum; and, if `gpus` is given, gpus = tp·pp.
+    divides them; pp ≤ layers; ep divides the experts and ep·etp divides
+    tp·attention_dp; attention_dp > 1 only for MoE models; the context input + output
+    fits the model's maximum; and, if `gpus` is given, gpus = tp·pp·attention_dp.
     """
-    names = ("tp", "pp", "ep", "etp", "batch")
+    names = ("tp", "pp", "ep", "etp", "attention_dp", "batch")
     deg = {n: _int(getattr(serving, n), f"Serving({n})") for n in names}
     if any(v is None for v in deg.values()):
         return
@@ -316,13 +342,19 @@ def check_serving(model: Transformer, serving: Serving, gpus: int | None = None)
         raise ValueError(f"--pp={deg['pp']} must be <= n_layers={layers}")
     if experts and experts % deg["ep"]:
         raise ValueError(f"--ep={deg['ep']} must divide n_experts={experts}")
-    if experts and t % (deg["ep"] * deg["etp"]):
+    a = deg["attention_dp"]
+    if experts and (t * a) % (deg["ep"] * deg["etp"]):
+        where = f"tp={t}" if a == 1 else f"tp·attention_dp={t * a}"
         raise ValueError(
-            f"--ep·etp={deg['ep'] * deg['etp']} must divide tp={t} (a replica's "
-            "experts are spread over its tensor-parallel ranks)"
+            f"--ep·etp={deg['ep'] * deg['etp']} must divide {where} (a replica's "
+            "experts are spread over its chips)"
         )
     if not experts and deg["ep"] != 1:
         raise ValueError(f"--ep={deg['ep']} must be 1 for a dense model")
+    if not experts and a != 1:
+        raise ValueError(
+            f"attention_dp={a} must be 1 for a dense model (use replicas instead)"
+        )
     ctx = concrete(serving.input_len + serving.output_len)
     limit = concrete(model.max_seq_len)
     if ctx is not None and limit is not None and ctx > limit:
@@ -330,5 +362,6 @@ def check_serving(model: Transformer, serving: Serving, gpus: int | None = None)
             f"--input-len + --output-len = {ctx:g} exceeds the model's maximum "
             f"context max_seq_len={limit:g}"
         )
-    if gpus is not None and gpus != t * deg["pp"]:
-        raise ValueError(f"--gpus={gpus} must equal tp·pp={t * deg['pp']}")
+    if gpus is not None and gpus != t * deg["pp"] * a:
+        what = "tp·pp" if a == 1 else "tp·pp·attention_dp"
+        raise ValueError(f"--gpus={gpus} must equal {what}={t * deg['pp'] * a}")

@@ -1,6 +1,8 @@
 """`diffperf validate`: read a measurement CSV, detect its kind, validate, report."""
 
 from .. import io
+from .aiconfigurator import COLUMNS as AIC_COLUMNS
+from .aiconfigurator import is_aiconfigurator, print_aic_report, validate_aic_rows
 from .kernels import validate_kernel_rows
 from .serving import validate_infer_rows
 from .training import validate_rows
@@ -12,9 +14,12 @@ def validate_file(path, *, fidelity: str = "detailed", progress=None) -> dict:
     """Validate against a measurement CSV; detects training vs inference columns.
 
     `fidelity` picks the model tier ("detailed" or "roofline"); `progress(done,
-    total)` is called after each row (for a progress bar).
+    total)` is called after each row (for a progress bar). AIConfigurator's silicon
+    CSV (`validation.aiconfigurator`) is predicted with the detailed tier.
     """
     kind, rows = read_measurements(path)
+    if kind == "aiconfigurator":
+        return validate_aic_rows(rows, progress=progress)
     if kind == "training":
         return validate_rows(rows, fidelity=fidelity, progress=progress)
     if kind == "kernel":
@@ -23,8 +28,17 @@ def validate_file(path, *, fidelity: str = "detailed", progress=None) -> dict:
 
 
 def read_measurements(path) -> tuple[str, list[dict]]:
-    """("training" | "inference" | "kernel", rows) of a measurement CSV, by columns."""
+    """(kind, rows) of a measurement CSV, by its columns.
+
+    kind is "training", "inference", "kernel" or "aiconfigurator" (AIConfigurator's
+    silicon serving format: `validation.aiconfigurator.COLUMNS`).
+    """
     columns, rows = io.read_csv(path)
+    if is_aiconfigurator(columns):
+        return "aiconfigurator", rows
+    if "silicon_ttft_ms" in columns:
+        missing = [c for c in AIC_COLUMNS if c not in columns]
+        raise ValueError(f"--data: AIConfigurator CSV lacks the column {missing[0]!r}")
     measured = (
         "measured_tflops_per_gpu",
         "measured_tokens_per_s_per_gpu",
@@ -41,8 +55,9 @@ def read_measurements(path) -> tuple[str, list[dict]]:
     else:
         raise ValueError(
             "--data: unrecognized CSV; expected the training columns "
-            "(measured_tokens_per_s_per_gpu, ...), the inference ones (metric, value) "
-            "or a kernel table (M, K, N, time_ms)"
+            "(measured_tokens_per_s_per_gpu, ...), the inference ones (metric, value), "
+            "a kernel table (M, K, N, time_ms) or AIConfigurator's silicon format "
+            "(silicon_ttft_ms, silicon_tpot_ms, ...)"
         )
     for col in need:
         if col not in columns:
@@ -52,6 +67,8 @@ def read_measurements(path) -> tuple[str, list[dict]]:
 
 def print_report(out: dict):
     """Human-readable summary of `validate_file`: every row is accounted for."""
+    if out.get("kind") == "aiconfigurator":
+        return print_aic_report(out)
     pct = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"  # noqa: E731
     print(
         f"rows {out['rows']}: scored {out['rows_predicted']}, refused "
