@@ -167,9 +167,14 @@ def silicon_concurrency(row: dict) -> float | None:
 
 
 @functools.cache
-def _hardware(stem: str):
-    """The cluster of a hardware spec, loaded once (pytrees are immutable)."""
-    return io.load_hardware(stem)
+def _hardware(stem: str, backend: str):
+    """The cluster of a spec with the engine's software-stack profile, loaded once.
+
+    `hardware/stacks/`: trtllm, vllm, sglang; else the chip's default serving stack
+    (pytrees are immutable, so one load serves every row).
+    """
+    stack = io.stack_for_framework(backend) or io.default_stack(stem, "serving")
+    return io.load_hardware(stem, stack=stack)
 
 
 @functools.cache
@@ -207,7 +212,7 @@ def resolve_aic_row(row: dict) -> dict:
     system = row.get("system", "").strip()
     if system not in SYSTEMS:
         raise ValueError(f"system {system!r} is not one of {', '.join(SYSTEMS)}")
-    cluster = _hardware(SYSTEMS[system])
+    cluster = _hardware(SYSTEMS[system], row.get("backend", "").strip())
     stem, model = _model(row.get("model_path", "").strip())
     model = eqx.tree_at(lambda m: m.precision, model, _precision(row, cluster.chip))
     isl, osl = _whole(row, "isl"), _whole(row, "osl")
