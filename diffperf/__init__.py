@@ -48,6 +48,7 @@ from .io import (
     load_workload,
     stack_for_framework,
     stack_leaf_paths,
+    stack_meta,
     stack_names,
     workload_names,
 )
@@ -131,7 +132,7 @@ __all__ = [
     "workload_names", "patch_toml",
     # families and software stacks
     "family_names", "family_chain", "stack_names", "default_stack",
-    "stack_for_framework", "stack_leaf_paths",
+    "stack_for_framework", "stack_leaf_paths", "stack_meta",
     # model
     "train_step", "Breakdown", "TERMS", "train_memory", "prefill", "decode_step",
     "PhaseBreakdown", "serve", "ServeResult", "continuous_batching", "disaggregated",

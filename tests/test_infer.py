@@ -36,7 +36,7 @@ def test_metrics_are_consistent():
 def test_small_batch_decode_is_dominated_by_fixed_costs_not_tp():
     """Llama-2-70B decode on DGX-A100 (Splitwise, vLLM): TPOT 44.99 ms at TP4 and
     44.85 ms at TP8 (batch 1, 512 in / 128 out), where a roofline predicts 2x apart."""
-    a100 = dp.load_hardware("dgx_a100")
+    a100 = dp.load_hardware("dgx_a100", stack="vllm_v0")  # Splitwise's engine
     t4 = dp.serve(a100, LLAMA70, dp.Serving(tp=4, batch=1, input_len=512)).tpot
     t8 = dp.serve(a100, LLAMA70, dp.Serving(tp=8, batch=1, input_len=512)).tpot
     assert abs(float(t8 / t4) - 44.852 / 44.991) < 0.1

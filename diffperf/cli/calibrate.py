@@ -194,7 +194,7 @@ def run_hierarchy(args) -> dict:
     else:
         hw = list(HIERARCHY_HARDWARE) if kind == "training" else []
     paths = list(dict.fromkeys([*hw, *stack_paths]))
-    priors = hierarchy_priors(paths)
+    priors = hierarchy_priors(paths, kind)
     holdout = {"auto": "device", "none": None}.get(args.holdout, args.holdout)
     levels = hierarchy_levels(rows)
     from .progress import progress

@@ -129,11 +129,19 @@ def hierarchy_levels(rows: list[Row]) -> list[RowLevels]:
     return out
 
 
-def hierarchy_priors(paths) -> dict[str, Prior]:
-    """Global priors of the hierarchical fit: the project defaults (`PRIORS`)."""
+def hierarchy_priors(paths, kind: str = "training") -> dict[str, Prior]:
+    """Global priors of the hierarchical fit: the project defaults (`PRIORS`).
+
+    Serving fits start the CPU launch cost at 30 µs, where it binds (as
+    `leaf_priors` does): a launch cost hidden behind the GPU has no gradient.
+    """
     missing = [p for p in paths if p not in PRIORS]
     if missing:
         raise ValueError(
             f"no default prior for {', '.join(missing)}; allowed: {', '.join(PRIORS)}"
         )
-    return {p: PRIORS[p] for p in paths}
+    priors = {p: PRIORS[p] for p in paths}
+    p = priors.get("host.dispatch_overhead")
+    if kind == "inference" and p is not None:
+        priors["host.dispatch_overhead"] = p._replace(start=max(p.center, 3e-5))
+    return priors

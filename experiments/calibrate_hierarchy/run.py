@@ -64,9 +64,10 @@ def model_kind(model) -> str:
     return "moe" if float(model.n_experts) > 0 else "dense"
 
 
-def fit(rows, levels, paths, stack_paths, *, steps, holdout=(), min_rows=1):
+def fit(rows, levels, paths, stack_paths, *, steps, holdout=(), min_rows=1,
+        kind="training"):  # fmt: skip
     t0 = time.perf_counter()
-    priors = dp.hierarchy_priors(paths)
+    priors = dp.hierarchy_priors(paths, kind)
     out = dp.calibrate_hierarchy(
         rows, levels, priors, stack_paths=stack_paths, holdout=holdout,
         min_rows=min_rows, steps=steps,
@@ -93,10 +94,10 @@ def grouped(values, keys):
     }
 
 
-def study(rows, labels, levels, paths, stack_paths, schemes, *, steps):
+def study(rows, labels, levels, paths, stack_paths, schemes, *, steps, kind):
     """One optimization: the full fit and every hold-out scheme's folds."""
     full = fit(rows, levels, paths, stack_paths, steps=steps, holdout=schemes,
-               min_rows=10)  # fmt: skip
+               min_rows=10, kind=kind)  # fmt: skip
     result = dict(
         rows=len(rows), paths=list(paths), stack_paths=list(stack_paths),
         values=full["values"], residuals=full["residuals"],
@@ -162,8 +163,9 @@ def write(result: dict):
                  and p not in result["stack_paths"]},
                 f"{NOTE} (no rows: the global level)",
             )  # fmt: skip
-    for stack in dp.stack_names():
-        if stack not in vals["stacks"]:
+    for stack in dp.stack_names():  # stacks of this kind without rows
+        kind = dp.stack_meta(stack).get("kind")
+        if stack not in vals["stacks"] and kind == result.get("kind", "training"):
             dp.patch_toml(
                 stack_dir / f"{stack}.toml",
                 {p: v for p, v in vals["global"].items() if p in result["stack_paths"]},
@@ -222,9 +224,17 @@ def main(argv=None):
         help="hold-out schemes (comma-separated); with a subset, results.json keeps "
         "the other schemes' entries from an earlier run of the same fit",
     )  # fmt: skip
+    ap.add_argument(
+        "--apply", choices=["training", "serving"],
+        help="only patch the TOMLs from results.json's fit of that kind (no fit)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     path = HERE / "results.json"
-    results = json.loads(path.read_text()) if path.exists() else {}
+    if args.apply:
+        write(json.loads(path.read_text())[args.apply])
+        return
+    old = json.loads(path.read_text()) if path.exists() else {}
+    results = {}
     t0 = time.perf_counter()
     if args.kind in ("training", "both"):
         print("training", flush=True)
@@ -234,12 +244,10 @@ def main(argv=None):
         schemes = [x for x in args.schemes.split(",") if x]
         res = study(
             rows, labels, levels, paths, dp.HIERARCHY_STACK, schemes,
-            steps=args.steps,
+            steps=args.steps, kind="training",
         )  # fmt: skip
-        res["refused"] = refused
-        results["training"] = merge(
-            results.get("training"), res, schemes, base=args.write
-        )
+        res["refused"], res["kind"] = refused, "training"
+        results["training"] = merge(old.get("training"), res, schemes, base=args.write)
         if args.write:
             write(res)
     if args.kind in ("serving", "both"):
@@ -248,15 +256,16 @@ def main(argv=None):
         levels = dp.hierarchy_levels(rows)
         paths = dp.HIERARCHY_SERVE_STACK
         schemes = [x for x in args.schemes.split(",") if x and x != "device"]
-        res = study(rows, labels, levels, paths, paths, schemes, steps=args.steps)
-        res["refused"] = refused
-        results["serving"] = merge(
-            results.get("serving"), res, schemes, base=args.write
-        )
+        res = study(rows, labels, levels, paths, paths, schemes, steps=args.steps,
+                    kind="inference")  # fmt: skip
+        res["refused"], res["kind"] = refused, "serving"
+        results["serving"] = merge(old.get("serving"), res, schemes, base=args.write)
         if args.write:
             write(res)
     results["steps"] = args.steps
-    path.write_text(json.dumps(results, indent=1, sort_keys=True))
+    # another run (e.g. --kind serving) may have written its part meanwhile
+    latest = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps(latest | results, indent=1, sort_keys=True))
     print(f"done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
 
