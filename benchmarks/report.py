@@ -357,7 +357,7 @@ def _hier_groups(res: dict, by: str, schemes: list[str]) -> str:
     for name, rs in [*sorted(groups.items()), ("**all**", rows)]:
         line = [name, len(rs), pct(sum(r["uncalibrated"] for r in rs) / len(rs))]
         for s in schemes:
-            vals = [r[s] for r in rs if r.get(s) is not None]
+            vals = [r[f"heldout_{s}"] for r in rs if r.get(f"heldout_{s}") is not None]
             line.append(pct(sum(vals) / len(vals)) if vals else "–")
         line.append(pct(sum(r["train"] for r in rs) / len(rs)))
         body.append(line)

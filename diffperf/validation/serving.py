@@ -211,7 +211,8 @@ def _predict_op_row(row: dict, metric: str, fidelity: str) -> dict:
     phase_text, op = metric.split("_layer_op_latency:")
     if op not in OPS:
         raise ValueError(f"operator {op!r} is not one of {', '.join(OPS)}")
-    cluster, _ = tier(fidelity, io.load_hardware(row["gpu"]))
+    stack = row_stack(row, "serving")  # the harness that timed the op
+    cluster, _ = tier(fidelity, io.load_hardware(row["gpu"], stack=stack))
     name = re.split(r",\s*one transformer layer", row["model"])[0]
     model = io.load_workload(name, row)
     model = eqx.tree_at(lambda m: m.precision, model, _precision(row.get("dtype", "")))

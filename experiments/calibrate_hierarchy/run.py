@@ -112,7 +112,7 @@ def study(rows, labels, levels, paths, stack_paths, schemes, *, steps, kind):
     for scheme, out in full["schemes"].items():
         held = out["row_heldout_ape"]
         for i, r in enumerate(per_row):
-            r[scheme] = None if math.isnan(held[i]) else held[i]
+            r[f"heldout_{scheme}"] = None if math.isnan(held[i]) else held[i]
         result["heldout"][scheme] = dict(
             mape=out["heldout_mape"],
             rows=int(sum(not math.isnan(h) for h in held)),
@@ -192,7 +192,7 @@ def merge(old: dict | None, new: dict, schemes: list[str], *, base: bool) -> dic
             continue
         keep["heldout"][scheme] = block
         for a, b in zip(keep["per_row"], add["per_row"], strict=True):
-            a[scheme] = b.get(scheme)
+            a[f"heldout_{scheme}"] = b.get(f"heldout_{scheme}")
     return keep
 
 
