@@ -17,7 +17,7 @@ from diffperf.model.load import capacity, served, step_time
 
 from .serving_des import bilinear, simulate
 
-HW = dp.load_hardware("h100_sxm")
+HW = dp.load_hardware("h100_sxm", stack="trtllm")  # a serving engine's host costs
 MODEL = dp.load_workload("llama3_8b")
 S_IN, S_OUT, BUDGET, SLOTS = 1024, 128, 8192, 256
 SERVING = dp.Serving(tp=1, input_len=S_IN, output_len=S_OUT)
@@ -40,7 +40,7 @@ def des_step_time():
     return bilinear(d, p, np.asarray(table))
 
 
-CAPACITY = 25.1  # requests/s: dp.max_request_rate of this replica (checked below)
+CAPACITY = 24.7  # requests/s: dp.max_request_rate of this replica (checked below)
 
 
 def _errors(r, i, sim):
