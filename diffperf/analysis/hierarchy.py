@@ -313,42 +313,37 @@ def calibrate_hierarchy(
 
 
 def _levels(u_hat, tab, priors):
-    """Combined values and residuals at every level; leaves on a bound."""
+    """Combined values and residuals at every level; leaves on a bound.
+
+    A level's value sums the global term and the residuals above and at it along the
+    keys of a row that contains it (a row's keys run root first: global, families,
+    then its device or stack).
+    """
+    plural = {"family": "families", "device": "devices", "stack": "stacks"}
     values = {"global": {}, "families": {}, "devices": {}, "stacks": {}}
     residuals = {"global": {}, "families": {}, "devices": {}, "stacks": {}}
     at_bound = []
-    plural = {"family": "families", "device": "devices", "stack": "stacks"}
-    for p, t in tab.items():
+
+    def record(level, key, p, total):
         pr = priors[p]
-        idx = {k: i for i, k in enumerate(t.keys)}
-        g = float(u_hat[p][0])
-        values["global"][p] = math.exp(g)
-        residuals["global"][p] = g
-        for k, i in idx.items():
+        x = min(max(math.exp(total), pr.lower), pr.upper)
+        values[level].setdefault(key, {})[p] = x
+        if x <= pr.lower * 1.001 or x >= pr.upper * 0.999:
+            bound = "lower" if x <= pr.lower * 1.001 else "upper"
+            at_bound.append(dict(level=level, key=key, path=p, value=x, bound=bound))
+
+    for p, t in tab.items():
+        u = np.asarray(u_hat[p], dtype=float)
+        for i, k in enumerate(t.keys):
             if k == "global":
+                residuals["global"][p] = float(u[0])
                 continue
             level, key = k.split(":", 1)
-            residuals[plural[level]].setdefault(key, {})[p] = float(u_hat[p][i])
-    # combined values: walk each row-less definition from its own keys
-    for p, t in tab.items():
+            residuals[plural[level]].setdefault(key, {})[p] = float(u[i])
+            row = t.member[np.nonzero(t.member[:, i])[0][0]]
+            record(plural[level], key, p, float(row[: i + 1] @ u[: i + 1]))
         pr = priors[p]
-        g = residuals["global"][p]
-        for level in ("families", "devices", "stacks"):
-            for key, res in residuals[level].items():
-                if p not in res:
-                    continue
-                total = g + res[p]
-                if level == "devices":
-                    total = g + _device_path_sum(p, key, t, residuals)
-                elif level == "families":
-                    total = g + _family_path_sum(p, key, t, residuals)
-                x = min(max(math.exp(total), pr.lower), pr.upper)
-                values[level].setdefault(key, {})[p] = x
-                if x <= pr.lower * 1.001 or x >= pr.upper * 0.999:
-                    at_bound.append(
-                        dict(level=level, key=key, path=p, value=x,
-                             bound="lower" if x <= pr.lower * 1.001 else "upper")
-                    )  # fmt: skip
+        values["global"][p] = math.exp(float(u[0]))
         x = values["global"][p]
         if x <= pr.lower * 1.001 or x >= pr.upper * 0.999:
             bound = "lower" if x <= pr.lower * 1.001 else "upper"
@@ -356,35 +351,3 @@ def _levels(u_hat, tab, priors):
                 dict(level="global", key="global", path=p, value=x, bound=bound)
             )
     return values, residuals, at_bound
-
-
-def _rows_keys(p, t, prefix, key):
-    """The keys summed with `prefix:key` in the rows that contain it."""
-    col = t.keys.index(f"{prefix}:{key}")
-    rows = np.nonzero(t.member[:, col])[0]
-    return t.member[rows[0]] if len(rows) else None
-
-
-def _family_path_sum(p, fam, t, residuals):
-    """Σ of the family residuals from the root down to `fam` (inclusive)."""
-    row = _rows_keys(p, t, "family", fam)
-    total = 0.0
-    for i, k in enumerate(t.keys):
-        if row is not None and row[i] and k.startswith("family:"):
-            total += residuals["families"][k.split(":", 1)[1]][p]
-            if k == f"family:{fam}":
-                break
-    return total
-
-
-def _device_path_sum(p, dev, t, residuals):
-    """Σ of the family chain and device residuals of `dev`."""
-    row = _rows_keys(p, t, "device", dev)
-    total = 0.0
-    for i, k in enumerate(t.keys):
-        if row is not None and row[i] and k != "global":
-            level, key = k.split(":", 1)
-            total += residuals[{"family": "families", "device": "devices"}[level]][key][
-                p
-            ]
-    return total

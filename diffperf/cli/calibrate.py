@@ -218,9 +218,20 @@ def run_hierarchy(args) -> dict:
     )  # fmt: skip
 
 
+def _print_mapes(out: dict):
+    """The uncalibrated, train and held-out MAPE lines of a calibration result."""
+    pct = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"  # noqa: E731
+    print(
+        f"\nMAPE: uncalibrated {pct(out['uncalibrated_mape'])}, train "
+        f"{pct(out['train_mape'])}, held-out ({out['holdout']}) "
+        f"{pct(out['heldout_mape'])}"
+    )
+    for f in out["heldout"]:
+        print(f"  {f['name'][:60]:<60} {f['rows']:4d} rows  MAPE {pct(f['mape'])}")
+
+
 def print_hierarchy(out: dict):
     """Human-readable summary of `run_hierarchy`'s result."""
-    pct = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"  # noqa: E731
     print(f"{out['rows']} {out['kind']} rows from {', '.join(out['data'])}")
     for level in ("global", "families", "devices", "stacks"):
         block = out["values"][level]
@@ -232,13 +243,7 @@ def print_hierarchy(out: dict):
             )
     for b in out["at_bound"]:
         print(f"AT BOUND ({b['bound']}): {b['level']} {b['key']} {b['path']}")
-    print(
-        f"\nMAPE: uncalibrated {pct(out['uncalibrated_mape'])}, train "
-        f"{pct(out['train_mape'])}, held-out ({out['holdout']}) "
-        f"{pct(out['heldout_mape'])}"
-    )
-    for f in out["heldout"]:
-        print(f"  {f['name'][:60]:<60} {f['rows']:4d} rows  MAPE {pct(f['mape'])}")
+    _print_mapes(out)
 
 
 def run_kernel_calibrate(args) -> dict:
@@ -366,7 +371,6 @@ def print_calibrate(out: dict):
         return print_hierarchy(out)
     if "system" in out:
         return print_kernel_calibrate(out)
-    pct = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"  # noqa: E731
     print(f"{out['hardware']}: {out['rows']} {out['kind']} rows from {out['data']}")
     print(f"{'leaf':<32} {'prior':>10} {'fitted':>10} {'± std':>9}  bounds")
     for path, v in out["leaves"].items():
@@ -375,12 +379,6 @@ def print_calibrate(out: dict):
             f"{path:<32} {v['initial']:>10.4g} {v['fitted']:>10.4g} "
             f"{v['std']:>9.2g}  [{v['lower']:.3g}, {v['upper']:.3g}]{flag}"
         )
-    print(
-        f"\nMAPE: uncalibrated {pct(out['uncalibrated_mape'])}, train "
-        f"{pct(out['train_mape'])}, held-out ({out['holdout']}) "
-        f"{pct(out['heldout_mape'])}"
-    )
-    for f in out["heldout"]:
-        print(f"  {f['name'][:60]:<60} {f['rows']:4d} rows  MAPE {pct(f['mape'])}")
+    _print_mapes(out)
     if out.get("out"):
         print(f"\nwrote {out['out']}")
