@@ -14,8 +14,11 @@ $(BIN)/diffperf: pyproject.toml
 demo: $(BIN)/diffperf
 	$(BIN)/python experiments/demo_gpt3_175b_dgx_h100/run.py
 
+# One pytest worker per CPU (pytest-xdist); a test file stays on one worker, so the
+# module-scoped fixtures (a validation report, an optimization) are computed once.
 test: $(BIN)/diffperf
-	$(BIN)/python -m pytest tests; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+	$(BIN)/python -m pytest tests -n auto --dist loadfile; rc=$$?; \
+	  [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 # Chromium and its WebDriver from Debian for tests/test_explore_browser.py (needs root;
 # the test is skipped, saying why, where they cannot be installed).

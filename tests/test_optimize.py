@@ -110,6 +110,7 @@ def test_mapping_search_and_budgets_hold_under_several_limits():
             search_mapping=True,
             steps=40,
             starts=1,
+            gradient_cost=1.0,  # a small random-search baseline: not under test here
         )
         best = r["best"]
         assert r["goal"] == "max" and r["mappings"] > 1
@@ -181,6 +182,7 @@ def test_cost_leaves_can_be_design_variables():
         budgets={"capex_usd": 1e7},
         steps=100,
         starts=1,
+        gradient_cost=1.0,  # a small random-search baseline: not under test here
     )
     assert r["best"]["hardware"]["cost.hbm_stack_cost"] == pytest.approx(10.0, rel=1e-3)
     assert r["best"]["bounds_hit"] == {"cost.hbm_stack_cost": "low"}
@@ -202,6 +204,7 @@ def test_serving_objectives_with_a_batch_search():
         search_mapping=True,
         steps=40,
         starts=2,
+        gradient_cost=1.0,  # a small random-search baseline: not under test here
     )
     best = r["best"]
     assert r["goal"] == "max" and r["mappings"] == 11
