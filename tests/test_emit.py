@@ -226,3 +226,53 @@ def test_cli_emit(capsys):
     out = json.loads(capsys.readouterr().out)
     roles = [c["role"] for c in out["launch"]["commands"]]
     assert roles == ["frontend", "prefill", "decode"] and "ttft_s" in out
+
+
+WIDE_EP = dp.Serving(tp=1, attention_dp=8, ep=8, batch=256, input_len=1024,
+                     output_len=1024)  # fmt: skip
+
+
+def test_attention_dp_in_every_engine():
+    """Attention DP x wide EP: one replica of tp·attention_dp = 8 GPUs, 2 replicas."""
+    out = _serve("trtllm", DSV3, WIDE_EP, 16, dtype="fp8")
+    (srv,) = out["commands"]
+    assert srv["count"] == 2 and _value(srv["argv"], "--tp_size") == "8"
+    assert _value(srv["argv"], "--ep_size") == "8"
+    assert "enable_attention_dp: true" in out["files"]["extra.yaml"]
+    assert not out["notes"] or "attention TP" not in " ".join(out["notes"])
+    (sg,) = _serve("sglang", DSV3, WIDE_EP, 16)["commands"]
+    assert sg["count"] == 2 and "--enable-dp-attention" in sg["argv"]
+    assert _value(sg["argv"], "--tp-size") == "8"
+    assert _value(sg["argv"], "--dp-size") == "8"
+    (vl,) = _serve("vllm", DSV3, WIDE_EP, 16)["commands"]
+    assert vl["count"] == 2 and "--enable-expert-parallel" in vl["argv"]
+    assert _value(vl["argv"], "--tensor-parallel-size") == "1"
+    assert _value(vl["argv"], "--data-parallel-size") == "8"
+    # attention TP 2 under attention DP: TensorRT-LLM cannot say it, and says so
+    tp2 = dp.Serving(tp=2, attention_dp=4, ep=8, batch=256)
+    out = _serve("trtllm", DSV3, tp2, 8)
+    assert _value(out["commands"][0]["argv"], "--tp_size") == "8"
+    assert any("attention TP 1" in n for n in out["notes"])
+    # disaggregated: the worker yaml counts every rank of a worker
+    out = _serve("trtllm", DSV3, WIDE_EP, 32, pools=(16, 16))
+    assert "tensor_parallel_size: 8" in out["files"]["disagg_config.yaml"]
+
+
+def test_cli_attention_dp(capsys):
+    flags = ["infer", "--hardware", "h200_sxm", "--model", "deepseek_v3", "--gpus",
+             "16", "--dtype", "fp8", "--ep", "8", "--batch", "128",
+             "--json"]  # fmt: skip
+    assert main([*flags, "--tp", "8"]) == 0
+    tp8 = json.loads(capsys.readouterr().out)
+    assert main([*flags, "--attention-dp", "8", "--emit", "sglang"]) == 0
+    wide = json.loads(capsys.readouterr().out)
+    assert wide["mapping"]["attention_dp"] == 8 and wide["mapping"]["tp"] == 1
+    assert "--enable-dp-attention" in wide["launch"]["commands"][0]["argv"]
+    # MLA under TP 8 replicates the latent KV on every chip; attention DP does not
+    assert wide["max_batch"] > tp8["max_batch"]
+    assert main([*flags[:6], "12", *flags[7:], "--attention-dp", "8"]) == 2
+    assert "tp·pp·attention_dp=8" in capsys.readouterr().err
+    dense = ["infer", "--hardware", "h200_sxm", "--model", "llama3_8b", "--gpus", "2",
+             "--attention-dp", "2"]  # fmt: skip
+    assert main(dense) == 2
+    assert "attention_dp=2 must be 1 for a dense model" in capsys.readouterr().err

@@ -78,7 +78,11 @@ def test_disaggregation_gradients_are_finite():
     "argv,pattern",
     [
         (["--disaggregate", "8-8"], "must be PREFILL_GPUS:DECODE_GPUS"),
-        (["--disaggregate", "4:12"], "PREFILL_GPUS=4 must be a multiple of tp·pp=8"),
+        (
+            ["--disaggregate", "4:12"],
+            "PREFILL_GPUS=4 must be a multiple of a worker's chips "
+            "(tp·pp·attention_dp)=8",
+        ),
         (["--disaggregate", "8:16"], "--gpus=16 must equal PREFILL_GPUS + DECODE_GPUS"),
     ],
 )

@@ -35,8 +35,15 @@ Stated versions and what each table was checked against:
   `--kv-transfer-config`), `dynamo/frontend/frontend_args.py` (`--http-port`).
 
 What diffperf models but a framework cannot say is listed under `notes` instead of
-being approximated silently (e.g. a fractional `ep_overlap`, attention-DP, offloading a
-fraction of the activations).
+being approximated silently (e.g. a fractional `ep_overlap`, attention TP > 1 under
+TensorRT-LLM's attention DP, offloading a fraction of the activations).
+
+Attention data parallelism (`Serving.attention_dp` = a ranks of tp chips, experts over
+all tp·a chips): TensorRT-LLM `enable_attention_dp: true` with `--tp_size` = tp·a
+(attention TP is 1 there; `Mapping.enable_attention_dp` in `tensorrt_llm/mapping.py`);
+SGLang `--tp-size` tp·a `--dp-size` a `--enable-dp-attention` (attention TP =
+tp_size/dp_size: the DP-attention guide of docs.sglang.io); vLLM `--data-parallel-size`
+a with `--tensor-parallel-size` tp and `--enable-expert-parallel` (experts over tp·dp).
 """
 
 import dataclasses
@@ -118,7 +125,7 @@ _VLLM = frozenset({
 _SGLANG = frozenset({
     "--model-path", "--tp-size", "--pp-size", "--dp-size", "--ep-size",
     "--max-running-requests", "--context-length", "--kv-cache-dtype", "--quantization",
-    "--cuda-graph-backend-decode", "--disaggregation-mode",
+    "--cuda-graph-backend-decode", "--disaggregation-mode", "--enable-dp-attention",
     "--disaggregation-transfer-backend",
 })  # fmt: skip
 _TRTLLM = frozenset({
@@ -599,9 +606,10 @@ class _ServeJob:
         s = self.serving
         self.tp, self.pp = _int(s.tp), _int(s.pp)
         self.ep, self.etp = _int(s.ep), _int(s.etp)
+        self.adp = _int(s.attention_dp)  # attention data-parallel ranks
         self.batch = _int(s.batch)
         self.max_len = _int(s.input_len) + _int(s.output_len)
-        self.replica = self.tp * self.pp
+        self.replica = self.tp * self.pp * self.adp
         self.replicas = max(1, self.gpus // self.replica)
         self.moe = float(self.model.n_experts) > 0
         self.graphs = bool(s.graphs)
@@ -624,12 +632,14 @@ def _vllm_args(j: _ServeJob, framework: str, batch: int, dp: bool) -> _Args:
     a.add("--tensor-parallel-size", j.tp).add("--pipeline-parallel-size", j.pp)
     if j.ep > 1:
         a.add("--enable-expert-parallel")
-        if j.ep != j.tp:
+        if j.ep * j.etp != j.tp * j.adp:
             j.notes.append(
-                f"ep={j.ep}, tp={j.tp}: vLLM's expert parallel size is tp·dp of the "
-                "server, so experts are split over all tp ranks"
+                f"ep={j.ep}, etp={j.etp}: vLLM's expert parallel size is tp·dp of "
+                f"the server ({j.tp * j.adp}), so experts are split over all its ranks"
             )
-    if dp and j.replicas > 1:
+    if j.adp > 1:  # attention data parallelism: one server per replica
+        a.add("--data-parallel-size", j.adp)
+    elif dp and j.replicas > 1:
         a.add("--data-parallel-size", j.replicas)
     a.add("--max-num-seqs", batch).add("--max-model-len", j.max_len)
     if j.kv_dtype.startswith("fp8"):
@@ -659,7 +669,7 @@ def _vllm(j: _ServeJob) -> dict:
                 dict(role="decode", count=nd, argv=[*serve, *dec.argv])]  # fmt: skip
         return _launch("vllm", cmds, _dedup(j.notes))
     # one server; --data-parallel-size would also widen EP, so MoE replicas run apart
-    together = not (j.moe and j.ep > 1)
+    together = not (j.moe and j.ep > 1) and j.adp == 1
     a = _vllm_args(j, "vllm", j.batch, dp=together)
     count = 1 if together else j.replicas
     argv = ["vllm", "serve", j.name, *a.argv]
@@ -672,10 +682,12 @@ def _dedup(notes: list[str]) -> list[str]:
 
 def _sglang_args(j: _ServeJob, batch: int, dp: bool) -> _Args:
     a = _Args("sglang")
-    a.add("--model-path", j.name).add("--tp-size", j.tp).add("--pp-size", j.pp)
+    a.add("--model-path", j.name).add("--tp-size", j.tp * j.adp).add("--pp-size", j.pp)
     if j.ep > 1:
         a.add("--ep-size", j.ep)
-    if dp and j.replicas > 1:
+    if j.adp > 1:  # attention TP = tp_size / dp_size
+        a.add("--dp-size", j.adp).add("--enable-dp-attention")
+    elif dp and j.replicas > 1:
         a.add("--dp-size", j.replicas)
     a.add("--max-running-requests", batch).add("--context-length", j.max_len)
     if j.kv_dtype.startswith("fp8"):
@@ -691,11 +703,8 @@ def _sglang(j: _ServeJob) -> dict:
     launch = ["python", "-m", "sglang.launch_server"]
     if j.pools is None:
         a = _sglang_args(j, j.batch, dp=True)
-        j.notes.append(
-            "attention data parallelism (--attn-dp-size, formerly --dp-size with "
-            "--enable-dp-attention) is not in the diffperf mapping: not emitted"
-        )
-        return _launch("sglang", [dict(role="server", count=1,
+        count = j.replicas if j.adp > 1 else 1
+        return _launch("sglang", [dict(role="server", count=count,
                                        argv=[*launch, *a.argv])], j.notes)  # fmt: skip
     np_, nd = j.pool_replicas()
     pre = _sglang_args(j, 1, dp=False).add("--disaggregation-mode", "prefill")
@@ -711,7 +720,7 @@ def _sglang(j: _ServeJob) -> dict:
 
 def _trtllm_args(j: _ServeJob, batch: int, extra: str | None) -> _Args:
     a = _Args("trtllm")
-    a.add("--backend", "pytorch").add("--tp_size", j.tp).add("--pp_size", j.pp)
+    a.add("--backend", "pytorch").add("--tp_size", j.tp * j.adp).add("--pp_size", j.pp)
     if j.ep > 1:
         a.add("--ep_size", j.ep)
     a.add("--max_batch_size", batch).add("--max_seq_len", j.max_len)
@@ -722,6 +731,14 @@ def _trtllm_args(j: _ServeJob, batch: int, extra: str | None) -> _Args:
 
 def _trtllm_extra(j: _ServeJob, disagg: bool) -> str:
     lines = []
+    if j.adp > 1:  # every tp_size rank runs attention alone (attention TP = 1)
+        lines += ["enable_attention_dp: true"]
+        if j.tp > 1:
+            j.notes.append(
+                f"attention_dp={j.adp} with tp={j.tp}: TensorRT-LLM's attention DP "
+                f"runs attention on each of the {j.tp * j.adp} ranks alone (attention "
+                "TP 1); the emitted server differs from the modelled one"
+            )
     if j.kv_dtype.startswith("fp8"):
         lines += ["kv_cache_config:", "  dtype: fp8"]
     if not j.graphs:
@@ -752,10 +769,10 @@ def _trtllm(j: _ServeJob) -> dict:
     config = "\n".join([
         f"model: {j.name}", "hostname: localhost", "port: 8000", "backend: pytorch",
         "context_servers:", f"  num_instances: {np_}",
-        f"  tensor_parallel_size: {j.tp}", f"  pipeline_parallel_size: {j.pp}",
+        f"  tensor_parallel_size: {j.tp * j.adp}", f"  pipeline_parallel_size: {j.pp}",
         "  urls:", *(f'    - "{u}"' for u in urls_c),
         "generation_servers:", f"  num_instances: {nd}",
-        f"  tensor_parallel_size: {j.tp}", f"  pipeline_parallel_size: {j.pp}",
+        f"  tensor_parallel_size: {j.tp * j.adp}", f"  pipeline_parallel_size: {j.pp}",
         "  urls:", *(f'    - "{u}"' for u in urls_g),
     ]) + "\n"  # fmt: skip
     j.notes.append("PORT: each context server listens on one of the context_servers "

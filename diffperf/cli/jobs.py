@@ -360,6 +360,13 @@ def infer_arguments(p):
     )
     for axis in ("tp", "pp", "ep", "etp"):
         p.add_argument(f"--{axis}", type=_positive_int(f"--{axis}"), default=1)
+    p.add_argument(
+        "--attention-dp", type=_positive_int("--attention-dp"), default=1,
+        help="MoE models: attention data-parallel ranks of tp chips each, experts "
+        "spread over all tp·attention_dp chips by --ep·--etp (TensorRT-LLM "
+        "enable_attention_dp, SGLang --enable-dp-attention, vLLM --data-parallel-size "
+        "with --enable-expert-parallel); --batch counts the sequences of all ranks",
+    )  # fmt: skip
     p.add_argument("--batch", type=_positive_int("--batch"), default=1)
     p.add_argument("--input-len", type=_positive_int("--input-len"), default=1024)
     p.add_argument("--output-len", type=_positive_int("--output-len"), default=128)
@@ -500,7 +507,7 @@ def load_result(cluster, model, serving, *, gpus, scheduler, concurrency=None,
                 request_rate=None, arrival="poisson") -> dict:  # fmt: skip
     """The load keys of `diffperf infer --json` (Exact model, all replicas of `gpus`).
 
-    The offered load is split evenly over the gpus/(tp·pp) replicas.
+    The offered load is split evenly over the gpus/(tp·pp·attention_dp) replicas.
     """
     replicas = gpus / float(serving.chips)
     kw = dict(scheduler=scheduler, arrival=arrival)
@@ -576,7 +583,8 @@ def _pools(text: str, p_replica: int, d_replica: int) -> tuple[int, int]:
                              ("DECODE_GPUS", d, d_replica)):  # fmt: skip
         if n < replica or n % replica:
             raise UsageError(
-                f"--disaggregate {name}={n} must be a multiple of tp·pp={replica}"
+                f"--disaggregate {name}={n} must be a multiple of a worker's chips "
+                f"(tp·pp·attention_dp)={replica}"
             )
     return p, d
 
@@ -823,8 +831,9 @@ def infer_job(args):
         )
     serving = Serving(
         tp=args.tp, pp=args.pp, ep=args.ep, etp=args.etp, batch=args.batch,
-        input_len=args.input_len, output_len=args.output_len, graphs=args.graphs,
-        offload_kv=args.offload_kv, attention_kernel=args.attention_kernel,
+        attention_dp=args.attention_dp, input_len=args.input_len,
+        output_len=args.output_len, graphs=args.graphs, offload_kv=args.offload_kv,
+        attention_kernel=args.attention_kernel,
     )  # fmt: skip
     return cluster, model, serving, prec
 
@@ -847,7 +856,7 @@ def _layouts(args, model, serving):
 def run_infer(args) -> dict:
     cluster, model, serving, prec = infer_job(args)
     cluster, _ = tier(args.fidelity, cluster)
-    replica = args.tp * args.pp
+    replica = args.tp * args.pp * args.attention_dp
     pools = layouts = None
     if args.disaggregate:
         layouts = _layouts(args, model, serving)
@@ -855,8 +864,9 @@ def run_infer(args) -> dict:
     if pools is None:
         check_serving(model, serving, gpus=args.gpus if args.gpus < replica else None)
         if args.gpus % replica:
+            what = "tp·pp" if args.attention_dp == 1 else "tp·pp·attention_dp"
             raise UsageError(
-                f"--gpus={args.gpus} must be a multiple of tp·pp={replica}"
+                f"--gpus={args.gpus} must be a multiple of {what}={replica}"
             )
     else:
         check_serving(model, serving)
@@ -912,6 +922,7 @@ def run_infer(args) -> dict:
         "stack": args.stack or io.default_stack(args.hardware, "serving"),
         "model": model.name,
         "mapping": {"gpus": args.gpus, "tp": args.tp, "pp": args.pp, "ep": args.ep,
+                    "etp": args.etp, "attention_dp": args.attention_dp,
                     "batch": args.batch, "input_len": args.input_len,
                     "output_len": args.output_len, "dtype": args.dtype,
                     "kv_dtype": prec.kv_cache, "graphs": args.graphs,
