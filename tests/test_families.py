@@ -87,7 +87,7 @@ def test_new_sku_inherits_its_family():
 @pytest.mark.parametrize(
     "framework, stack",
     [
-        ("Megatron-Bridge / NeMo 25.09", "megatron_core"),
+        ("Megatron-Bridge / NeMo 25.09", "megatron_bridge"),
         ("NeMo 24.07", "megatron_core"),
         ("Megatron-LM (2021)", "megatron_lm"),
         ("Composer/llm-foundry (PyTorch FSDP)", "composer_fsdp"),
