@@ -197,6 +197,18 @@ def test_infer_cli_under_load_json(capsys):
     )
     assert not data["saturated"] and data["max_request_rate"] > 0
     rc = main(["infer", "--hardware", "h100_sxm", "--model", "llama3_8b", "--gpus",
+               "2", "--input-len", "1024", "--output-len", "128", "--concurrency",
+               "64", "--max-batch", "128", "--phases", "synchronized",
+               "--reserved-output", "0.5", "--json"])  # fmt: skip
+    waves = json.loads(capsys.readouterr().out)
+    assert rc == 0 and waves["load"]["phases"] == "synchronized"
+    assert waves["load"]["reserved_output"] == 0.5
+    assert waves["ttft_s"] > 2.0 * data["ttft_s"]  # 32 prompts per replica at once
+    assert waves["ttft_p50_s"] <= waves["ttft_p90_s"] <= waves["ttft_p99_s"]
+    rc = main(["infer", "--hardware", "h100_sxm", "--model", "llama3_8b", "--gpus",
+               "1", "--request-rate", "2", "--phases", "synchronized"])  # fmt: skip
+    assert rc == 2 and "closed loop: give --concurrency" in capsys.readouterr().err
+    rc = main(["infer", "--hardware", "h100_sxm", "--model", "llama3_8b", "--gpus",
                "1", "--concurrency", "8", "--max-batch", "9000", "--json"])  # fmt: skip
     assert rc == 2 and "--max-batch=9000 must be < --max-tokens-per-step" in (
         capsys.readouterr().err
