@@ -78,6 +78,11 @@ def test_precisions():
     )
     blank = _row(**ds, precision="", gemm_quant_mode="", moe_quant_mode="")
     assert aic._precision(blank, h100).math == "bf16"
+    # quantized checkpoints cache K/V in fp8, bf16 ones (and weight-only int4) in bf16
+    assert aic._precision(fp8, h100).kv_cache == "fp8"
+    assert aic._precision(_row(), h100).kv_cache == "fp8"
+    assert aic._precision(w4, b200).kv_cache == "bf16"
+    assert aic._precision(blank, h100).kv_cache == "bf16"
     with pytest.raises(ValueError, match="is not one of"):
         odd = dict(precision="int2", gemm_quant_mode="int2", moe_quant_mode="")
         aic._precision(_row(**ds, **odd), h100)
@@ -144,3 +149,30 @@ def test_a_few_small_rows_are_predicted_and_every_row_accounted(tmp_path):
 def test_scheduler_admits_every_client():
     assert float(aic._scheduler(512).max_batch) == 512
     assert float(aic._scheduler(jnp.asarray(3.0)).max_batch) == 3
+    # KV admission by the tokens held: all of the output reserved by TensorRT-LLM,
+    # half of it (the mean over a request's life) by vLLM's and SGLang's paged caches
+    assert float(aic._scheduler(8, "trtllm").reserved_output) == 1.0
+    assert float(aic._scheduler(8, "vllm").reserved_output) == 0.5
+    assert float(aic._scheduler(8, "sglang").reserved_output) == 0.5
+
+
+def test_aggregated_rows_run_synchronized_waves():
+    """The benchmark starts its clients together with fixed lengths: the prediction is
+    `serve_load(phases="synchronized")`, whose TTFT at 64 clients of 1024-token prompts
+    (8 chunk steps) is several times the spread-phase one."""
+    from diffperf.model.load import serve_load
+
+    rows = [
+        r for r in _rows()
+        if r["model_path"] == "meta-llama/Llama-3.1-8B-Instruct" and r["mode"] == "agg"
+        and r["system"] == "h100_sxm" and r["backend"] == "trtllm"
+    ]  # fmt: skip
+    row = dict(rows[0], batch_size="64", isl="1024", osl="128")
+    res = aic.resolve_aic_row(row)
+    got = aic._predict_agg({0: res})[0]
+    args = (res["cluster"], res["model"], res["serving"])
+    kw = dict(concurrency=64.0, scheduler=aic._scheduler(64.0, "trtllm"))
+    waves = serve_load(*args, phases="synchronized", **kw)
+    assert got["ttft"] == pytest.approx(float(waves.ttft), rel=1e-4)
+    assert got["tpot"] == pytest.approx(float(waves.tpot), rel=1e-4)
+    assert float(waves.ttft) > 2.0 * float(serve_load(*args, **kw).ttft)

@@ -6,6 +6,8 @@ interpolated), so the comparison tests the queueing analysis, not the step costs
 Grid: Llama-3-8B on one H100, 1024 prompt / 128 output tokens, vLLM-like limits.
 """
 
+import dataclasses
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -195,7 +197,127 @@ def test_infer_cli_under_load_json(capsys):
     )
     assert not data["saturated"] and data["max_request_rate"] > 0
     rc = main(["infer", "--hardware", "h100_sxm", "--model", "llama3_8b", "--gpus",
+               "2", "--input-len", "1024", "--output-len", "128", "--concurrency",
+               "64", "--max-batch", "128", "--phases", "synchronized",
+               "--reserved-output", "0.5", "--json"])  # fmt: skip
+    waves = json.loads(capsys.readouterr().out)
+    assert rc == 0 and waves["load"]["phases"] == "synchronized"
+    assert waves["load"]["reserved_output"] == 0.5
+    assert waves["ttft_s"] > 2.0 * data["ttft_s"]  # 32 prompts per replica at once
+    assert waves["ttft_p50_s"] <= waves["ttft_p90_s"] <= waves["ttft_p99_s"]
+    rc = main(["infer", "--hardware", "h100_sxm", "--model", "llama3_8b", "--gpus",
+               "1", "--request-rate", "2", "--phases", "synchronized"])  # fmt: skip
+    assert rc == 2 and "closed loop: give --concurrency" in capsys.readouterr().err
+    rc = main(["infer", "--hardware", "h100_sxm", "--model", "llama3_8b", "--gpus",
                "1", "--concurrency", "8", "--max-batch", "9000", "--json"])  # fmt: skip
     assert rc == 2 and "--max-batch=9000 must be < --max-tokens-per-step" in (
         capsys.readouterr().err
     )
+
+
+SYNC_TOL = 0.05  # synchronized waves: TTFT, TPOT and e2e means against the simulation
+
+
+def _sync(clients, mixed):
+    sched = dp.Scheduler(max_batch=SLOTS, max_tokens_per_step=BUDGET,
+                         chunked_prefill_budget=BUDGET, mixed=mixed)  # fmt: skip
+    fn = jax.jit(
+        jax.vmap(
+            lambda n: dp.serve_load(HW, MODEL, SERVING, concurrency=n,
+                                    scheduler=sched, phases="synchronized")
+        )
+    )  # fmt: skip
+    return fn(jnp.asarray(clients))
+
+
+def test_synchronized_waves_within_5pct_of_the_simulation_with_fixed_lengths(
+    des_step_time,
+):
+    """Every client started together, fixed lengths, exact timing. Prefill-only steps
+    (`mixed=False`): the waves repeat exactly, so the simulation's steady state is the
+    reference, up to and beyond the slot limit. Mixed steps: the clients desynchronize
+    after the first wave (the early finishers' next prompts share steps with the late
+    ones' decodes), so the reference is the first wave of a benchmark (each client's
+    first request, below the slot limit). Means within 5%; the throughput is Little's
+    law on the N clients; TTFT grows with N (one prompt step per C/S_in clients)."""
+    clients = (1.0, 16.0, 50.0, 128.0, 256.0, 400.0)
+    worst = {}
+    r = _sync(clients, mixed=False)
+    for i, n in enumerate(clients):
+        sim = simulate(des_step_time, concurrency=int(n), mixed=False,
+                       n_requests=max(2000, 12 * int(n)), **DES)  # fmt: skip
+        for k, e in _errors(r, i, sim).items():
+            worst[("prefill-only", n, k)] = e
+        little = n / float(np.mean(sim["e2e"]))
+        worst[("prefill-only", n, "X")] = abs(float(r.requests_per_s[i]) / little - 1)
+    assert float(r.ttft[3]) > 3.0 * float(r.ttft[1])  # waves: TTFT grows with N
+    assert bool(r.saturated[-1]) and float(r.queue_wait[-1]) > 0
+    first = clients[:-1]
+    r = _sync(first, mixed=True)
+    for i, n in enumerate(first):
+        with np.errstate(divide="ignore", invalid="ignore"):  # one wave: no span
+            sim = simulate(des_step_time, concurrency=int(n), mixed=True,
+                           steady=False, n_requests=int(n), **DES)  # fmt: skip
+        for k, e in _errors(r, i, sim).items():
+            worst[("mixed", n, k)] = e
+    assert max(worst.values()) < SYNC_TOL, worst
+    spread = dp.serve_load(HW, MODEL, SERVING, concurrency=128.0, scheduler=SCHED)
+    assert float(r.ttft[3]) > 4.0 * float(spread.ttft)  # waves wait for the others
+
+
+def test_synchronized_percentiles_ordered_and_gradients_finite():
+    """p50 ≤ p90 ≤ p99 of the deterministic per-request times; under Smooth(p) the
+    gradients of TTFT + TPOT with respect to bandwidth, FLOP/s and overhead are finite
+    and more of a resource helps."""
+
+    def f(scales, relax):
+        c = eqx.tree_at(
+            lambda c: (c.chip.hbm_bandwidth, c.chip.flops_bf16, c.host.serve_overhead),
+            HW,
+            (HW.chip.hbm_bandwidth * scales[0], HW.chip.flops_bf16 * scales[1],
+             HW.host.serve_overhead * scales[2]),
+        )  # fmt: skip
+        r = dp.serve_load(c, MODEL, SERVING, concurrency=64.0, scheduler=SCHED,
+                          phases="synchronized", relax=relax)  # fmt: skip
+        return r.tpot + r.ttft, r
+
+    _, r = f(jnp.ones(3), dp.Exact())
+    for key in ("ttft_pct", "tpot_pct", "e2e_pct"):
+        q = np.asarray(getattr(r, key))
+        assert np.all(np.diff(q) >= 0), (key, q)
+    assert float(r.ttft_pct[0]) < float(r.ttft) * 1.2 < float(r.ttft_pct[2]) * 1.2
+    for relax in (dp.Exact(), dp.Smooth(16.0)):
+        g = np.asarray(jax.jit(jax.grad(lambda s, x=relax: f(s, x)[0]))(jnp.ones(3)))
+        assert np.all(np.isfinite(g)), g
+        assert g[0] < 0 and g[1] < 0 and g[2] > 0
+
+
+def test_kv_admission_counts_the_tokens_a_request_holds():
+    """B from the KV cache at S_in + r·S_out tokens per request (`reserved_output`
+    r), in the KV-cache dtype: fewer reserved tokens or an fp8 cache admit more; r = 1
+    is `serve`'s full-length reservation."""
+    from diffperf.model.load import batch_limit
+
+    model = dp.load_workload("llama3_1_70b")
+    serving = dp.Serving(tp=2, input_len=1024, output_len=8192)
+    hw = dp.load_hardware("h200_sxm")
+
+    def limit(r, m=model):
+        sched = dp.Scheduler(max_batch=4000, max_tokens_per_step=8192,
+                             reserved_output=r)  # fmt: skip
+        return float(batch_limit(hw, m, serving, sched))
+
+    full = dp.serve(hw, model, eqx.tree_at(lambda s: s.batch, serving, 1.0)).max_batch
+    assert limit(1.0) == float(full) > 10
+    kv = model.precision.bytes("kv_cache")
+    assert limit(0.5) == pytest.approx(limit(1.0) * 9216 / 5120, rel=0.05, abs=1)
+    cache = dataclasses.replace(model.precision, kv_cache="fp8")
+    fp8 = eqx.tree_at(lambda m: m.precision, model, cache)
+    assert fp8.precision.bytes("kv_cache") == kv / 2
+    assert limit(1.0, fp8) == pytest.approx(2 * limit(1.0), rel=0.05, abs=1)
+    with pytest.raises(ValueError, match=r"reserved_output=1.5\) must be in \[0, 1\]"):
+        dp.Scheduler(reserved_output=1.5)
+    with pytest.raises(ValueError, match="phases='waves' must be one of"):
+        dp.serve_load(HW, MODEL, SERVING, concurrency=4.0, phases="waves")
+    with pytest.raises(ValueError, match="synchronized' is a closed loop"):
+        dp.serve_load(HW, MODEL, SERVING, request_rate=1.0, phases="synchronized")

@@ -16,7 +16,7 @@ from ..core.relax import Exact
 from ..core.units import DTYPES
 from ..model.economics import hourly_cost, usd_per_million_tokens
 from ..model.fidelity import FIDELITIES, tier
-from ..model.load import ARRIVALS, capacity, served
+from ..model.load import ARRIVALS, PHASES, capacity, served
 from ..model.serving import (
     SPECULATIVE,
     continuous_batching,
@@ -467,6 +467,17 @@ def load_arguments(p):
     p.add_argument("--arrival", choices=ARRIVALS, default="poisson",
                    help="open-loop arrival process")  # fmt: skip
     p.add_argument(
+        "--phases", choices=PHASES, default="spread",
+        help="closed loop: clients' phases spread (varied lengths) or synchronized "
+        "(started together with fixed lengths, as benchmark tools run: waves)",
+    )  # fmt: skip
+    p.add_argument(
+        "--reserved-output", type=float, default=1.0,
+        help="engine: share of a request's output tokens whose KV cache counts at "
+        "admission (1: TensorRT-LLM GUARANTEED_NO_EVICT; 0.5: vLLM/SGLang paged "
+        "allocation, the mean held)",
+    )  # fmt: skip
+    p.add_argument(
         "--max-batch", type=_positive_int("--max-batch"), default=256,
         help="engine: requests running at once per replica (vLLM --max-num-seqs, "
         "TensorRT-LLM max_batch_size, SGLang --max-running-requests)",
@@ -491,6 +502,12 @@ def load_arguments(p):
 def scheduler_of(args) -> Scheduler:
     """The engine's Scheduler of `load_arguments` flags (UsageError if inconsistent)."""
     budget = args.chunked_prefill_budget or args.max_tokens_per_step
+    if not 0.0 <= args.reserved_output <= 1.0:
+        raise UsageError(
+            f"--reserved-output={args.reserved_output:g} must be in [0, 1]"
+        )
+    if args.phases == "synchronized" and args.request_rate is not None:
+        raise UsageError("--phases synchronized is a closed loop: give --concurrency")
     if not args.separate_prefill and args.max_batch >= args.max_tokens_per_step:
         raise UsageError(
             f"--max-batch={args.max_batch} must be < --max-tokens-per-step="
@@ -500,11 +517,13 @@ def scheduler_of(args) -> Scheduler:
     return Scheduler(
         max_batch=args.max_batch, max_tokens_per_step=args.max_tokens_per_step,
         chunked_prefill_budget=budget, mixed=not args.separate_prefill,
+        reserved_output=args.reserved_output,
     )  # fmt: skip
 
 
 def load_result(cluster, model, serving, *, gpus, scheduler, concurrency=None,
-                request_rate=None, arrival="poisson") -> dict:  # fmt: skip
+                request_rate=None, arrival="poisson",
+                phases="spread") -> dict:  # fmt: skip
     """The load keys of `diffperf infer --json` (Exact model, all replicas of `gpus`).
 
     The offered load is split evenly over the gpus/(tp·pp·attention_dp) replicas.
@@ -512,7 +531,8 @@ def load_result(cluster, model, serving, *, gpus, scheduler, concurrency=None,
     replicas = gpus / float(serving.chips)
     kw = dict(scheduler=scheduler, arrival=arrival)
     if concurrency is not None:
-        r = served(cluster, model, serving, concurrency=concurrency / replicas, **kw)
+        r = served(cluster, model, serving, concurrency=concurrency / replicas,
+                   phases=phases, **kw)  # fmt: skip
     else:
         r = served(cluster, model, serving, request_rate=request_rate / replicas, **kw)
     cap = float(capacity(cluster, model, serving, **kw))
@@ -546,10 +566,12 @@ def load_result(cluster, model, serving, *, gpus, scheduler, concurrency=None,
             "concurrency": concurrency,
             "request_rate": request_rate,
             "arrival": arrival if request_rate is not None else None,
+            "phases": phases if concurrency is not None else None,
             "replicas": replicas,
             "max_batch": float(scheduler.max_batch),
             "max_tokens_per_step": float(scheduler.max_tokens_per_step),
             "chunked_prefill_budget": float(scheduler.chunked_prefill_budget),
+            "reserved_output": float(scheduler.reserved_output),
             "mixed_prefill": scheduler.mixed,
             "batch_limit": float(r.batch_limit),
             "utilization": float(r.utilization),
@@ -913,7 +935,7 @@ def run_infer(args) -> dict:
         out |= load_result(
             cluster, model, serving, gpus=args.gpus, scheduler=scheduler_of(args),
             concurrency=args.concurrency, request_rate=args.request_rate,
-            arrival=args.arrival,
+            arrival=args.arrival, phases=args.phases,
         )  # fmt: skip
     arch = architecture_flags(args, args.input_len + args.output_len)
     out |= resolved_names(args.hardware, args.model, arch) | {

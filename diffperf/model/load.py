@@ -39,6 +39,46 @@ W = ½·ErlangC(B, λR)·R/(B − λR) with R the slot holding time (Cosmetatos'
 M/M/c; the Erlang formula in its continuous incomplete-gamma form); closed loop, N − B
 requests queue, W = (N − B)/X (Little).
 
+**Synchronized waves** (`phases="synchronized"`). Benchmark tools start their N
+clients together, and with fixed S_in and S_out the clients stay in waves (the
+simulation in `tests/serving_des.py` reproduces them; AIConfigurator's measured TTFT
+grows about linearly with N). A wave holds n = min(N, B) requests whose prompts all
+arrive at one step boundary and are prefilled in arrival order, C = a·min(budget,
+max_tokens_per_step − n/(2a)) prompt tokens per step (a attention ranks, each with
+its own scheduler; the decodes riding beside the chunks take their tokens). Request i
+(0-based) gets its first token at the end of step k_i = ⌈(i + 1)·S_in/C⌉ of the
+K = ⌈n·S_in/C⌉ prefill steps:
+
+    TTFT_i = T(k_i),   T(k) = (k − 1)·t(D̄_k, C) + t(D_k, P_k)
+
+with P_k = min(C, n·S_in − (k − 1)·C) the last step's chunk, D_k the prompts finished
+before step k (0 with prefill-only steps) and D̄_k their mean over the earlier steps.
+With prefill-only steps (`mixed=False`) every request decodes after step K and the
+wave ends together: e2e_i = T(K) + (S_out − 1)·t(n, 0), the wave W = that. With mixed
+steps a request's S_out − 1 decode steps hold the other K − 1 chunk steps (of its own
+wave, or of the next one, whose clients finished first and resent), the last of them
+the partial one: (S_out − 1)·TPOT_i = (K − 2)·t(n − C/S_in + 1, C) + t(n, P_K) +
+(S_out − K)·t(n, 0), and a slot is resent its next request when its request ends, so
+W = the mean e2e. The decode steps' mean context is S_in + S_out/2 (the step table's;
+attention is linear in the context, so the mean of the growing-context steps is the
+step at the mean context). Throughput X = n/W; clients beyond B wait whole waves at
+the front of the next one, r = (N − n)/n waves on average (Little's law), so the mean
+TTFT adds r·W. Means and percentiles are over the per-request values (exact for n ≤
+256 requests, else 256 evenly spaced ranks). Checked against the simulation with
+exact timing and fixed lengths (`tests/test_load.py`): with prefill-only steps the
+waves repeat exactly and the steady-state means agree within 2.4% up to and beyond
+B; with mixed steps the clients drift apart after the first wave (the simulation's
+steady state is a rolling pipeline of C/S_in-prompt groups, TTFT about one chunk
+step), so the reference is the first wave, within 4.1% for N ≤ B. Beyond B with
+mixed steps the model's whole-wave wait overstates the rolling admission (+69% TTFT
+at 400 clients on 256 slots); see the test.
+
+**KV admission.** B = min(max_batch, the sequences the KV cache holds at S_in +
+r·S_out tokens each, `Scheduler.reserved_output` = r, in the model's KV-cache dtype):
+r = 1 reserves every output token at admission (TensorRT-LLM's GUARANTEED_NO_EVICT),
+r = 0.5 is the mean a request holds over its life when pages are allocated as tokens
+come (vLLM, SGLang).
+
 **Percentiles.** TTFT is a mixture over the chain's states, arrival phases and requests
 ahead (each term a narrow normal); TPOT a normal of variance Var_π(t)/(steps in a
 request's decode); e2e their sum. Quantiles are found by bisection on the mixture's
@@ -67,12 +107,12 @@ from jaxtyping import Array
 
 from ..core.relax import AbstractRelax, Exact
 from ..specs.hardware import Cluster
-from ..specs.mapping import Serving
+from ..specs.mapping import Serving, check_serving
 from ..specs.scheduler import Scheduler
 from ..specs.workload import Transformer
 from .fidelity import Fidelity, tier
 from .phases import mixed_step
-from .serving import serve
+from .serving import kv_capacity
 
 __all__ = [
     "LoadResult",
@@ -82,12 +122,17 @@ __all__ = [
     "served",
     "capacity",
     "step_time",
+    "batch_limit",
     "ARRIVALS",
+    "PHASES",
 ]
 
 _EXACT = Exact()
 ARRIVALS = ("poisson", "constant")
 """Open-loop arrival processes: Poisson (exponential gaps) or constant gaps."""
+PHASES = ("spread", "synchronized")
+"""Closed-loop client phases: spread (mean value analysis) or synchronized waves."""
+_M = 256  # representative requests of a synchronized wave
 _K = 64  # arrivals per step covered by the pmf (the tail mass goes to the last)
 _Q = 33  # prompt-token grid of the step-time table
 _DQ = 17  # decode grid of the step-time table
@@ -155,6 +200,29 @@ def step_time(
         cluster, model, serving, decodes=micro, prefill_tokens=prefill_tokens / pp,
         relax=relax,
     ).total  # fmt: skip
+
+
+def batch_limit(
+    cluster: Cluster,
+    model: Transformer,
+    serving: Serving,
+    scheduler: Scheduler,
+    *,
+    relax: AbstractRelax = _EXACT,
+) -> Array:
+    """B: the requests a replica runs at once, min(max_batch, KV-cache capacity) ≥ 1.
+
+    The KV cache admits by the tokens a request holds (`Scheduler.reserved_output`):
+    S_in + r·S_out per request in the model's KV-cache dtype (`serving.kv_capacity`),
+    not the model's context length.
+
+    Raises:
+        ValueError: a concrete serving mapping that does not fit the model.
+    """
+    check_serving(model, serving)
+    held = serving.input_len + scheduler.reserved_output * serving.output_len
+    capacity = kv_capacity(cluster, model, serving, held, relax=relax)
+    return jnp.minimum(scheduler.max_batch, jnp.maximum(capacity, 1.0))
 
 
 def _pmf(mu: Array, arrival: str) -> Array:
@@ -261,7 +329,8 @@ def _quantiles(weight, mean, sd, qs=_QUANTILES):
 
     lo, hi = jax.lax.fori_loop(0, 60, body, (lo0, hi0))
     z = jax.lax.stop_gradient(0.5 * (lo + hi))
-    return z - (cdf(z) - qs) / jax.lax.stop_gradient(pdf(z))
+    # a quantile in a gap between components has pdf 0: keep its gradient finite
+    return z - (cdf(z) - qs) / jax.lax.stop_gradient(jnp.maximum(pdf(z), 1e-300))
 
 
 def _erlang_c(servers, load):
@@ -333,14 +402,14 @@ class _Engine:
     `step_time` and interpolated bilinearly; the phase model is traced once.
     """
 
-    def __init__(self, cluster, model, serving, scheduler, relax, grid, b):
+    def __init__(self, cluster, model, serving, scheduler, relax, grid, b, ranks=1.0):
         self.sched, self.grid = scheduler, grid
         self.s_in, self.s_out = serving.input_len, serving.output_len
         self.c_max = scheduler.chunked_prefill_budget
         self.mixed = scheduler.mixed
         u = jnp.linspace(0.0, 1.0, _Q)
         v = jnp.linspace(0.0, 1.0, _DQ)
-        self.p_grid = self.c_max * u * u
+        self.p_grid = self.c_max * ranks * u * u  # `ranks` schedulers' budgets
         self.d_grid = b * v * v
 
         def one(d, p):
@@ -543,6 +612,99 @@ def _closed_loop(eng: _Engine, n_clients, arrival, relax, b):
                                         n_sat=n_sat)  # fmt: skip
 
 
+def _synchronized(eng: _Engine, n_clients, relax, b, ranks, chips) -> LoadResult:
+    """A closed loop of N clients in synchronized waves (module docstring).
+
+    One wave: n = min(N, B) prompts arrive together and are prefilled C tokens per
+    step in arrival order; request i's prompt ends in step k_i = ⌈(i + 1)·S_in/C⌉ and
+    its TTFT is T(k_i), the steps up to it. Requests are the first `_M` when n ≤ `_M`
+    (exact), else `_M` evenly spaced ranks.
+    """
+    s_in, s_out = eng.s_in, eng.s_out
+    n = relax.min(n_clients, b)
+    # each attention rank schedules its own requests with its own budget
+    if eng.mixed:
+        room = eng.sched.max_tokens_per_step - n / 2.0 / ranks
+        c = ranks * jnp.minimum(eng.c_max, room)
+    else:
+        c = ranks * eng.c_max
+    m = c / s_in  # prompts completed per full prefill step
+    total = n * s_in
+    k_last = jnp.maximum(jnp.ceil(total / c - 1e-9), 1.0)
+
+    def t(d, p):
+        d, p = jnp.broadcast_arrays(jnp.asarray(d, float), jnp.asarray(p, float))
+        one = jax.vmap(lambda dd, pp: eng.at(pp, eng.row(dd)))
+        return one(d.ravel(), p.ravel()).reshape(d.shape)
+
+    def decoding(j):  # decodes riding in prefill step j (mixed): done, not yet left
+        if not eng.mixed:
+            return 0.0 * j
+        done = lambda x: jnp.clip(jnp.floor(x * m + 1e-9), 0.0, n)  # noqa: E731
+        return done(j - 1.0) - done(j - s_out)
+
+    def elapsed(k):  # T(k): seconds from the wave's start to the end of prefill step k
+        full = jnp.clip(jnp.minimum((k - 2.0) / 2.0, s_out - 1.0) * m, 0.0, n)
+        if not eng.mixed:
+            full = 0.0 * full
+        last = jnp.clip(total - (k - 1.0) * c, 0.0, c)
+        return (k - 1.0) * t(full, c) + t(decoding(k), last)
+
+    idx = jnp.arange(_M, dtype=float)
+    small = n <= _M
+    i = jnp.where(small, idx, (idx + 0.5) * n / _M - 0.5)
+    w = jnp.where(small, jnp.clip(n - idx, 0.0, 1.0), 1.0)
+    w = w / jnp.sum(w)
+    k = jnp.clip(jnp.ceil((i + 1.0) * s_in / c - 1e-9), 1.0, k_last)
+    first = elapsed(k)
+    if eng.mixed:
+        # decodes share steps with prompt chunks: a request's S_out − 1 decode steps
+        # include the K − 1 prefill steps of the others' prompts (its own wave's
+        # later chunks, or the next wave's, whose clients resent first)
+        # (the last of them the partial one); then decode-only steps at n decodes
+        ride = jnp.minimum(k_last - 1.0, s_out - 1.0)
+        riding = relax.relu(n - m) + 1.0  # decodes beside a full chunk
+        partial = jnp.clip(total - (k_last - 1.0) * c, 0.0, c)
+        chunks = jnp.where(
+            ride < k_last - 1.0,
+            ride * t(riding, c),
+            relax.relu(ride - 1.0) * t(riding, c)
+            + jnp.minimum(ride, 1.0) * t(n, partial),
+        )
+        decode = chunks + (s_out - 1.0 - ride) * t(n, 0.0) + 0.0 * first
+    else:  # every request decodes after the wave's last prefill step
+        decode = elapsed(k_last) - first + (s_out - 1.0) * t(n, 0.0)
+    if eng.mixed:  # a slot is sent its next request when its request ends
+        wave = jnp.sum(w * (first + decode))
+    else:  # the wave ends together: every request's last decode is the same step
+        wave = jnp.max(jnp.where(w > 0, first + decode, 0.0))
+    x = n / wave  # requests/s
+    # clients beyond the wave wait whole waves, first in the next (FCFS): on average
+    # r = (N − n)/n waves (Little's law on the N − n waiting requests)
+    r = relax.relu(n_clients - n) / n
+    whole = jnp.floor(r)
+    waits = wave * (whole + jnp.where(i + 0.5 < (r - whole) * n, 1.0, 0.0))
+    tpot_i = decode / (s_out - 1.0)
+    ttft = jnp.sum(w * first) + wave * r
+    tpot = jnp.sum(w * tpot_i)
+    e2e_i = first + waits + decode
+    spread = lambda v: 0.02 * v + 1e-9  # noqa: E731  (a narrow normal per request)
+    n_steps = k_last + s_out - 1.0
+    return LoadResult(
+        ttft=ttft, tpot=tpot, e2e_latency=ttft + (s_out - 1.0) * tpot,
+        ttft_pct=_quantiles(w, first + waits, spread(first + waits)),
+        tpot_pct=_quantiles(w, tpot_i, spread(tpot_i)),
+        e2e_pct=_quantiles(w, e2e_i, spread(e2e_i)),
+        requests_per_s=x, output_tokens_per_s=x * s_out,
+        output_tokens_per_s_per_user=1.0 / tpot, chips=chips,
+        decodes=n * (s_out - 1.0) / n_steps, prefill_tokens=total / n_steps,
+        step_time=wave / n_steps, prefill_steps=jnp.sum(w * k), batch_limit=b,
+        prefill_budget=c, utilization=n_clients / b, slot_load=n / b,
+        prefill_load=total / (c * n_steps), decode_load=0.0 * n,
+        queue_wait=wave * r, saturation_concurrency=b,
+    )  # fmt: skip
+
+
 def serve_load(
     cluster: Cluster,
     model: Transformer,
@@ -551,6 +713,7 @@ def serve_load(
     concurrency=None,
     request_rate=None,
     arrival: str = "poisson",
+    phases: str = "spread",
     scheduler: Scheduler | None = None,
     relax: AbstractRelax = _EXACT,
     fidelity: Fidelity = "detailed",
@@ -564,19 +727,31 @@ def serve_load(
     MLPerf Server, `vllm bench serve --request-rate`) is given; both are per replica and
     may be float leaves. `serving` gives the replica and the mean prompt and output
     lengths (`batch` is not used: the scheduler decides it); `scheduler` the engine's
-    limits. Formulas, sources and assumptions: module docstring.
+    limits. `phases` (static) is how a closed loop's clients are spread: "spread"
+    (requests of varied lengths, phases mixed: mean value analysis) or "synchronized"
+    (every client started together with fixed lengths, as benchmark tools run them:
+    waves, `_synchronized`). Formulas, sources and assumptions: module docstring.
 
     Raises:
-        ValueError: neither or both of concurrency and request_rate; unknown arrival.
+        ValueError: neither or both of concurrency and request_rate; unknown arrival
+            or phases; synchronized phases with a request rate.
     """
     if (concurrency is None) == (request_rate is None):
         raise ValueError("give exactly one of concurrency= and request_rate=")
     if arrival not in ARRIVALS:
         raise ValueError(f"arrival={arrival!r} must be one of {', '.join(ARRIVALS)}")
+    if phases not in PHASES:
+        raise ValueError(f"phases={phases!r} must be one of {', '.join(PHASES)}")
+    if phases == "synchronized" and request_rate is not None:
+        raise ValueError("phases='synchronized' is a closed loop: give concurrency=")
     scheduler = Scheduler() if scheduler is None else scheduler
     cluster, _ = tier(fidelity, cluster)
-    capacity = serve(cluster, model, serving, relax=relax).max_batch
-    b = jnp.minimum(scheduler.max_batch, jnp.maximum(capacity, 1.0))
+    b = batch_limit(cluster, model, serving, scheduler, relax=relax)
+    if phases == "synchronized":
+        ranks = serving.attention_dp
+        eng = _Engine(cluster, model, serving, scheduler, relax, grid, b, ranks)
+        n = jnp.asarray(concurrency, dtype=float)
+        return _synchronized(eng, n, relax, b, ranks, serving.chips)
     eng = _Engine(cluster, model, serving, scheduler, relax, grid, b)
     if request_rate is not None:
         lam = jnp.asarray(request_rate, dtype=float)
@@ -626,8 +801,7 @@ def max_request_rate(
     """
     scheduler = Scheduler() if scheduler is None else scheduler
     cluster, _ = tier(fidelity, cluster)
-    capacity = serve(cluster, model, serving, relax=relax).max_batch
-    b = jnp.minimum(scheduler.max_batch, jnp.maximum(capacity, 1.0))
+    b = batch_limit(cluster, model, serving, scheduler, relax=relax)
     eng = _Engine(cluster, model, serving, scheduler, relax, grid, b)
     s_out = serving.output_len
     hi0 = b / ((s_out - 1.0) * eng.row(b)[0])

@@ -68,6 +68,7 @@ from .phases import (
 from .phases import prefill as prefill_step
 
 __all__ = [
+    "kv_capacity",
     "continuous_batching",
     "speculative_tpot",
     "draft_model",
@@ -144,7 +145,6 @@ def serve(
     kv_token = kv_bytes_per_token(model, serving)
     context = serving.input_len + serving.output_len
     act_one = prefill_activation_bytes(model, serving)
-    free = chip.hbm_capacity - chip.reserved_memory - weights - act_one
     per_seq = kv_token * context * (1.0 - serving.offload_kv) + ssm_state_bytes(
         model, serving
     )  # in HBM
@@ -162,16 +162,45 @@ def serve(
         chips=serving.chips,
         memory_per_gpu=memory,
         memory_capacity=chip.hbm_capacity,
-        max_batch=serving.attention_dp
-        * jnp.floor(
-            jnp.minimum(
-                jnp.maximum(free, 0.0) / jnp.maximum(per_seq, 1e-30),
-                tier_capacity / jnp.maximum(off_seq, 1e-30),
-            )
-        ),
+        max_batch=kv_capacity(cluster, model, serving, context, relax=relax),
         offload_memory=rank * off_seq,
         offload_capacity=tier_capacity,
         kv_bytes_per_token=kv_token,
+    )
+
+
+def kv_capacity(
+    cluster: Cluster,
+    model: Transformer,
+    serving: Serving,
+    tokens,
+    *,
+    relax: AbstractRelax = _EXACT,
+) -> Array:
+    """Sequences of `tokens` KV-cache tokens each that a replica holds at once.
+
+    attention_dp · ⌊min(free / per_seq, tier / off_seq)⌋ with free = HBM − reserved −
+    weights − one prompt's activations per chip and per_seq = tokens·kv_bytes_per_token
+    (in the KV-cache dtype, the model's `precision`) · (1 − offload_kv) + the SSM state
+    (the offloaded share off_seq in the memory tier). `serve` reserves the full length,
+    tokens = S_in + S_out (a static batch of whole sequences); paged engines admit by
+    the tokens a request holds (`load.serve_load`, `Scheduler.reserved_output`).
+    """
+    chip = cluster.chip
+    kv_token = kv_bytes_per_token(model, serving)
+    act_one = prefill_activation_bytes(model, serving)
+    weights = weight_bytes(model, serving)
+    free = chip.hbm_capacity - chip.reserved_memory - weights - act_one
+    per_seq = kv_token * tokens * (1.0 - serving.offload_kv) + ssm_state_bytes(
+        model, serving
+    )  # in HBM
+    off_seq = kv_token * tokens * serving.offload_kv
+    tier_capacity = cluster.offload_tier(relax).capacity
+    return serving.attention_dp * jnp.floor(
+        jnp.minimum(
+            jnp.maximum(free, 0.0) / jnp.maximum(per_seq, 1e-30),
+            tier_capacity / jnp.maximum(off_seq, 1e-30),
+        )
     )
 
 

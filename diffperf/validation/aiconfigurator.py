@@ -7,14 +7,19 @@ at `backend_version`, serving `model_path` (a Hugging Face id) on `system`, with
 `silicon_ttft_ms` and `silicon_tpot_ms`. A file is recognised by its columns
 (`COLUMNS`). Each row is predicted twice, TTFT and TPOT, with `load.serve_load`:
 
-- `mode = agg` (one engine serves prefill and decode): a closed loop of N clients on
-  one replica, `Serving(tp=tp_size, pp=pp_size, attention_dp=attention_dp_size,
-  ep=moe_ep_size, etp=moe_tp_size)` (tp·attention_dp = moe_tp·moe_ep GPUs).
+- `mode = agg` (one engine serves prefill and decode): a closed loop of N clients in
+  synchronized waves (`serve_load(phases="synchronized")`: AIConfigurator's benchmark
+  starts its clients together with fixed `isl`/`osl`, so all N prompts arrive at
+  once, are prefilled chunk after chunk and decode together) on one replica,
+  `Serving(tp=tp_size, pp=pp_size, attention_dp=attention_dp_size, ep=moe_ep_size,
+  etp=moe_tp_size)` (tp·attention_dp = moe_tp·moe_ep GPUs).
   AIConfigurator's `batch_size` is the concurrency of one attention rank, so N =
   batch_size · attention_dp_size (the `silicon_concurrency` of `silicon_data_source`
   where the two differ only by that factor). The engine's scheduler admits every
-  client (`max_batch` = N, capped by the KV cache) with the default token budgets of
-  `specs.scheduler.Scheduler`.
+  client (`max_batch` = N) with the default token budgets of
+  `specs.scheduler.Scheduler`, capped by the KV cache at the tokens a request holds
+  (`_RESERVED`): isl + osl for TensorRT-LLM (GUARANTEED_NO_EVICT reserves them at
+  admission), isl + osl/2 for vLLM and SGLang (pages allocated as tokens come).
 - `mode = disagg` with worker counts (`prefill_num_workers` x prefill layout,
   `decode_num_workers` x decode layout) and the concurrency N of
   `silicon_data_source` (else N = decode_batch_size · decode_num_workers ·
@@ -33,7 +38,11 @@ compilation config, SGLang's `--cuda-graph-max-bs`), so `graphs=True`. Precision
 weights and math; `int4_wo` → INT4 weights with bf16 math (weight-only); blank or
 `bf16` → bf16; gpt-oss checkpoints are MXFP4 (the file labels them fp4): MXFP4
 weights, with MXFP4 math on chips with FP4 tensor cores and bf16 math (w4a16)
-otherwise. The KV cache is bf16 (the file does not say; the engines' default).
+otherwise. The KV cache is fp8 with fp8, NVFP4 and MXFP4 weights and bf16 otherwise.
+The file does not say; quantized checkpoints (NVIDIA ModelOpt's FP8/NVFP4 ones) set an
+fp8 KV cache (`kv_cache_quant_algo`), which the engines read, and the measured TTFTs
+agree: runs whose clients a bf16 cache cannot hold (Llama-3.1-70B fp8 on one B200 at
+64 clients of 1024 + 8192 tokens: 35 in bf16, 70 in fp8) show no queueing.
 
 Refused rows (each with its reason, counted in `refused`): disaggregated rows without
 worker counts (the file does not say how many prefill and decode workers served the
@@ -59,7 +68,7 @@ import numpy as np
 
 from .. import io
 from ..model.load import serve_load
-from ..model.serving import disaggregated, serve
+from ..model.serving import disaggregated, kv_capacity, serve
 from ..specs.mapping import Serving, check_serving
 from ..specs.scheduler import Scheduler
 from ..specs.workload import Precision
@@ -135,13 +144,14 @@ def _precision(row: dict, chip) -> Precision:
     if "gpt-oss" in row.get("model_path", "").lower() and (
         "nvfp4" in modes or label == "fp4"
     ):
-        return Precision(math="mxfp4" if fp4_cores else "bf16", weights="mxfp4")
+        return Precision(math="mxfp4" if fp4_cores else "bf16", weights="mxfp4",
+                         kv_cache="fp8")  # fmt: skip
     if "nvfp4" in modes or (not modes and label == "fp4"):
         if not fp4_cores:
             raise ValueError(f"nvfp4 math on {row.get('system')}: no FP4 cores")
-        return Precision(math="nvfp4", weights="nvfp4")
+        return Precision(math="nvfp4", weights="nvfp4", kv_cache="fp8")
     if modes & set(_FP8) or (not modes and label == "fp8"):
-        return Precision(math="fp8", weights="fp8")
+        return Precision(math="fp8", weights="fp8", kv_cache="fp8")
     if "int4_wo" in modes or (not modes and label == "int4"):
         return Precision(math="bf16", weights="int4")
     if not modes and label in ("", "bf16", "fp16", "float16"):
@@ -220,7 +230,7 @@ def resolve_aic_row(row: dict) -> dict:
         raise ValueError("columns isl >= 1 and osl >= 2 are needed")
     mode = row.get("mode", "").strip()
     out = dict(kind=mode, cluster=cluster, model=model, hardware=SYSTEMS[system],
-               spec=stem)  # fmt: skip
+               spec=stem, backend=row.get("backend", "").strip().lower())  # fmt: skip
     if mode == "agg":
         n = _whole(row, "batch_size")
         if not n or n < 1:
@@ -259,9 +269,10 @@ def _closed(cluster, model, serving, n, scheduler):
 
 
 def _closed_one(cluster, model, serving, n, scheduler):
-    r = serve_load(cluster, model, serving, concurrency=n, scheduler=scheduler)
-    cap = serve(cluster, model, eqx.tree_at(lambda s: s.batch, serving, 1.0)).max_batch
-    return jnp.stack([r.ttft, r.tpot, cap])
+    r = serve_load(cluster, model, serving, concurrency=n, scheduler=scheduler,
+                   phases="synchronized")  # fmt: skip
+    held = serving.input_len + scheduler.reserved_output * serving.output_len
+    return jnp.stack([r.ttft, r.tpot, kv_capacity(cluster, model, serving, held)])
 
 
 @eqx.filter_jit
@@ -295,9 +306,19 @@ def _batched(fn, jobs: list[tuple], tick=None) -> np.ndarray:
     return out
 
 
-def _scheduler(n) -> Scheduler:
-    """The engine admits every client (max_batch = N), default token budgets."""
-    return Scheduler(max_batch=max(float(n), 1.0))
+_RESERVED = {"trtllm": 1.0, "vllm": 0.5, "sglang": 0.5}
+"""KV tokens an admitted request holds, as a share of its output
+(`Scheduler.reserved_output`): TensorRT-LLM's GUARANTEED_NO_EVICT reserves them all;
+vLLM and SGLang allocate pages as tokens come (the mean held over a request's life)."""
+
+
+def _scheduler(n, backend: str = "") -> Scheduler:
+    """The engine admits every client (max_batch = N) with default token budgets.
+
+    Its KV cache admits by the tokens a request holds (`_RESERVED`).
+    """
+    return Scheduler(max_batch=max(float(n), 1.0),
+                     reserved_output=_RESERVED.get(backend, 1.0))  # fmt: skip
 
 
 def _agg_jobs(resolved: dict[int, dict]) -> dict[int, tuple]:
@@ -305,7 +326,7 @@ def _agg_jobs(resolved: dict[int, dict]) -> dict[int, tuple]:
     for i, r in resolved.items():
         c, m = _strip(r["cluster"], r["model"])
         jobs[i] = (c, m, r["serving"], jnp.asarray(r["concurrency"], dtype=float),
-                   _scheduler(r["concurrency"]))  # fmt: skip
+                   _scheduler(r["concurrency"], r["backend"]))  # fmt: skip
     return jobs
 
 
