@@ -54,9 +54,12 @@ def _rows():
 
 @pytest.fixture(scope="module")
 def fitted():
+    # 500 steps: under the pseudo-Huber loss (bounded pull far from the optimum) the
+    # held-out folds converge more slowly than under the squared loss (250 steps left
+    # the h100_sxm fold at 6.5%, 500 at 5.3%; squared, 250 steps: 5.9%)
     rows, levels = _rows()
     fit = calibrate_hierarchy(
-        rows, levels, PRIORS, stack_paths=["host.step_overhead"], steps=250,
+        rows, levels, PRIORS, stack_paths=["host.step_overhead"], steps=500,
         lr=0.05, holdout="device", noise=0.01,  # noise-free rows: weak priors
     )  # fmt: skip
     return rows, levels, fit
