@@ -212,3 +212,14 @@ def test_robust_design_expected_log_gain():
     assert r["gain"]["slow"]["b"] < 0 and r["best"] == "h100"  # slower is worse
     with pytest.raises(ValueError, match="weights"):
         dp.robust_design({"h100": H100}, jobs, {"a": 1.0}, reference="h100")
+
+
+def test_job_adjust_scores_a_sample_of_uncertain_leaves():
+    job = _small_job()
+
+    def half(c):
+        return dp.scale_leaf(c, "chip.matmul_efficiency", 0.5)
+
+    slower = dp.Job(job.model, job.mapping, "tokens_per_usd", adjust=half)
+    v = dp.score_jobs(H100, {"nominal": job, "sample": slower})
+    assert v["sample"] < 0.9 * v["nominal"]

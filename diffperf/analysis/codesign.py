@@ -53,7 +53,10 @@ class Job:
 
     `precision(formats)` (optional) gives the job's `Precision` on a chip that supports
     `formats` (a tuple of "fp8"/"fp4"), e.g. fp8 math where the chip has it; None keeps
-    the model's.
+    the model's. `adjust(cluster)` (optional) is applied to every design before the
+    job scores or optimizes it: one sample of uncertain leaves (e.g. efficiencies
+    drawn from the calibration's spread), so a mix of jobs can carry the model's own
+    uncertainty.
     """
 
     model: Transformer
@@ -61,6 +64,10 @@ class Job:
     objective: str
     search_mapping: bool = False
     precision: Callable[[tuple[str, ...]], Precision] | None = None
+    adjust: Callable[[Cluster], Cluster] | None = None
+
+    def hardware_for(self, cluster: Cluster) -> Cluster:
+        return cluster if self.adjust is None else self.adjust(cluster)
 
     def model_for(self, formats: tuple[str, ...]) -> Transformer:
         if self.precision is None:
@@ -177,7 +184,7 @@ def codesign(
         if progress:
             progress(f"{k + 1}/{len(designs)} {ch}")
         r = optimize(
-            c, job.model_for(_formats(c)), job.mapping, vary=vary,
+            job.hardware_for(c), job.model_for(_formats(c)), job.mapping, vary=vary,
             objective=job.objective, budgets=budgets, search_mapping=job.search_mapping,
             steps=steps, starts=starts, seed=seed, tie=tie, baseline=False,
         )  # fmt: skip
@@ -237,10 +244,11 @@ def score_jobs(cluster: Cluster, jobs: dict[str, Job]) -> dict[str, float]:
     """
     out = {}
     probe = "chip.flops_bf16"
-    x = float(get_leaf(cluster, probe))
     for name, job in jobs.items():
+        c = job.hardware_for(cluster)
+        x = float(get_leaf(c, probe))
         scorer = DesignScorer(
-            cluster, job.model_for(_formats(cluster)), job.mapping,
+            c, job.model_for(_formats(c)), job.mapping,
             vary={probe: (0.5 * x, 2.0 * x)}, objective=job.objective,
             search_mapping=job.search_mapping,
         )  # fmt: skip
