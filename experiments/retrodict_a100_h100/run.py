@@ -75,11 +75,13 @@ def jobs() -> dict:
 
 
 def start_cluster():
-    """A100's system on H100's process: the given leaves copied from the H100 file."""
+    """A100's system on H100's process and kernel efficiencies (config.toml)."""
     a100, h100 = dp.load_hardware(CFG["start"]), dp.load_hardware(CFG["reference"])
     c = a100
     for leaf in CFG["process_leaves"]:
         c = dp.set_leaf(c, f"cost.{leaf}", dp.get_leaf(h100, f"cost.{leaf}"))
+    for path in CFG["efficiency_leaves"]:
+        c = dp.set_leaf(c, path, dp.get_leaf(h100, path))
     return c
 
 
@@ -153,6 +155,7 @@ def main():
         labels=label,
         design=describe(candidates[robust["best"]]),
     )
+    results["uncertain"] = uncertain(candidates, js, robust["best"])
     results["explain"] = explain(start, js, candidates, robust["best"], results, vary)
     results["reference"] = describe(h100)
     results["start"] = describe(dp.load_hardware(CFG["start"]))
@@ -164,6 +167,48 @@ def main():
               round(robust["expected"][k], 4))  # fmt: skip
     plot(results)
     print(f"{results['seconds']:.0f} s")
+
+
+def _sample(factors: dict[str, float]):
+    def adjust(c):
+        for path, f in factors.items():
+            c = dp.set_leaf(c, path, jnp.minimum(dp.get_leaf(c, path) * f, 1.0))
+        return c
+
+    return adjust
+
+
+def uncertain(candidates, js, best) -> dict:
+    """The mix's robust choice when each job is scored on efficiency samples.
+
+    Every job is replicated over `samples` draws of the efficiency leaves (log-normal,
+    σ = dp.SHRINK["device"], capped at 1), with the job's weight shared among them; the
+    same draw adjusts every candidate (H100 included).
+    """
+    u = CFG["uncertainty"]
+    rng = np.random.default_rng(u["seed"])
+    shape = (u["samples"], len(u["leaves"]))
+    draws = np.exp(dp.SHRINK["device"] * rng.standard_normal(shape))
+    jobs, weights = {}, {}
+    for k, row in enumerate(draws):
+        adjust = _sample(dict(zip(u["leaves"], map(float, row), strict=True)))
+        for name, job in js.items():
+            jobs[f"{name}@{k}"] = dp.Job(
+                job.model, job.mapping, job.objective, precision=job.precision,
+                adjust=adjust,
+            )  # fmt: skip
+            weights[f"{name}@{k}"] = CFG["mix"][name] / u["samples"]
+    r = dp.robust_design(candidates, jobs, weights, reference="H100")
+    print("uncertain: robust", r["best"], "(nominal", best + ")", flush=True)
+    return dict(
+        draws=draws.tolist(),
+        leaves=u["leaves"],
+        expected=r["expected"],
+        best=r["best"],
+        nominal_best=best,
+        moved=r["best"] != best,
+        gain=r["gain"],
+    )
 
 
 def explain(start, js, candidates, best, results, vary) -> dict:
