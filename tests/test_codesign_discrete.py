@@ -97,6 +97,15 @@ def test_scale_up_and_nics():
     assert float(dp.capex_per_chip(c)) > float(dp.capex_per_chip(A100))
 
 
+def test_scale_up_bandwidth_moves_every_torus_axis():
+    pod = dp.load_hardware("tpu_v5p_pod")
+    c = dp.apply_design(pod, {"scale_up_bandwidth": 2 * float(pod.scale_up.bandwidth)})
+    for d0, d1 in zip(pod.scale_up.dims, c.scale_up.dims, strict=True):
+        assert float(d1.bandwidth) == pytest.approx(2 * float(d0.bandwidth))
+    with pytest.raises(ValueError, match="scale_up_size"):
+        dp.apply_design(pod, {"scale_up_size": 64})
+
+
 @pytest.mark.parametrize(
     "bad, field",
     [

@@ -18,7 +18,8 @@ discrete choice can be enumerated like a mapping (`analysis.codesign`):
   ratio of Hopper and Blackwell datasheets); their logic area is
   `cost.fp8_area`/`cost.fp4_area` (`economics.die_area`).
 - scale_up_size, scale_up_bandwidth: chips in the scale-up domain and B/s per chip per
-  direction (a flat tier; a tier given as `dims` keeps its dims and may not be resized).
+  direction. A tier given as `dims` (a torus) may not be resized; its bandwidth choice
+  scales every dimension's bandwidth by the same factor.
 - nics_per_chip, nic_bandwidth: scale-out NICs per chip (host.nics_per_node =
   nics_per_chip·chips_per_node) and B/s per NIC per direction.
 
@@ -239,7 +240,12 @@ def apply_design(
             )
         c = set_leaf(c, "scale_up.size", jnp.asarray(float(ch["scale_up_size"])))
     if "scale_up_bandwidth" in ch:
+        r = ch["scale_up_bandwidth"] / c.scale_up.bandwidth
         c = set_leaf(c, "scale_up.bandwidth", jnp.asarray(ch["scale_up_bandwidth"]))
+        for i in range(len(c.scale_up.dims)):  # a torus: every axis's links scale
+            c = set_leaf(
+                c, f"scale_up.dims.{i}.bandwidth", c.scale_up.dims[i].bandwidth * r
+            )
     if "nics_per_chip" in ch:
         nics = ch["nics_per_chip"] * c.host.chips_per_node
         c = set_leaf(c, "host.nics_per_node", nics)
