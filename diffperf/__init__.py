@@ -18,6 +18,14 @@ only the names in `__all__`.
 """
 
 from .analysis.calibrate import Prior, Row, calibrate
+from .analysis.codesign import (
+    Job,
+    codesign,
+    design_cluster,
+    enumerate_designs,
+    robust_design,
+    score_jobs,
+)
 from .analysis.hierarchy import SHRINK, RowLevels, calibrate_hierarchy
 from .analysis.kernels import (
     KernelRow,
@@ -57,12 +65,20 @@ from .io.kernels import kernel_systems, read_kernel_tables
 from .io.patch import patch_toml
 from .model.breakdown import TERMS, Breakdown
 from .model.collectives import collective_time, scale_out_bytes
+from .model.design import (
+    DESIGN_CHOICES,
+    HBM_GENERATIONS,
+    HbmGeneration,
+    apply_design,
+    check_design,
+)
 from .model.economics import (
     capex_per_chip,
     chip_cost,
     chip_price,
     chip_tdp,
     die_area,
+    hbm_stacks,
     hourly_cost,
     joules_per_token,
     step_power,
@@ -142,8 +158,14 @@ __all__ = [
     # economics
     "die_area", "chip_cost", "chip_price", "chip_tdp", "capex_per_chip",
     "hourly_cost", "step_power", "joules_per_token", "usd_per_million_tokens",
+    "hbm_stacks",
+    # design choices (dies, HBM generation and stacks, formats, scale-up, NICs)
+    "apply_design", "check_design", "DESIGN_CHOICES", "HBM_GENERATIONS",
+    "HbmGeneration",
     # analyses
     "optimize", "enumerate_mappings", "DesignScorer", "calibrate", "Prior", "Row",
+    "codesign", "enumerate_designs", "design_cluster", "Job", "score_jobs",
+    "robust_design",
     "KernelRow", "Stage", "fit_kernels", "kernel_mape", "predict_kernels",
     "read_kernel_tables", "kernel_systems", "KERNEL_SYSTEMS",
     "validate", "sweep", "SweepResult",

@@ -144,12 +144,14 @@ def _objective(name: str) -> tuple[str, Callable]:
 
 BUDGETS: dict[str, Callable] = {
     "area_mm2": lambda c, chips: die_area(c) * 1e6,
+    "die_mm2": lambda c, chips: die_area(c) / c.cost.dies * 1e6,
     "power_w": lambda c, chips: chip_tdp(c),
     "usd_per_hour": hourly_cost,
     "capex_usd": lambda c, chips: chips * capex_per_chip(c),
 }
-"""Budgets: name → B(cluster, chips); die area [mm²] and TDP [W] are per chip, $/h and
-capex [USD] are for the whole job."""
+"""Budgets: name → B(cluster, chips); die area [mm²] (all dies), area per compute die
+[mm²] (a reticle limit) and TDP [W] are per chip, $/h and capex [USD] are for the
+whole job."""
 
 
 class BoxResult(NamedTuple):
@@ -283,6 +285,8 @@ class _Problem(eqx.Module):
     lo: jax.Array
     hi: jax.Array
     chips: float = eqx.field(static=True)
+    tied: tuple[tuple[str, int], ...] = eqx.field(static=True, default=())
+    tie_ratio: jax.Array = eqx.field(default_factory=lambda: jnp.zeros(0))
 
     @property
     def sign(self) -> float:
@@ -298,6 +302,8 @@ class _Problem(eqx.Module):
         c = self.cluster
         for i, path in enumerate(self.paths):
             c = set_leaf(c, path, x[i])
+        for (path, i), r in zip(self.tied, self.tie_ratio, strict=True):
+            c = set_leaf(c, path, r * x[i])
         return c
 
     def budgets(self, x):
@@ -396,7 +402,9 @@ def enumerate_servings(model: Transformer, base: Serving) -> list[Serving]:
     return out
 
 
-def _problem(cluster, model, mapping, vary, objective, budgets, search_mapping):
+def _problem(
+    cluster, model, mapping, vary, objective, budgets, search_mapping, tie=None
+):
     serving = isinstance(mapping, Serving)
     table = SERVE_OBJECTIVES if serving else OBJECTIVES
     if objective not in table:
@@ -429,6 +437,18 @@ def _problem(cluster, model, mapping, vary, objective, budgets, search_mapping):
         maps = enumerate_mappings(model, mapping, gpus) if search_mapping else [mapping]
     lo = jnp.asarray([v[0] for v in vary.values()], float)
     hi = jnp.asarray([v[1] for v in vary.values()], float)
+    tied, ratio = [], []
+    for path, src in (tie or {}).items():
+        if src not in vary:
+            raise ValueError(f"tie {path!r} -> {src!r}: {src!r} is not a --vary leaf")
+        if path in vary:
+            raise ValueError(f"tie {path!r}: a varied leaf cannot also be tied")
+        try:
+            value = float(get_leaf(cluster, path))
+        except AttributeError:
+            raise ValueError(f"tie {path!r}: unknown hardware leaf") from None
+        tied.append((path, list(vary).index(src)))
+        ratio.append(value / float(get_leaf(cluster, src)))
     prob = _Problem(
         cluster=cluster,
         model=model,
@@ -440,6 +460,8 @@ def _problem(cluster, model, mapping, vary, objective, budgets, search_mapping):
         lo=lo,
         hi=hi,
         chips=float(gpus),
+        tied=tuple(tied),
+        tie_ratio=jnp.asarray(ratio, float),
     )
     return prob, maps
 
@@ -553,6 +575,7 @@ class DesignScorer:
         objective: as for `optimize`.
         budgets: as for `optimize`.
         search_mapping: as for `optimize`.
+        tie: as for `optimize`.
 
     Raises:
         ValueError: as `optimize`.
@@ -568,10 +591,11 @@ class DesignScorer:
         objective: str = "step_time",
         budgets: dict[str, float] | None = None,
         search_mapping: bool = False,
+        tie: dict[str, str] | None = None,
     ):
         self._prob, self.mappings = _problem(
             cluster, model, mapping, vary, objective, dict(budgets or {}),
-            search_mapping,
+            search_mapping, tie,
         )  # fmt: skip
         self.goal = _objective(objective)[0]
 
@@ -627,6 +651,8 @@ def optimize(
     mode: str = "enumerate",
     progress: Callable[[str], None] | None = None,
     gradient_cost: float | None = None,
+    tie: dict[str, str] | None = None,
+    baseline: bool = True,
 ) -> dict:
     """Co-design hardware leaves (and the mapping) for an objective under budgets.
 
@@ -655,6 +681,13 @@ def optimize(
             over all mappings (module docstring).
         gradient_cost: Exact evaluations that one gradient step of one design
             costs; None measures it in this call (module docstring).
+        tie: leaf path → a `vary` path: leaves that keep their ratio to a design
+            variable (e.g. "chip.flops_fp8" → "chip.flops_bf16": the fp8 peak
+            scales with the bf16 peak), the ratio taken from `cluster`.
+        baseline: also run the random-search baseline at equal cost (and measure
+            the cost of an Exact evaluation); False skips both (then "baseline" is
+            None and "evaluations" counts gradient steps at `gradient_cost`, 1 if
+            not given), for callers that run many optimizations.
 
     Returns:
         A JSON-able dict: objective, goal, initial, best, evaluations (Exact
@@ -673,7 +706,7 @@ def optimize(
     if gradient_cost is not None and not gradient_cost > 0:
         raise ValueError(f"gradient_cost={gradient_cost!r} must be > 0")
     prob, maps = _problem(
-        cluster, model, mapping, vary, objective, budgets, search_mapping
+        cluster, model, mapping, vary, objective, budgets, search_mapping, tie
     )
     t0 = time.perf_counter()
     d, n_map = len(vary), len(maps)
@@ -689,9 +722,13 @@ def optimize(
     say = progress or (lambda stage: None)
     say("optimizing")
     args = (prob, jnp.asarray(z0), jnp.asarray(aux), steps, lr, mode, SCHEDULE)
-    compiled = _box.lower(*args).compile()
-    c1 = time.process_time()
-    res = jax.block_until_ready(compiled(*args))
+    if baseline:
+        compiled = _box.lower(*args).compile()
+        c1 = time.process_time()
+        res = jax.block_until_ready(compiled(*args))
+    else:  # the jit cache: no re-tracing across calls of the same shapes
+        c1 = time.process_time()
+        res = jax.block_until_ready(_box(*args))
     cpu_step = (time.process_time() - c1) / steps
     say("re-scoring")
     tail = min(tail, steps)
@@ -703,9 +740,13 @@ def optimize(
     else:
         best = _pick(prob, cand_x, *_chunked(prob, cand_x))
         pairs = starts * n_map
-    cpu_exact = _exact_cost(prob, rng)  # per pair, as random search evaluates them
-    measured = cpu_step / pairs / cpu_exact
+    if baseline:  # per pair, as random search evaluates them
+        cpu_exact = _exact_cost(prob, rng)
+        measured = cpu_step / pairs / cpu_exact
+    else:
+        cpu_exact = measured = None
     cost = measured if gradient_cost is None else float(gradient_cost)
+    cost = 1.0 if cost is None else cost
     evaluations = int(round((steps * cost + tail) * pairs))
     seconds = time.perf_counter() - t0
 
@@ -742,16 +783,18 @@ def optimize(
         x, value, i = best
         out["best"] = _design(prob, maps, x, value, i, True)
         out["best"].update(_binding(prob, i, x))
-    say("baseline")
-    x_start = np.asarray(prob.x(jnp.asarray(z_init)))
-    base = random_search(prob, evaluations, seed=seed + 1, start=x_start)
-    out["baseline"] = dict(
-        method="random",
-        start="the initial design at every mapping, then random",
-        evaluations=evaluations,
-        value=None if base is None else base[1],
-        design=None if base is None else _design(prob, maps, *base, True),
-    )
+    out["baseline"] = None
+    if baseline:
+        say("baseline")
+        x_start = np.asarray(prob.x(jnp.asarray(z_init)))
+        base = random_search(prob, evaluations, seed=seed + 1, start=x_start)
+        out["baseline"] = dict(
+            method="random",
+            start="the initial design at every mapping, then random",
+            evaluations=evaluations,
+            value=None if base is None else base[1],
+            design=None if base is None else _design(prob, maps, *base, True),
+        )
     if grid_points:
         say("grid")
         t1 = time.perf_counter()
@@ -782,7 +825,7 @@ def _map_key(m) -> tuple[int, ...]:
 def _design(prob: _Problem, maps, x, value, i, ok) -> dict:
     c = prob.hardware(jnp.asarray(x))
     budgets = {
-        n: float(BUDGETS[n](c, prob.chips)) for n in ("area_mm2", "power_w",
+        n: float(BUDGETS[n](c, prob.chips)) for n in ("area_mm2", "die_mm2", "power_w",
                                                       "usd_per_hour", "capex_usd")
     }  # fmt: skip
     return dict(

@@ -6,10 +6,13 @@ SRAM, HBM bandwidth and capacity, its scale-up bandwidth, the host's NICs) and o
 dollars by gradient descent.
 
 Die area [m²] (calibrated per chip at load; see `anchor`):
-    A = (π_bf16/ρ_logic + SRAM/ρ_sram + β_hbm·a_hbm + 2·W_up·a_link) / (1 − f_misc)
-with ρ_logic [FLOP/s per m²] and ρ_sram [B/m²] the process densities, a_hbm and a_link
-[m² per B/s] the PHY area per unit of bandwidth, W_up the scale-up bandwidth per
-direction and f_misc the share of uncore (caches' tags, crossbar, media, PCIe).
+    A = (π_bf16·(1 + a_8·[π_fp8 > 0] + a_4·[π_fp4 > 0])/ρ_logic + SRAM/ρ_sram
+         + β_hbm·a_hbm + 2·W_up·a_link) / (1 − f_misc)
+with ρ_logic [FLOP/s per m²] and ρ_sram [B/m²] the process densities, a_8 and a_4 the
+extra tensor logic of supporting fp8 and fp4 (shares of the bf16 logic, estimates),
+a_hbm and a_link [m² per B/s] the PHY area per unit of bandwidth, W_up the scale-up
+bandwidth per direction and f_misc the share of uncore (caches' tags, crossbar, media,
+PCIe).
 
 Die cost (Cunningham 1990; Hennessy & Patterson, "Computer Architecture", ch. 1.6):
     dies per wafer  N = π (d/2)² / a − π d / √(2a)          (a = A / dies, per die)
@@ -17,7 +20,12 @@ Die cost (Cunningham 1990; Hennessy & Patterson, "Computer Architecture", ch. 1.
     silicon [USD]   = dies · C_wafer / (N · Y)
 HBM [USD] = stacks · C_stack + capacity · c_B, stacks = max(β_hbm / β_stack,
 capacity / C_stack_capacity) (a continuous count, as bandwidth and capacity both need
-stacks). Manufacturing cost = silicon + HBM + packaging; price = markup × that.
+stacks). Packaging [USD] = C_pkg + (dies − 1)·C_die_pkg (interposer, bridge and test
+of each extra compute die). Every bonded die and stack must survive assembly, and a
+failed bond scraps the package with its known-good dies and stacks:
+    Y_asm = y_bond^(dies + stacks)      (Stow et al., ICCAD 2017; Feng & Ma, DAC 2022)
+    assembly [USD] = (silicon + HBM + packaging)·(1/Y_asm − 1)
+Manufacturing cost = silicon + HBM + packaging + assembly; price = markup × that.
 
 Cluster capex per chip [USD]:
     price + host.price / n_node + (NICs / n_node) · (c_nic + ports_per_nic · c_port)
@@ -53,6 +61,7 @@ __all__ = [
     "die_yield",
     "dies_per_wafer",
     "chip_cost",
+    "hbm_stacks",
     "chip_price",
     "chip_tdp",
     "capex_per_chip",
@@ -88,10 +97,23 @@ def _logic_free_area(cluster: Cluster, k: Cost) -> Array:
     )
 
 
+def _logic_share(cluster: Cluster) -> Array:
+    """1 + a_8·[π_fp8 > 0] + a_4·[π_fp4 > 0]: tensor logic per bf16 FLOP/s, relative."""
+    c, k = cluster.chip, cluster.cost
+    return (
+        1.0
+        + k.fp8_area * jnp.where(c.flops_fp8 > 0, 1.0, 0.0)
+        + k.fp4_area * jnp.where(c.flops_fp4 > 0, 1.0, 0.0)
+    )
+
+
 def die_area(cluster: Cluster) -> Array:
-    """Total silicon area of one chip [m²] (module docstring formula)."""
+    """Total silicon area of one chip [m²] (module docstring formula).
+
+    Summed over its `cost.dies` compute dies; each die has area A / dies.
+    """
     k = cluster.cost
-    logic = cluster.chip.flops_bf16 / k.logic_density
+    logic = cluster.chip.flops_bf16 * _logic_share(cluster) / k.logic_density
     return (logic + _logic_free_area(cluster, k)) / (1.0 - k.misc_area_fraction)
 
 
@@ -107,25 +129,42 @@ def die_yield(area, defect_density, clustering) -> Array:
     return (1.0 + as_float(area) * defect_density / clustering) ** (-clustering)
 
 
+def hbm_stacks(cluster: Cluster) -> Array:
+    """HBM stacks of one chip: max(β_hbm / β_stack, capacity / capacity_stack).
+
+    A continuous count (bandwidth and capacity both need stacks).
+    """
+    c, k = cluster.chip, cluster.cost
+    return jnp.maximum(
+        c.hbm_bandwidth / k.hbm_stack_bandwidth, c.hbm_capacity / k.hbm_stack_capacity
+    )
+
+
 def chip_cost(cluster: Cluster) -> dict[str, Array]:
-    """Manufacturing cost of one chip by part [USD]: silicon, hbm, packaging."""
+    """Manufacturing cost of one chip by part [USD].
+
+    silicon = dies·C_wafer/(N·Y) per die area A/dies; hbm = stacks·C_stack +
+    capacity·c_B; packaging = C_pkg + (dies − 1)·C_die_pkg; assembly =
+    (silicon + hbm + packaging)·(y_bond^−(dies + stacks) − 1) (module docstring).
+    """
     c, k = cluster.chip, cluster.cost
     a = die_area(cluster) / k.dies
     good = dies_per_wafer(a, k.wafer_diameter) * die_yield(
         a, k.defect_density, k.defect_clustering
     )
-    stacks = jnp.maximum(
-        c.hbm_bandwidth / k.hbm_stack_bandwidth, c.hbm_capacity / k.hbm_stack_capacity
-    )
-    return {
+    stacks = hbm_stacks(cluster)
+    parts = {
         "silicon": k.dies * k.wafer_cost / good,
         "hbm": stacks * k.hbm_stack_cost + c.hbm_capacity * k.hbm_cost_per_byte,
-        "packaging": k.packaging_cost,
+        "packaging": k.packaging_cost + (k.dies - 1.0) * k.die_packaging_cost,
     }
+    loss = k.bond_yield ** (-(k.dies + stacks)) - 1.0
+    parts["assembly"] = sum(parts.values()) * loss
+    return parts
 
 
 def chip_price(cluster: Cluster) -> Array:
-    """Price of one chip [USD]: markup × (silicon + HBM + packaging)."""
+    """Price of one chip [USD]: markup × (silicon + HBM + packaging + assembly)."""
     return cluster.cost.markup * sum(chip_cost(cluster).values())
 
 
@@ -215,7 +254,8 @@ def anchor(cluster: Cluster, *, given: frozenset = frozenset()) -> Cluster:
             _logic_free_area(cluster, k)
         )
         if logic > 0:
-            k = put(k, "logic_density", float(c.flops_bf16) / logic)
+            share = float(_logic_share(_with(cluster, k)))
+            k = put(k, "logic_density", float(c.flops_bf16) * share / logic)
     if "idle_power" not in given and float(c.power) > 0:
         k = put(k, "idle_power", IDLE_POWER_PRIOR * float(c.power))
     if "flop_energy" not in given and float(c.power) > 0:

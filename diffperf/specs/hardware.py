@@ -422,6 +422,17 @@ class Cost(eqx.Module):
     defect_density: Array = eqx.field(**_F, default=1000.0)  # per m² (0.1 /cm², N5)
     defect_clustering: Array = eqx.field(**_F, default=3.0)  # α of negative binomial
     packaging_cost: Array = eqx.field(**_F, default=750.0)  # USD, CoWoS-class + test
+    # Multi-die packages (estimates; economics.chip_cost): interposer area, bridge and
+    # test of each compute die beyond the first (~1/3 more CoWoS interposer per extra
+    # reticle die at the $750 package), and the yield of bonding one die or HBM stack
+    # (Stow et al., ICCAD 2017, and Feng & Ma, DAC 2022 "Chiplet Actuary", use 0.99).
+    die_packaging_cost: Array = eqx.field(**_F, default=250.0)  # USD per extra die
+    bond_yield: Array = eqx.field(**_F, default=0.99)  # per bonded die or stack
+    # Logic area of optional narrow tensor formats as a share of the bf16 tensor logic
+    # (estimates: fp8/fp4 reuse the bf16 multiplier arrays at 2x/4x rate, adding
+    # operand unpacking, scaling and accumulation paths; economics.die_area).
+    fp8_area: Array = eqx.field(**_F, default=0.05)  # share of bf16 logic
+    fp4_area: Array = eqx.field(**_F, default=0.05)  # share of bf16 logic
     # HBM (HBM3: 819 GB/s and 16–24 GB per stack; TrendForce ~$15/GB in 2024).
     hbm_cost_per_byte: Array = eqx.field(**_F, default=1.5e-8)  # USD/B
     hbm_stack_bandwidth: Array = eqx.field(**_F, default=819e9)  # B/s per stack
@@ -463,6 +474,9 @@ class Cost(eqx.Module):
                 "link_phy_area",
                 "defect_density",
                 "packaging_cost",
+                "die_packaging_cost",
+                "fp8_area",
+                "fp4_area",
                 "hbm_cost_per_byte",
                 "hbm_stack_cost",
                 "markup",
@@ -476,8 +490,11 @@ class Cost(eqx.Module):
                 "link_energy",
                 "usd_per_kwh",
             ),
-            fraction=("misc_area_fraction",),
+            fraction=("misc_area_fraction", "bond_yield"),
         )
+        y = concrete(self.bond_yield)
+        if y is not None and y <= 0.0:
+            raise ValueError(f"Cost(bond_yield={y:g}) must be in (0, 1]")
 
 
 class Cluster(eqx.Module):
