@@ -192,6 +192,7 @@ def test_cli_hierarchical(capsys, tmp_path):
     assert len(res["results"]) == 10 and len(res["heldout"]) == 2
     assert 0 < res["train_mape"] < 0.08 and res["uncalibrated_mape"] > 0
     assert all(r["stack"] == "megatron_lm" for r in res["results"])
+    assert res["robust"] == pytest.approx(0.1)  # the pseudo-Huber default
 
 
 @pytest.mark.parametrize(
@@ -199,6 +200,7 @@ def test_cli_hierarchical(capsys, tmp_path):
     [
         (["--steps", "5"], "--hardware is required"),
         (["--hierarchical", "--holdout", "chip"], "device, source, stack or kfold"),
+        (["--hierarchical", "--robust", "-1"], "--robust=-1 must be >= 0"),
     ],
 )
 def test_cli_hierarchical_bad_input(capsys, tmp_path, argv, pattern):

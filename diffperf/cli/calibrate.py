@@ -19,11 +19,12 @@ JSON). No hardware file is modified.
 
 import datetime
 import json
+import math
 from pathlib import Path
 
 from .. import io
 from ..analysis.calibrate import calibrate
-from ..analysis.hierarchy import calibrate_hierarchy
+from ..analysis.hierarchy import ROBUST, calibrate_hierarchy
 from ..analysis.kernels import fit_kernels
 from ..io.kernels import SYSTEMS, read_kernel_tables
 from ..validation.calibration import (
@@ -92,6 +93,11 @@ def add_calibrate(sub):
         help="prior centre and start: project defaults, or the spec's values",
     )
     p.add_argument("--steps", type=int, default=150, help="Adam steps")
+    p.add_argument(
+        "--robust", type=float, default=ROBUST, metavar="DELTA",
+        help="--hierarchical: δ of the rows' pseudo-Huber loss in log units (default "
+        f"{ROBUST:g}: squared within ~δ, absolute beyond); 0 for the squared loss",
+    )  # fmt: skip
     p.add_argument("--out", help="write the fitted hardware TOML here")
     p.add_argument("--json", action="store_true")
 
@@ -195,6 +201,11 @@ def run_hierarchy(args) -> dict:
         hw = list(HIERARCHY_HARDWARE) if kind == "training" else []
     paths = list(dict.fromkeys([*hw, *stack_paths]))
     priors = hierarchy_priors(paths, kind)
+    if not args.robust >= 0 or math.isinf(args.robust):
+        raise ValueError(
+            f"--robust={args.robust:g} must be >= 0 and finite (0: the squared loss)"
+        )
+    robust = args.robust if args.robust > 0 else None
     holdout = {"auto": "device", "none": None}.get(args.holdout, args.holdout)
     levels = hierarchy_levels(rows)
     from .progress import progress
@@ -202,7 +213,7 @@ def run_hierarchy(args) -> dict:
     with progress(args, "calibrating", total=args.steps) as update:
         fit = calibrate_hierarchy(
             rows, levels, priors, stack_paths=stack_paths, holdout=holdout,
-            steps=args.steps, progress=lambda done, total: update(done),
+            steps=args.steps, robust=robust, progress=lambda done, total: update(done),
         )  # fmt: skip
     results = [
         dict(where, device=lv.device, families=list(lv.families), stack=lv.stack,
@@ -214,7 +225,7 @@ def run_hierarchy(args) -> dict:
     ]  # fmt: skip
     return dict(
         hierarchical=True, kind=kind, data=[str(d) for d in args.data],
-        holdout=holdout, **fit, results=results,
+        holdout=holdout, robust=robust, **fit, results=results,
     )  # fmt: skip
 
 
