@@ -1,6 +1,7 @@
 """Mixture-of-experts, hybrid (Mamba-2) layers, LatentMoE, MTP, attention variants."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -334,3 +335,24 @@ def test_cli_moe_flags():
     bad = _cli(*job, "--capacity-factor", "0.5")
     assert bad.returncode == 2
     assert "capacity_factor=0.5" in bad.stderr and bad.stderr.count("\n") == 1
+
+
+def test_a_small_decode_batch_reads_only_the_experts_it_hits():
+    """E_hit = E_l·(1 − exp(−R/E_l)): a few routed tokens hit a few experts (their
+    weights are what a decode step reads); many tokens hit all; token dropping pads
+    every expert. Found comparing DeepSeek-R1 decode with AIConfigurator's B200 rows."""
+    from diffperf.model.layer import hit_experts
+
+    assert float(hit_experts(32.0, 4.0, 0.0)) == pytest.approx(
+        32.0 * (1.0 - math.exp(-4.0 / 32.0))
+    )
+    assert float(hit_experts(32.0, 1e5, 0.0)) == pytest.approx(32.0)
+    assert float(hit_experts(32.0, 4.0, 1.25)) == 32.0  # padded to capacity
+    assert float(hit_experts(0.0, 0.0, 0.0)) == 1.0  # dense: no division by zero
+    m = dp.load_workload("deepseek_v3")
+    b200 = dp.load_hardware("dgx_b200", stack="trtllm")
+    one = dp.Serving(tp=8, ep=8, batch=1, input_len=1024, output_len=1024, graphs=True)
+    big = eqx.tree_at(lambda s: s.batch, one, 256.0)
+    t1 = float(dp.decode_step(b200, m, one).matmul)
+    t256 = float(dp.decode_step(b200, m, big).matmul)
+    assert t1 < 0.3 * t256  # batch 1 reads about 8 of the 256 experts' weights
