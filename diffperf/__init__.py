@@ -42,7 +42,7 @@ from .analysis.sensitivity import (
     sensitivity,
     uncertainty,
 )
-from .analysis.sweep import SweepResult, sweep
+from .analysis.sweep import SweepResult, pareto_mask, sweep
 from .core.paths import get_leaf, leaf_paths, scale_leaf, set_leaf
 from .core.relax import AbstractRelax, Exact, Smooth
 from .io import (
@@ -168,7 +168,7 @@ __all__ = [
     "robust_design",
     "KernelRow", "Stage", "fit_kernels", "kernel_mape", "predict_kernels",
     "read_kernel_tables", "kernel_systems", "KERNEL_SYSTEMS",
-    "validate", "sweep", "SweepResult",
+    "validate", "sweep", "SweepResult", "pareto_mask",
     "SweepCheckpoint", "sensitivity", "elasticities", "uncertainty",
     "binding_resource", "RESOURCES",
     # measured rows: reading, resolving for calibration, labels

@@ -31,6 +31,7 @@ from pathlib import Path
 import equinox as eqx
 import jax.numpy as jnp
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -45,13 +46,11 @@ _load = eqx.filter_jit(dp.serve_load)
 
 def pareto(points: list[dict]) -> list[dict]:
     """The points no other point beats on both per-user and per-GPU throughput."""
-    pts = sorted(points, key=lambda p: (-p["per_user"], -p["per_gpu"]))
-    front, best = [], -1.0
-    for p in pts:
-        if p["per_gpu"] > best:
-            front.append(p)
-            best = p["per_gpu"]
-    return front
+    keep = dp.pareto_mask(
+        -np.array([p["per_user"] for p in points]),
+        -np.array([p["per_gpu"] for p in points]),
+    )
+    return [p for p, k in zip(points, keep, strict=True) if k]
 
 
 def serving(layout: dict, cfg: dict, **kw) -> dp.Serving:
