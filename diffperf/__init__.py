@@ -117,6 +117,7 @@ from .specs.mapping import (
 )
 from .specs.scheduler import Scheduler
 from .specs.workload import Precision, Transformer
+from .validation.aiconfigurator import resolve_aic_row
 from .validation.calibration import (
     HIERARCHY_HARDWARE,
     HIERARCHY_SERVE_STACK,
@@ -168,7 +169,7 @@ __all__ = [
     "robust_design",
     "KernelRow", "Stage", "fit_kernels", "kernel_mape", "predict_kernels",
     "read_kernel_tables", "kernel_systems", "KERNEL_SYSTEMS",
-    "validate", "sweep", "SweepResult", "pareto_mask",
+    "validate", "sweep", "SweepResult", "pareto_mask", "resolve_aic_row",
     "SweepCheckpoint", "sensitivity", "elasticities", "uncertainty",
     "binding_resource", "RESOURCES",
     # measured rows: reading, resolving for calibration, labels

@@ -23,7 +23,6 @@ minutes on 2 CPU cores). Writes results.json and pareto.png next to this file.
 
 import csv
 import json
-import re
 import tempfile
 import tomllib
 from pathlib import Path
@@ -138,17 +137,13 @@ def measured(cfg: dict) -> dict:
     for i, row in enumerate(rows):
         if i not in pred:
             continue
-        found = re.search(r"silicon_concurrency=(\d+)", row["silicon_data_source"])
-        n = float(found[1])
+        job = dp.resolve_aic_row(row)  # the run's concurrency and worker layouts
+        n = float(job["concurrency"])
         if row["mode"] == "agg":
-            gpus = (int(row["tp_size"]) * int(row["pp_size"])
-                    * int(row["attention_dp_size"] or 1))  # fmt: skip
+            gpus = float(job["serving"].chips)
         else:
-            gpus = sum(
-                int(row[f"{k}_num_workers"]) * int(row[f"{k}_tp_size"])
-                * int(row[f"{k}_pp_size"]) * int(row[f"{k}_attention_dp_size"] or 1)
-                for k in ("prefill", "decode")
-            )  # fmt: skip
+            x, y = job["workers"]
+            gpus = x * float(job["prefill"].chips) + y * float(job["decode"].chips)
         s_out = cfg["output_len"]
 
         def xy(ttft_ms, tpot_ms, n=n, gpus=gpus, s_out=s_out):
