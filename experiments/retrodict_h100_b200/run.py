@@ -11,7 +11,7 @@ for each combination; `dp.robust_design` then picks the best design for the 50/5
 training + serving mix among the per-job optima, nominally and on samples of the
 efficiency leaves. Each answer is compared with B200 leaf by leaf.
 
-Run: `.venv/bin/python experiments/retrodict_ref_b200/run.py` (about 5 minutes on
+Run: `.venv/bin/python experiments/retrodict_h100_b200/run.py` (about 5 minutes on
 2 cores). Writes results.json and balance.png next to this file.
 """
 
