@@ -18,6 +18,7 @@ from pathlib import Path
 import equinox as eqx
 import jax
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -151,12 +152,11 @@ def disaggregated_points(cluster, model, cfg, case) -> list[dict]:
 def pareto_front(points: list[dict]) -> list[dict]:
     """Points not dominated in (TPOT down, per-GPU tokens/s up), by TPOT."""
     ranked = sorted(points, key=lambda p: (p["tpot_s"], -p["tokens_per_s_per_gpu"]))
-    front, best = [], -1.0
-    for p in ranked:
-        if p["tokens_per_s_per_gpu"] > best:
-            front.append(p)
-            best = p["tokens_per_s_per_gpu"]
-    return front
+    keep = dp.pareto_mask(
+        np.array([p["tpot_s"] for p in ranked]),
+        -np.array([p["tokens_per_s_per_gpu"] for p in ranked]),
+    )
+    return [p for p, k in zip(ranked, keep, strict=True) if k]
 
 
 def describe(p: dict) -> str:
