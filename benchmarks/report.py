@@ -317,6 +317,24 @@ def _in_sample(kind: str, moe: bool = False) -> str:
     return "\n\n".join(parts)
 
 
+def excluded_rows(kind: str = "inference") -> str:
+    """The rows scored but excluded from the headline MAPE, each with its reason."""
+    rep = load(f"experiments/validation_report/report_{kind}.json")
+    out = [r for r in rep["results"] if r.get("excluded")]
+    head = (
+        f"**{len(out)} of {rep['rows']} rows excluded; MAPE {pct(rep['mape'])} "
+        f"without them, {pct(rep['mape_with_excluded'])} with them**"
+    )
+    body = table(
+        ["row", "model", "metric", "measured", "predicted", "APE", "why excluded"],
+        [[r["row"], r["model_name"], r["metric"], f"{r['measured']:.4g}",
+          f"{r['predicted']:.4g}", pct(r["ape"]), r["excluded"]]
+         for r in sorted(out, key=lambda r: r["row"])],
+        "lllrrrl",
+    )  # fmt: skip
+    return head + "\n\n" + body
+
+
 def _heldout(rel: str, column: str) -> str:
     res = load(rel)
     rows = res["rows"]
@@ -480,6 +498,7 @@ BLOCKS = {
         "training-in-sample": lambda: _in_sample("training"),
         "training-moe": lambda: _in_sample("training", moe=True),
         "inference-in-sample": lambda: _in_sample("inference"),
+        "inference-excluded": excluded_rows,
         "heldout-training-source": lambda: _heldout(
             H + "results_training.json", "held-out (source)"
         ),

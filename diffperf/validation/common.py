@@ -16,7 +16,26 @@ import math
 import re
 from collections import Counter
 
-__all__ = ["score_rows", "number", "short_source", "summarize", "model_family"]
+__all__ = [
+    "score_rows",
+    "number",
+    "short_source",
+    "summarize",
+    "model_family",
+    "throughput_scope",
+]
+
+
+def throughput_scope(unit: str) -> str:
+    """What a throughput is counted over: "gpu", "node", "replica" or "system"."""
+    u = unit.lower()
+    if "not stated" in u or re.search(r"per[\s-]*(gpu|chip|accelerator|device)", u):
+        return "gpu"
+    if re.search(r"per[\s-]*(node|server|host)", u):
+        return "node"
+    if re.search(r"per[\s-]*(replica|instance|engine)", u):
+        return "replica"
+    return "system"
 
 
 def number(row, key, default=None):

@@ -12,9 +12,13 @@ model, and compared on its metric:
 | tpot_median, decode_latency_per_token | TPOT at the mean context |
 | e2e_latency, e2e_latency_median | TTFT + (S_out − 1)·TPOT |
 | output_throughput | B·S_out / e2e at the stated batch |
-| total_output_throughput, offline_tokens_per_s | the same at the largest batch that |
-| | fits, for all replicas of `num_gpus` |
-| offline_samples_per_s | that throughput / S_out |
+| total_output_throughput | the same at the largest batch that fits, for all |
+| | replicas of `num_gpus` |
+| offline_tokens_per_s, offline_samples_per_s | MLPerf Offline: the saturated rate of |
+| | the load model (`validation.mlperf`) |
+| server_completed_tokens_per_s, _samples_per_s | MLPerf Server/Interactive: the |
+| | largest Poisson rate meeting the p99 limits |
+| server_ttft_mean, _p99, server_tpot_mean, _p99 | the load model at the run's rate |
 
 Units are honoured: a latency's `unit` must be a time (s, ms, us); a throughput's
 scope is read from it: "per GPU" (also per chip/accelerator/device), "per node"
@@ -24,8 +28,9 @@ scope is read from it: "per GPU" (also per chip/accelerator/device), "per node"
 per GPU vs total open, like the H100 rows of the same page). Throughput metrics need
 `output_len` (samples/s without it would be read as tokens/s): such a row is refused.
 
-Not predicted (listed with the reason): MLPerf Server-scenario statistics (no
-arrival-rate model), models without a spec or architecture columns. Rows that
+Not predicted (listed with the reason): models without a spec or architecture
+columns; MLPerf Server rows of a benchmark whose latency limits are neither known
+(`validation.mlperf.LIMITS`) nor given in the row. Rows that
 contradict the same source's other metrics (`_inconsistent`) are predicted and scored
 but excluded from the headline MAPE; the summaries give the MAPE with and without
 them. A row whose run the model says cannot fit at all (no batch fits in memory) is a
@@ -48,7 +53,8 @@ from ..model.phases import OPS, layer_op_times
 from ..model.serving import serve
 from ..specs.mapping import Serving, check_serving
 from ..specs.workload import Precision
-from .common import number, score_rows, short_source, summarize
+from . import mlperf
+from .common import number, score_rows, short_source, summarize, throughput_scope
 from .training import row_stack
 
 __all__ = ["predict_infer_row", "validate_infer_rows", "calibration_infer_rows"]
@@ -62,7 +68,7 @@ _LATENCY = {
     "e2e_latency": "e2e_latency",
     "e2e_latency_median": "e2e_latency",
 }
-_MAX_LOAD = ("total_output_throughput", "offline_tokens_per_s", "offline_samples_per_s")
+_MAX_LOAD = ("total_output_throughput",)
 
 
 def _precision(text: str) -> Precision:
@@ -97,35 +103,26 @@ def _time_scale(unit: str) -> float:
     return _TIME[word]
 
 
-def _scope(unit: str) -> str:
-    """What a throughput is counted over: "gpu", "node", "replica" or "system"."""
-    u = unit.lower()
-    if "not stated" in u or re.search(r"per[\s-]*(gpu|chip|accelerator|device)", u):
-        return "gpu"
-    if re.search(r"per[\s-]*(node|server|host)", u):
-        return "node"
-    if re.search(r"per[\s-]*(replica|instance|engine)", u):
-        return "replica"
-    return "system"
-
-
 def predict_infer_row(row: dict, *, fidelity: str = "detailed") -> dict:
     """Prediction for one inference row (ValueError with the reason if unresolvable)."""
     metric = row.get("metric", "").strip()
     if "_op_latency:" in metric:
         return _predict_op_row(row, metric, fidelity)
-    if metric.startswith("server_"):
-        raise ValueError("MLPerf Server statistics need an arrival-rate model")
-    if metric not in _LATENCY and metric not in _MAX_LOAD + ("output_throughput",):
+    known = (*_LATENCY, *_MAX_LOAD, "output_throughput", *mlperf.METRICS)
+    if metric not in known:
         raise ValueError(f"metric {metric!r} is not in the inference vocabulary")
     unit = row.get("unit", "")
-    if metric not in _LATENCY:
+    if metric in mlperf.LATENCY_METRICS:
+        _time_scale(unit)  # a latency's unit must be a time
+    elif metric not in _LATENCY:
         if not number(row, "output_len"):
             raise ValueError(
                 f"{metric} needs output_len (tokens per request) to be predicted"
             )
         if not re.search(r"/\s*s\b|per second", unit.lower()):
             raise ValueError(f"unit {unit!r} of {metric} must be a rate per second")
+    if metric in mlperf.METRICS:
+        return _predict_mlperf(row, metric, unit)
     cluster, model, serving, names = resolve_infer_row(row, with_names=True)
     measured = _measured_value(row)
     out = dict(
@@ -142,15 +139,7 @@ def predict_infer_row(row: dict, *, fidelity: str = "detailed") -> dict:
     if metric in _LATENCY:
         predicted = _time_scale(unit) * float(getattr(r, _LATENCY[metric]))
     else:
-        gpus = number(row, "num_gpus", 1.0)
-        per_replica = float(r.output_tokens_per_s)
-        total = per_replica * gpus / float(serving.chips)
-        scope = _scope(unit)
-        node = min(float(cluster.host.chips_per_node), gpus)
-        predicted = {"gpu": total / gpus, "node": total * node / gpus,
-                     "replica": per_replica, "system": total}[scope]  # fmt: skip
-        if metric == "offline_samples_per_s":
-            predicted /= float(serving.output_len)
+        predicted = _scoped(row, cluster, serving, float(r.output_tokens_per_s))
     if not math.isfinite(predicted) or predicted <= 0:
         raise ValueError(f"the model gives no finite {metric} for this row")
     out |= dict(
@@ -160,6 +149,50 @@ def predict_infer_row(row: dict, *, fidelity: str = "detailed") -> dict:
     if not out["feasible"]:
         out["miss"] = "predicted out of memory although the run ran"
     return out
+
+
+def _scoped(row: dict, cluster, serving, per_replica: float) -> float:
+    """A replica's throughput counted over the row's `unit` scope.
+
+    `common.throughput_scope`: per GPU, per node, per replica or the whole system.
+    """
+    gpus = number(row, "num_gpus", 1.0)
+    total = per_replica * gpus / float(serving.chips)
+    node = min(float(cluster.host.chips_per_node), gpus)
+    scope = throughput_scope(row.get("unit", ""))
+    return {"gpu": total / gpus, "node": total * node / gpus,
+            "replica": per_replica, "system": total}[scope]  # fmt: skip
+
+
+def _predict_mlperf(row: dict, metric: str, unit: str) -> dict:
+    """An MLPerf Offline/Server/Interactive row (`validation.mlperf`)."""
+    for key in ("input_len", "output_len"):
+        if not number(row, key):
+            raise ValueError(
+                f"{metric} needs {key} (the benchmark dataset's mean tokens per query)"
+            )
+    which = "offline" if metric.startswith("offline_") else mlperf.scenario(row)
+    row = row | {"model": mlperf.model_text(row), "batch": "1", "scenario": which}
+    cluster, model, serving, names = resolve_infer_row(row, with_names=True)
+    measured = _measured_value(row)
+    spec = (names["model"] or {}).get("spec")
+    replicas = number(row, "num_gpus", 1.0) / float(serving.chips)
+    value, miss = mlperf.replica_value(
+        cluster, model, serving, metric, row, spec, replicas
+    )
+    if metric in mlperf.LATENCY_METRICS:
+        predicted = _time_scale(unit) * value
+    else:
+        predicted = _scoped(row, cluster, serving, value)
+    out = dict(
+        metric=metric, measured=measured, hardware=cluster.name, model=model.name,
+        stack=names["stack"], resolved_hardware=names["hardware"],
+        resolved_model=names["model"], scenario=which,
+        feasible=True, memory_per_gpu_bytes=None,
+    )  # fmt: skip
+    if miss is not None or not (math.isfinite(predicted) and predicted > 0):
+        return out | dict(predicted=0.0, ape=1.0, miss=miss or "no finite prediction")
+    return out | dict(predicted=predicted, ape=abs(predicted - measured) / measured)
 
 
 def resolve_infer_row(row: dict, *, with_names: bool = False):
@@ -291,6 +324,7 @@ def validate_infer_rows(
     Rows that contradict their own source are predicted and scored but marked
     `excluded` (with the reason); the summary gives every MAPE without and with them.
     """
+    rows = mlperf.with_server_rates(rows)
     results = score_rows(
         rows,
         lambda row: predict_infer_row(row, fidelity=fidelity),
@@ -317,6 +351,8 @@ def calibration_infer_rows(rows: list[dict]) -> tuple[list[Row], dict[int, str]]
                 raise ValueError(bad[i])
             if "_op_latency:" in metric:
                 raise ValueError("per-operator rows are not fitted")
+            if metric in mlperf.METRICS:
+                raise ValueError("MLPerf scenario rows are not fitted")
             res = predict_infer_row(row)
             if not res["predicted"] > 0:
                 raise ValueError(res["miss"])

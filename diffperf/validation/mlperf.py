@@ -1,0 +1,239 @@
+"""MLPerf Inference LLM rows: Offline, Server and Interactive, from the load model.
+
+MLPerf Inference (MLCommons) scores an LLM benchmark per scenario with its LoadGen:
+
+- **Offline**: every query is issued at once and the score is the completed tokens (or
+  samples) per second. A continuous-batching engine with a backlog that never empties
+  runs at its saturated rate, the largest stable request rate of the replica
+  (`model.load.max_request_rate`): λ_max·S_out tokens/s per replica.
+- **Server**: queries arrive as a Poisson process at the submitter's target rate; the
+  run is valid when the 99th percentiles of TTFT and of TPOT (per query: (latency −
+  TTFT)/(tokens − 1)) meet the benchmark's limits, or for GPT-J the 99th percentile of
+  the query latency; the score is that rate: `model.load.mlperf_server`.
+- **Interactive**: a Server scenario with tighter limits (its own benchmark,
+  `llama2-70b-interactive`, ...).
+
+Limits [s] (`LIMITS`) are LoadGen's `ttft_latency`, `tpot_latency` and
+`target_latency` (ms) of `loadgen/mlperf.conf`, mlcommons/inference @001712e9. A
+benchmark outside the table needs the row's `ttft_limit_ms` and `tpot_limit_ms`
+(either may be given alone; they also override the table).
+
+Row columns (the long format of `data/inference_calibration.csv`, vocabulary in
+`data/README.md`): `metric` one of `METRICS`; the scenario is the `scenario` column
+(server | interactive), else "interactive" as a word of the `model` cell (MLPerf's
+benchmark names, e.g. `llama2-70b-interactive`), else server. `num_gpus` GPUs run
+num_gpus / (tp·pp·...) replicas of the row's layout, each with its own engine. The
+Server latency statistics (`server_ttft_mean`, `_p99`, `server_tpot_mean`, `_p99`) are
+taken at the system's query rate: the row's `target_qps` column (whole system,
+queries/s), else the same run's `server_completed_samples_per_s` row (or
+`server_completed_tokens_per_s` / `output_len`; `with_server_rates` fills it in),
+else the model's own Server rate. `input_len` and `output_len` are the dataset's mean
+tokens per query (the load model runs fixed lengths at those means).
+
+Engine: the default limits of `specs.scheduler.Scheduler`, with KV admission by
+engine: TensorRT-LLM reserves S_in + S_out tokens per request at admission, other
+engines hold S_in + S_out/2 on average (as `validation.aiconfigurator`).
+"""
+
+import math
+import re
+
+from ..model.load import capacity, mlperf_server, served
+from ..specs.scheduler import Scheduler
+from .common import throughput_scope
+
+__all__ = [
+    "LIMITS",
+    "METRICS",
+    "LATENCY_METRICS",
+    "scenario",
+    "benchmark_limits",
+    "model_text",
+    "scheduler_for",
+    "replica_value",
+    "with_server_rates",
+]
+
+LIMITS = {
+    # workload spec: {scenario: (TTFT p99, TPOT p99, query latency p99) [s]}
+    "llama2_70b": {"server": (2.0, 0.2, None), "interactive": (0.45, 0.04, None)},
+    "mixtral_8x7b": {"server": (2.0, 0.2, None)},
+    "llama3_1_405b": {"server": (6.0, 0.175, None), "interactive": (4.5, 0.08, None)},
+    "llama3_1_8b": {"server": (2.0, 0.1, None), "interactive": (0.5, 0.03, None)},
+    "deepseek_v3": {"server": (2.0, 0.08, None), "interactive": (1.5, 0.015, None)},
+    "gpt_j_6b": {"server": (None, None, 20.0)},
+}
+"""MLPerf Inference latency limits by workload spec and scenario (module docstring)."""
+
+THROUGHPUT_METRICS = (
+    "offline_tokens_per_s",
+    "offline_samples_per_s",
+    "server_completed_tokens_per_s",
+    "server_completed_samples_per_s",
+)
+LATENCY_METRICS = {
+    "server_ttft_mean": ("ttft", None),
+    "server_ttft_p99": ("ttft_pct", 2),
+    "server_tpot_mean": ("tpot", None),
+    "server_tpot_p99": ("tpot_pct", 2),
+}
+METRICS = THROUGHPUT_METRICS + tuple(LATENCY_METRICS)
+"""The MLPerf metrics of the inference vocabulary."""
+
+_INTERACTIVE = re.compile(r"[\s_(-]interactive\b\)?", re.IGNORECASE)
+
+
+def scenario(row: dict) -> str:
+    """The scenario: the `scenario` column, else the model cell's word, else server."""
+    given = row.get("scenario", "").strip().lower()
+    if given:
+        if given not in ("server", "interactive", "offline"):
+            raise ValueError(
+                f"column scenario={given!r} must be server, interactive or offline"
+            )
+        return "server" if given == "offline" else given
+    return "interactive" if _INTERACTIVE.search(row.get("model", "")) else "server"
+
+
+def model_text(row: dict) -> str:
+    """The `model` cell without MLPerf's "-interactive" benchmark suffix."""
+    return _INTERACTIVE.sub("", row.get("model", "")).strip()
+
+
+def _limit_column(row: dict, key: str):
+    text = row.get(key, "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0 or not math.isfinite(value):
+        raise ValueError(f"column {key}={text!r} must be a number > 0 (ms)")
+    return value / 1e3
+
+
+def benchmark_limits(row: dict, spec: str | None) -> tuple:
+    """(TTFT p99, TPOT p99, query p99) limits [s] of the row's benchmark and scenario.
+
+    Raises:
+        ValueError: no limits are known and the row gives none.
+    """
+    which = scenario(row)
+    table = LIMITS.get(spec or "", {}).get(which)
+    ttft = _limit_column(row, "ttft_limit_ms")
+    tpot = _limit_column(row, "tpot_limit_ms")
+    if ttft is None and tpot is None:
+        if table is None:
+            known = ", ".join(f"{k} ({', '.join(v)})" for k, v in LIMITS.items())
+            raise ValueError(
+                f"MLPerf {which} limits of model {spec or row.get('model')!r} are not "
+                f"known (known: {known}): give columns ttft_limit_ms and tpot_limit_ms"
+            )
+        return table
+    return (ttft, tpot, None)
+
+
+def scheduler_for(framework: str) -> Scheduler:
+    """The engine's scheduler: defaults, KV admission by engine (module docstring)."""
+    trt = "tensorrt" in framework.lower() or "trt-llm" in framework.lower()
+    return Scheduler(reserved_output=1.0 if trt else 0.5)
+
+
+def replica_value(cluster, model, serving, metric: str, row: dict, spec, replicas):
+    """One replica's value of an MLPerf metric (SI: tokens/s, queries/s or s).
+
+    Throughputs are per replica; latencies at the system rate / `replicas`. Returns
+    (value, note) with note None, or a reason when the model saturates at the row's
+    rate (a miss to score, not a refusal).
+    """
+    sched = scheduler_for(row.get("framework", ""))
+    s_out = float(serving.output_len)
+    per_query = s_out if metric.endswith("tokens_per_s") else 1.0
+    if metric.startswith("offline_"):
+        lam = float(capacity(cluster, model, serving, scheduler=sched))
+        return lam * per_query, None
+    limits = benchmark_limits(row, spec)
+    if metric in THROUGHPUT_METRICS:
+        ttft, tpot, e2e = limits
+        lam, _ = mlperf_server(
+            cluster, model, serving, ttft_p99=ttft, tpot_p99=tpot, e2e_p99=e2e,
+            scheduler=sched,
+        )  # fmt: skip
+        return lam * per_query, None
+    rate = _number(row, "target_qps")
+    if rate is not None:
+        lam = rate / replicas
+    else:
+        ttft, tpot, e2e = limits
+        lam, _ = mlperf_server(
+            cluster, model, serving, ttft_p99=ttft, tpot_p99=tpot, e2e_p99=e2e,
+            scheduler=sched,
+        )  # fmt: skip
+    r = served(cluster, model, serving, request_rate=lam, scheduler=sched)
+    field, index = LATENCY_METRICS[metric]
+    value = getattr(r, field)
+    value = float(value if index is None else value[index])
+    if bool(r.saturated) or not math.isfinite(value):
+        return value, (
+            f"the model saturates at {lam:.3g} queries/s per replica, the run's rate"
+        )
+    return value, None
+
+
+def _number(row: dict, key: str):
+    text = row.get(key, "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0 or not math.isfinite(value):
+        raise ValueError(f"column {key}={text!r} must be a number > 0")
+    return value
+
+
+_RUN = ("source", "model", "gpu", "num_gpus", "tp", "pp", "ep", "dtype", "input_len",
+        "output_len", "framework", "scenario")  # fmt: skip
+
+
+def with_server_rates(rows: list[dict]) -> list[dict]:
+    """Rows whose Server latency statistics get their run's rate as `target_qps`.
+
+    The run is the rows sharing `_RUN`'s columns; its rate [queries/s, whole system]
+    is its `server_completed_samples_per_s` row, else its
+    `server_completed_tokens_per_s` row / `output_len`, counted over the row's unit
+    scope (a per-GPU rate times `num_gpus`; per-node and per-replica rates need the
+    hardware and are not used). Rows with their own `target_qps` keep it; others are
+    returned unchanged (the same dicts).
+    """
+    rates = {}
+    for row in rows:
+        key = tuple(row.get(k, "") for k in _RUN)
+        metric = row.get("metric", "").strip()
+        scope = throughput_scope(row.get("unit", ""))
+        try:
+            value = float(row.get("value", ""))
+            out = float(row.get("output_len", "") or "nan")
+            gpus = float(row.get("num_gpus", "") or "1")
+        except ValueError:
+            continue
+        if scope not in ("gpu", "system") or not value > 0:
+            continue
+        value *= gpus if scope == "gpu" else 1.0
+        if metric == "server_completed_samples_per_s":
+            rates[key] = value
+        elif metric == "server_completed_tokens_per_s" and out > 0:
+            rates.setdefault(key, value / out)
+    found = []
+    for row in rows:
+        key = tuple(row.get(k, "") for k in _RUN)
+        if (
+            row.get("metric", "").strip() in LATENCY_METRICS
+            and not row.get("target_qps", "").strip()
+            and key in rates
+        ):
+            row = row | {"target_qps": repr(rates[key])}
+        found.append(row)
+    return found
