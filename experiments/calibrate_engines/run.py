@@ -107,11 +107,14 @@ def predict(d: dict, logx: np.ndarray) -> np.ndarray:
 def row_logx(g, s, engine, lo, hi, known):
     """Per-row log leaves: global + engine residual (0 for an unfitted engine)."""
     res = jnp.where(known[engine][:, None], s[engine], 0.0)
-    return jnp.clip(g[None, :] + res, lo, hi)
+    return jnp.clip(g[None, :] + res, lo[None, :], hi[None, :])
 
 
-def fit(d: dict, train: np.ndarray) -> dict:
-    """Global and engine levels fitted on the rows of `train` (a boolean mask)."""
+def fit(d: dict, train: np.ndarray, sigma_r: float = SIGMA_R) -> dict:
+    """Global and engine levels fitted on the rows of `train` (a boolean mask).
+
+    `sigma_r`: the rows' log-error scale, which sets the priors' weight.
+    """
     mu, sigma, lo, hi = priors()
     known = np.array([bool(np.any(train & (d["engine"] == e))) for e in range(3)])
     n = float(train.sum())
@@ -128,7 +131,7 @@ def fit(d: dict, train: np.ndarray) -> dict:
         prior = jnp.sum(((g - mu) / sigma) ** 2) + jnp.sum(
             (jnp.where(known[:, None], s, 0.0) / tau) ** 2
         )
-        return jnp.sum(w[:, None] * rho) + SIGMA_R**2 / n * prior
+        return jnp.sum(w[:, None] * rho) + sigma_r**2 / n * prior
 
     opt = optax.adam(0.02)
     params = (jnp.asarray(mu), jnp.zeros((3, len(LEAVES))))
@@ -137,7 +140,8 @@ def fit(d: dict, train: np.ndarray) -> dict:
     @jax.jit
     def step(params, state):
         val, grad = jax.value_and_grad(loss)(params)
-        upd, state = opt.update(grad, state)
+        with jax.numpy_dtype_promotion("standard"):  # optax's int step count
+            upd, state = opt.update(grad, state)
         return optax.apply_updates(params, upd), state, val
 
     for _ in range(STEPS):
