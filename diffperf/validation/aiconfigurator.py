@@ -10,14 +10,17 @@ at `backend_version`, serving `model_path` (a Hugging Face id) on `system`, with
 - `mode = agg` (one engine serves prefill and decode): a closed loop of N clients in
   synchronized waves (`serve_load(phases="synchronized")`: AIConfigurator's benchmark
   starts its clients together with fixed `isl`/`osl`, so all N prompts arrive at
-  once, are prefilled chunk after chunk and decode together) on one replica,
+  once, are prefilled chunk after chunk and decode together; with mixed steps the
+  later requests drift into a rolling pipeline, and the mean TTFT averages the first
+  wave with it over `ROUNDS` requests per client) on one replica,
   `Serving(tp=tp_size, pp=pp_size, attention_dp=attention_dp_size, ep=moe_ep_size,
   etp=moe_tp_size)` (tp·attention_dp = moe_tp·moe_ep GPUs).
   AIConfigurator's `batch_size` is the concurrency of one attention rank, so N =
   batch_size · attention_dp_size (the `silicon_concurrency` of `silicon_data_source`
   where the two differ only by that factor). The engine's scheduler admits every
   client (`max_batch` = N) with the default token budgets of
-  `specs.scheduler.Scheduler`, capped by the KV cache at the tokens a request holds
+  `specs.scheduler.Scheduler`, mixed steps for vLLM and TensorRT-LLM and prefill-only
+  steps for SGLang (`_MIXED`), capped by the KV cache at the tokens a request holds
   (`_RESERVED`): isl + osl for TensorRT-LLM (GUARANTEED_NO_EVICT reserves them at
   admission), isl + osl/2 for vLLM and SGLang (pages allocated as tokens come).
 - `mode = disagg` with worker counts (`prefill_num_workers` x prefill layout,
