@@ -363,3 +363,5 @@ def test_rounds_average_the_first_wave_with_the_rolling_pipeline(des_step_time):
     with pytest.raises(ValueError, match="rounds=0.5 must be >= 1"):
         dp.serve_load(HW, MODEL, SERVING, concurrency=8.0, rounds=0.5,
                       phases="synchronized")  # fmt: skip
+    with pytest.raises(ValueError, match="rounds= needs phases='synchronized'"):
+        dp.serve_load(HW, MODEL, SERVING, concurrency=8.0, rounds=5.0)

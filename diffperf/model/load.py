@@ -791,6 +791,8 @@ def serve_load(
         raise ValueError(f"phases={phases!r} must be one of {', '.join(PHASES)}")
     if phases == "synchronized" and request_rate is not None:
         raise ValueError("phases='synchronized' is a closed loop: give concurrency=")
+    if phases != "synchronized" and concrete(rounds) not in (None, 1.0):
+        raise ValueError("rounds= needs phases='synchronized' (a closed loop's waves)")
     scheduler = Scheduler() if scheduler is None else scheduler
     cluster, _ = tier(fidelity, cluster)
     b = batch_limit(cluster, model, serving, scheduler, relax=relax)
