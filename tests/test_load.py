@@ -7,6 +7,7 @@ Grid: Llama-3-8B on one H100, 1024 prompt / 128 output tokens, vLLM-like limits.
 """
 
 import dataclasses
+import math
 
 import equinox as eqx
 import jax
@@ -365,3 +366,26 @@ def test_rounds_average_the_first_wave_with_the_rolling_pipeline(des_step_time):
                       phases="synchronized")  # fmt: skip
     with pytest.raises(ValueError, match="rounds= needs phases='synchronized'"):
         dp.serve_load(HW, MODEL, SERVING, concurrency=8.0, rounds=5.0)
+
+
+def test_rounds_gradients_match_finite_differences():
+    """The rounds average is smooth in R and in the hardware leaves: jax.grad of TTFT
+    by log R and by log HBM bandwidth against central differences (float64)."""
+    sched = dp.Scheduler(max_batch=SLOTS, max_tokens_per_step=BUDGET,
+                         chunked_prefill_budget=BUDGET)  # fmt: skip
+
+    def ttft(u):  # u = (log R, log bandwidth scale)
+        c = eqx.tree_at(lambda c: c.chip.hbm_bandwidth, HW,
+                        HW.chip.hbm_bandwidth * jnp.exp(u[1]))  # fmt: skip
+        return dp.serve_load(c, MODEL, SERVING, concurrency=96.0, rounds=jnp.exp(u[0]),
+                             scheduler=sched, phases="synchronized").ttft  # fmt: skip
+
+    u0 = jnp.asarray([math.log(5.0), 0.0])
+    f = jax.jit(ttft)
+    g = np.asarray(jax.jit(jax.grad(ttft))(u0))
+    eps = float(np.cbrt(np.finfo(np.float64).eps))
+    for i in range(2):
+        du = jnp.zeros(2).at[i].set(eps)
+        fd = (float(f(u0 + du)) - float(f(u0 - du))) / (2 * eps)
+        assert g[i] == pytest.approx(fd, rel=1e-4, abs=1e-9), (i, g[i], fd)
+    assert g[0] < 0 and g[1] < 0  # more rounds or more bandwidth: shorter TTFT
