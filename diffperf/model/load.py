@@ -83,9 +83,9 @@ steady state is 0.8-0.95 of it: groups split across steps). The mean over the ru
 
     TTFT = (TTFT_first + (R − 1)·TTFT_roll)/R   [s]
 
-(against the simulation with R = 1, 2, 5, 50 rounds at 16-200 clients: within 5% at
-R = 1, within 25% at R = 50, `tests/test_load.py`). Prefill-only
-steps keep the waves, so R does not enter.
+(against the simulation of the whole run, 16-200 clients, `tests/test_load.py`: TTFT
+within 5% at R = 1 and 2, −3% to +12% at R = 5, +4% to +23% at R = 50; TPOT within
+1.6%). Prefill-only steps keep the waves, so R does not enter.
 
 **KV admission.** B = min(max_batch, the sequences the KV cache holds at S_in +
 r·S_out tokens each, `Scheduler.reserved_output` = r, in the model's KV-cache dtype):
