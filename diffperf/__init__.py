@@ -117,7 +117,8 @@ from .specs.mapping import (
 )
 from .specs.scheduler import Scheduler
 from .specs.workload import Precision, Transformer
-from .validation.aiconfigurator import resolve_aic_row
+from .validation.aiconfigurator import ROUNDS as AIC_ROUNDS
+from .validation.aiconfigurator import aic_linearized, resolve_aic_row
 from .validation.calibration import (
     HIERARCHY_HARDWARE,
     HIERARCHY_SERVE_STACK,
@@ -170,6 +171,7 @@ __all__ = [
     "KernelRow", "Stage", "fit_kernels", "kernel_mape", "predict_kernels",
     "read_kernel_tables", "kernel_systems", "KERNEL_SYSTEMS",
     "validate", "sweep", "SweepResult", "pareto_mask", "resolve_aic_row",
+    "aic_linearized", "AIC_ROUNDS",
     "SweepCheckpoint", "sensitivity", "elasticities", "uncertainty",
     "binding_resource", "RESOURCES",
     # measured rows: reading, resolving for calibration, labels

@@ -7,6 +7,7 @@ Grid: Llama-3-8B on one H100, 1024 prompt / 128 output tokens, vLLM-like limits.
 """
 
 import dataclasses
+import math
 
 import equinox as eqx
 import jax
@@ -216,6 +217,7 @@ def test_infer_cli_under_load_json(capsys):
 
 
 SYNC_TOL = 0.05  # synchronized waves: TTFT, TPOT and e2e means against the simulation
+ROLL_TOL = 0.25  # the rolling pipeline's TTFT, one chunk step: an upper estimate
 
 
 def _sync(clients, mixed):
@@ -321,3 +323,69 @@ def test_kv_admission_counts_the_tokens_a_request_holds():
         dp.serve_load(HW, MODEL, SERVING, concurrency=4.0, phases="waves")
     with pytest.raises(ValueError, match="synchronized' is a closed loop"):
         dp.serve_load(HW, MODEL, SERVING, request_rate=1.0, phases="synchronized")
+
+
+def test_rounds_average_the_first_wave_with_the_rolling_pipeline(des_step_time):
+    """Mixed steps, fixed lengths, R requests per client (a benchmark's
+    `--num-requests R·N`): after the first wave the clients settle into the rolling
+    pipeline, and the mean TTFT over every request of the run is (first wave +
+    (R − 1)·rolling)/R. Against the simulation of the whole finite run
+    (`steady=False`) for 16-200 clients and R = 1, 2, 5, 50: TPOT means and the first
+    wave's TTFT (R = 1) within `SYNC_TOL`; with more rounds the rolling pipeline's
+    TTFT, one full chunk step, is an upper estimate (the simulation's groups split
+    across steps, whose shorter steps bring its steady state to 0.8-0.95 of a chunk
+    step), within `ROLL_TOL`; many rounds bring TTFT down to about one chunk step."""
+    sched = dp.Scheduler(max_batch=SLOTS, max_tokens_per_step=BUDGET,
+                         chunked_prefill_budget=BUDGET)  # fmt: skip
+    cases = [(n, r) for n in (16.0, 64.0, 128.0, 200.0) for r in (1.0, 2.0, 5.0, 50.0)]
+    fn = jax.jit(
+        jax.vmap(
+            lambda n, r: dp.serve_load(HW, MODEL, SERVING, concurrency=n, rounds=r,
+                                       scheduler=sched, phases="synchronized")
+        )
+    )  # fmt: skip
+    got = fn(*(jnp.asarray(x) for x in zip(*cases, strict=True)))
+    worst = {}
+    for i, (n, r) in enumerate(cases):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            sim = simulate(des_step_time, concurrency=int(n), mixed=True,
+                           steady=False, n_requests=int(n * r), **DES)  # fmt: skip
+        for k in ("ttft", "tpot"):
+            worst[(n, r, k)] = float(getattr(got, k)[i]) / np.mean(sim[k]) - 1
+    for (n, r, k), e in worst.items():
+        if k == "tpot" or r == 1.0:
+            assert abs(e) < SYNC_TOL, (n, r, k, e)
+        else:  # an upper estimate of the rolling pipeline
+            assert -SYNC_TOL < e < ROLL_TOL, (n, r, k, e)
+    # many rounds: TTFT falls from the first wave's toward one step
+    ttft = np.asarray(got.ttft).reshape(4, 4)
+    assert np.all(np.diff(ttft, axis=1) < 0)
+    assert ttft[2, 3] < 0.25 * ttft[2, 0]
+    with pytest.raises(ValueError, match="rounds=0.5 must be >= 1"):
+        dp.serve_load(HW, MODEL, SERVING, concurrency=8.0, rounds=0.5,
+                      phases="synchronized")  # fmt: skip
+    with pytest.raises(ValueError, match="rounds= needs phases='synchronized'"):
+        dp.serve_load(HW, MODEL, SERVING, concurrency=8.0, rounds=5.0)
+
+
+def test_rounds_gradients_match_finite_differences():
+    """The rounds average is smooth in R and in the hardware leaves: jax.grad of TTFT
+    by log R and by log HBM bandwidth against central differences (float64)."""
+    sched = dp.Scheduler(max_batch=SLOTS, max_tokens_per_step=BUDGET,
+                         chunked_prefill_budget=BUDGET)  # fmt: skip
+
+    def ttft(u):  # u = (log R, log bandwidth scale)
+        c = eqx.tree_at(lambda c: c.chip.hbm_bandwidth, HW,
+                        HW.chip.hbm_bandwidth * jnp.exp(u[1]))  # fmt: skip
+        return dp.serve_load(c, MODEL, SERVING, concurrency=96.0, rounds=jnp.exp(u[0]),
+                             scheduler=sched, phases="synchronized").ttft  # fmt: skip
+
+    u0 = jnp.asarray([math.log(5.0), 0.0])
+    f = jax.jit(ttft)
+    g = np.asarray(jax.jit(jax.grad(ttft))(u0))
+    eps = float(np.cbrt(np.finfo(np.float64).eps))
+    for i in range(2):
+        du = jnp.zeros(2).at[i].set(eps)
+        fd = (float(f(u0 + du)) - float(f(u0 - du))) / (2 * eps)
+        assert g[i] == pytest.approx(fd, rel=1e-4, abs=1e-9), (i, g[i], fd)
+    assert g[0] < 0 and g[1] < 0  # more rounds or more bandwidth: shorter TTFT

@@ -73,6 +73,20 @@ step), so the reference is the first wave, within 4.1% for N ≤ B. Beyond B wit
 mixed steps the model's whole-wave wait overstates the rolling admission (+69% TTFT
 at 400 clients on 256 slots); see the test.
 
+**Rounds** (`rounds` R, mixed steps). A benchmark sends each client R requests (aiperf
+`--num-requests R·N`), and after the first wave the clients settle into the rolling
+pipeline: each resends the moment its request ends, the requests end in the groups
+their prompts were prefilled in, so a group of g = min(n, C/S_in) prompts arrives at
+a step boundary and is prefilled beside the others' decodes in ⌈S_in/C⌉ steps:
+TTFT_roll = ⌈S_in/C⌉·t(n − g, min(g·S_in, C)), an upper estimate (the simulation's
+steady state is 0.8-0.95 of it: groups split across steps). The mean over the run is
+
+    TTFT = (TTFT_first + (R − 1)·TTFT_roll)/R   [s]
+
+(against the simulation of the whole run, 16-200 clients, `tests/test_load.py`: TTFT
+within 5% at R = 1 and 2, −3% to +12% at R = 5, +4% to +23% at R = 50; TPOT within
+1.6%). Prefill-only steps keep the waves, so R does not enter.
+
 **KV admission.** B = min(max_batch, the sequences the KV cache holds at S_in +
 r·S_out tokens each, `Scheduler.reserved_output` = r, in the model's KV-cache dtype):
 r = 1 reserves every output token at admission (TensorRT-LLM's GUARANTEED_NO_EVICT),
@@ -105,6 +119,7 @@ from jax.scipy.special import gammaincc, gammaln
 from jax.scipy.stats import norm
 from jaxtyping import Array
 
+from ..core.checks import concrete
 from ..core.relax import AbstractRelax, Exact
 from ..specs.hardware import Cluster
 from ..specs.mapping import Serving, check_serving
@@ -612,13 +627,38 @@ def _closed_loop(eng: _Engine, n_clients, arrival, relax, b):
                                         n_sat=n_sat)  # fmt: skip
 
 
-def _synchronized(eng: _Engine, n_clients, relax, b, ranks, chips) -> LoadResult:
+def _rolling_ttft(t, n, c, s_in):
+    """TTFT of the rolling pipeline that fixed lengths and mixed steps settle into [s].
+
+    After the first wave each client resends the moment its request ends, and the
+    requests end in the groups their prompts were prefilled in: g = min(n, C/S_in)
+    prompts (at least one) arrive together at a step boundary and are prefilled
+    beside the other n − g requests' decodes, ⌈S_in/C⌉ steps of P = min(g·S_in, C)
+    prompt tokens:
+
+        TTFT_roll = ⌈S_in/C⌉ · t(n − g, min(g·S_in, C))   [s]
+
+    An upper estimate: in the simulation (`tests/serving_des.py`, mixed steps, fixed
+    lengths) the decodes take a few tokens from each step's budget, groups split
+    across steps, and the smaller groups' steps are shorter: its steady-state TTFT is
+    0.8-0.95 of this at 16-200 clients (`tests/test_load.py`).
+    """
+    g = jnp.clip(c / s_in, 1.0, n)
+    steps = jnp.maximum(jnp.ceil(s_in / c - 1e-9), 1.0)
+    return steps * t(jnp.maximum(n - g, 0.0), jnp.minimum(g * s_in, c))
+
+
+def _synchronized(
+    eng: _Engine, n_clients, relax, b, ranks, chips, rounds
+) -> LoadResult:
     """A closed loop of N clients in synchronized waves (module docstring).
 
     One wave: n = min(N, B) prompts arrive together and are prefilled C tokens per
     step in arrival order; request i's prompt ends in step k_i = ⌈(i + 1)·S_in/C⌉ and
     its TTFT is T(k_i), the steps up to it. Requests are the first `_M` when n ≤ `_M`
-    (exact), else `_M` evenly spaced ranks.
+    (exact), else `_M` evenly spaced ranks. With mixed steps and R = `rounds`
+    requests per client, the mean TTFT is (first wave + (R − 1)·rolling)/R
+    (`_rolling_ttft`).
     """
     s_in, s_out = eng.s_in, eng.s_out
     n = relax.min(n_clients, b)
@@ -685,6 +725,9 @@ def _synchronized(eng: _Engine, n_clients, relax, b, ranks, chips) -> LoadResult
     whole = jnp.floor(r)
     waits = wave * (whole + jnp.where(i + 0.5 < (r - whole) * n, 1.0, 0.0))
     tpot_i = decode / (s_out - 1.0)
+    if eng.mixed:  # later rounds drift into the rolling pipeline
+        rolling = _rolling_ttft(t, n, c, s_in)
+        first = rolling + (first - rolling) / rounds
     ttft = jnp.sum(w * first) + wave * r
     tpot = jnp.sum(w * tpot_i)
     e2e_i = first + waits + decode
@@ -714,6 +757,7 @@ def serve_load(
     request_rate=None,
     arrival: str = "poisson",
     phases: str = "spread",
+    rounds=1.0,
     scheduler: Scheduler | None = None,
     relax: AbstractRelax = _EXACT,
     fidelity: Fidelity = "detailed",
@@ -730,7 +774,10 @@ def serve_load(
     limits. `phases` (static) is how a closed loop's clients are spread: "spread"
     (requests of varied lengths, phases mixed: mean value analysis) or "synchronized"
     (every client started together with fixed lengths, as benchmark tools run them:
-    waves, `_synchronized`). Formulas, sources and assumptions: module docstring.
+    waves, `_synchronized`). `rounds` (synchronized phases only; a float leaf ≥ 1):
+    the requests each client sends in the benchmark, whose mean TTFT averages the
+    first wave with the rolling pipeline of the later rounds (mixed steps; 1 = the
+    first wave alone). Formulas, sources and assumptions: module docstring.
 
     Raises:
         ValueError: neither or both of concurrency and request_rate; unknown arrival
@@ -744,6 +791,8 @@ def serve_load(
         raise ValueError(f"phases={phases!r} must be one of {', '.join(PHASES)}")
     if phases == "synchronized" and request_rate is not None:
         raise ValueError("phases='synchronized' is a closed loop: give concurrency=")
+    if phases != "synchronized" and concrete(rounds) not in (None, 1.0):
+        raise ValueError("rounds= needs phases='synchronized' (a closed loop's waves)")
     scheduler = Scheduler() if scheduler is None else scheduler
     cluster, _ = tier(fidelity, cluster)
     b = batch_limit(cluster, model, serving, scheduler, relax=relax)
@@ -751,7 +800,11 @@ def serve_load(
         ranks = serving.attention_dp
         eng = _Engine(cluster, model, serving, scheduler, relax, grid, b, ranks)
         n = jnp.asarray(concurrency, dtype=float)
-        return _synchronized(eng, n, relax, b, ranks, serving.chips)
+        r_conc = concrete(rounds)
+        if r_conc is not None and r_conc < 1.0:
+            raise ValueError(f"rounds={r_conc:g} must be >= 1 (requests per client)")
+        rounds = jnp.maximum(jnp.asarray(rounds, dtype=float), 1.0)
+        return _synchronized(eng, n, relax, b, ranks, serving.chips, rounds)
     eng = _Engine(cluster, model, serving, scheduler, relax, grid, b)
     if request_rate is not None:
         lam = jnp.asarray(request_rate, dtype=float)

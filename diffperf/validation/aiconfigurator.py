@@ -10,14 +10,17 @@ at `backend_version`, serving `model_path` (a Hugging Face id) on `system`, with
 - `mode = agg` (one engine serves prefill and decode): a closed loop of N clients in
   synchronized waves (`serve_load(phases="synchronized")`: AIConfigurator's benchmark
   starts its clients together with fixed `isl`/`osl`, so all N prompts arrive at
-  once, are prefilled chunk after chunk and decode together) on one replica,
+  once, are prefilled chunk after chunk and decode together; with mixed steps the
+  later requests drift into a rolling pipeline, and the mean TTFT averages the first
+  wave with it over `ROUNDS` requests per client) on one replica,
   `Serving(tp=tp_size, pp=pp_size, attention_dp=attention_dp_size, ep=moe_ep_size,
   etp=moe_tp_size)` (tp·attention_dp = moe_tp·moe_ep GPUs).
   AIConfigurator's `batch_size` is the concurrency of one attention rank, so N =
   batch_size · attention_dp_size (the `silicon_concurrency` of `silicon_data_source`
   where the two differ only by that factor). The engine's scheduler admits every
   client (`max_batch` = N) with the default token budgets of
-  `specs.scheduler.Scheduler`, capped by the KV cache at the tokens a request holds
+  `specs.scheduler.Scheduler`, mixed steps for vLLM and TensorRT-LLM and prefill-only
+  steps for SGLang (`_MIXED`), capped by the KV cache at the tokens a request holds
   (`_RESERVED`): isl + osl for TensorRT-LLM (GUARANTEED_NO_EVICT reserves them at
   admission), isl + osl/2 for vLLM and SGLang (pages allocated as tokens come).
 - `mode = disagg` with worker counts (`prefill_num_workers` x prefill layout,
@@ -29,7 +32,9 @@ at `backend_version`, serving `model_path` (a Hugging Face id) on `system`, with
   prefill worker sees an open loop of X/x prompts per second and TTFT is its
   `serve_load` TTFT at that rate plus the KV-cache transfer of
   `model.serving.disaggregated`, with X = N/(TTFT + (osl − 1)·TPOT) solved by
-  fixed-point iteration (`_predict_disagg`).
+  fixed-point iteration (`_predict_disagg`); the clients start together, so the
+  mean TTFT averages that rolling state with the prefill pool's first wave (N/x
+  prompts at once per worker, prefill-only steps) over `ROUNDS` requests per client.
 
 Engine settings: all three engines replay decode steps as CUDA graphs in these
 versions (TensorRT-LLM's PyTorch backend `cuda_graph_config`, vLLM V1's default
@@ -67,6 +72,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import io
+from ..core.paths import get_leaf, set_leaf
 from ..model.load import serve_load
 from ..model.serving import disaggregated, kv_capacity, serve
 from ..specs.mapping import Serving, check_serving
@@ -82,6 +88,7 @@ __all__ = [
     "resolve_aic_row",
     "validate_aic_rows",
     "print_aic_report",
+    "aic_linearized",
 ]
 
 COLUMNS = (
@@ -264,13 +271,13 @@ def _strip(cluster, model):
 
 
 @eqx.filter_jit
-def _closed(cluster, model, serving, n, scheduler):
-    return jax.vmap(_closed_one)(cluster, model, serving, n, scheduler)
+def _closed(cluster, model, serving, n, scheduler, rounds):
+    return jax.vmap(_closed_one)(cluster, model, serving, n, scheduler, rounds)
 
 
-def _closed_one(cluster, model, serving, n, scheduler):
+def _closed_one(cluster, model, serving, n, scheduler, rounds):
     r = serve_load(cluster, model, serving, concurrency=n, scheduler=scheduler,
-                   phases="synchronized")  # fmt: skip
+                   phases="synchronized", rounds=rounds)  # fmt: skip
     held = serving.input_len + scheduler.reserved_output * serving.output_len
     return jnp.stack([r.ttft, r.tpot, kv_capacity(cluster, model, serving, held)])
 
@@ -312,13 +319,32 @@ _RESERVED = {"trtllm": 1.0, "vllm": 0.5, "sglang": 0.5}
 vLLM and SGLang allocate pages as tokens come (the mean held over a request's life)."""
 
 
+_MIXED = {"trtllm": True, "vllm": True, "sglang": False}
+"""Whether the engine's steps mix prompt chunks with decodes by default: vLLM V1's
+chunked prefill and TensorRT-LLM's in-flight batching do; SGLang runs a step with
+prompt work as a prefill-only step unless `--enable-mixed-chunk` is given."""
+
+ROUNDS = 5.0
+"""Requests each client sends in a measured run (`serve_load(rounds=)`). The file
+does not say. AIConfigurator's current benchmark template
+(`generator/config/backend_templates/benchmark/bench_run.sh.j2`) runs `aiperf profile
+--concurrency N --num-requests 50·N --warmup-request-count 2·N`, but the rows of the
+engines with mixed steps (vLLM, TensorRT-LLM) imply about 5: per row, (measured −
+rolling)/(first wave − rolling) estimates 1/R, and its median is 0.20-0.24 in every
+concurrency bin from 4 to 128 clients for both engines (2,300 rows;
+experiments/calibrate_engines `rounds_evidence`); genai-perf scripts commonly send
+`--request-count 5·N`."""
+
+
 def _scheduler(n, backend: str = "") -> Scheduler:
     """The engine admits every client (max_batch = N) with default token budgets.
 
-    Its KV cache admits by the tokens a request holds (`_RESERVED`).
+    Its KV cache admits by the tokens a request holds (`_RESERVED`); its steps mix
+    prompt chunks with decodes as the engine does by default (`_MIXED`).
     """
     return Scheduler(max_batch=max(float(n), 1.0),
-                     reserved_output=_RESERVED.get(backend, 1.0))  # fmt: skip
+                     reserved_output=_RESERVED.get(backend, 1.0),
+                     mixed=_MIXED.get(backend, True))  # fmt: skip
 
 
 def _agg_jobs(resolved: dict[int, dict]) -> dict[int, tuple]:
@@ -326,7 +352,8 @@ def _agg_jobs(resolved: dict[int, dict]) -> dict[int, tuple]:
     for i, r in resolved.items():
         c, m = _strip(r["cluster"], r["model"])
         jobs[i] = (c, m, r["serving"], jnp.asarray(r["concurrency"], dtype=float),
-                   _scheduler(r["concurrency"], r["backend"]))  # fmt: skip
+                   _scheduler(r["concurrency"], r["backend"]),
+                   jnp.asarray(ROUNDS, dtype=float))  # fmt: skip
     return jobs
 
 
@@ -362,7 +389,10 @@ def _predict_disagg(
     `output_len` 2: the worker emits the first token and hands the request over) plus
     the KV transfer of `disaggregated`; X = N/(TTFT + (osl − 1)·TPOT) is iterated
     (damped by half) from the TTFT of one prompt alone; while the prefill pool is
-    saturated at the rate (no finite open-loop TTFT) the TTFT estimate doubles.
+    saturated at the rate (no finite open-loop TTFT) the TTFT estimate doubles. The
+    mean TTFT is that rolling state's averaged with the first wave's over `ROUNDS`
+    requests per client: each prefill worker gets N/x prompts at once
+    (`serve_load(phases="synchronized")` with prefill-only steps).
     """
     if not resolved:
         return {}
@@ -402,6 +432,23 @@ def _predict_disagg(
             # saturated prefill pool (no finite open-loop TTFT): the closed loop slows
             # its clients down, so lower the rate by doubling the TTFT estimate
             ttft[k] = 0.5 * (ttft[k] + t) if math.isfinite(t) else 2.0 * ttft[k]
+    # the benchmark's clients start together: the prefill pool's first wave, then the
+    # rolling state (the open loop above), averaged over the `ROUNDS` requests each
+    # client sends (serve_load(rounds=) for the same average in one engine)
+    wave_jobs = []
+    for k in keys:
+        r = resolved[k]
+        c, m = _strip(r["cluster"], r["model"])
+        per = max(r["concurrency"] / r["workers"][0], 1.0)
+        pre = eqx.tree_at(lambda s: s.output_len, r["prefill"], 2.0)
+        sched = Scheduler(max_batch=per, mixed=False)  # its requests leave at once
+        wave_jobs.append((c, m, pre, jnp.asarray(per, dtype=float), sched,
+                          jnp.asarray(1.0)))  # fmt: skip
+    first = {k: float(v[0]) for k, v in
+             zip(keys, _batched(_closed, wave_jobs), strict=True)}  # fmt: skip
+    for k in keys:
+        rolling = ttft[k] - kv[k]
+        ttft[k] = kv[k] + rolling + (first[k] - rolling) / ROUNDS
     return {k: dict(ttft=ttft[k], tpot=tpot[k], kv_capacity=cap[k]) for k in keys}
 
 
@@ -564,3 +611,77 @@ def print_aic_report(out: dict):
         print("\nrefused:")
         for reason, n in out["refused"].items():
             print(f"  {n:5d}  {reason}")
+
+
+# ---- linearized predictions (engine calibration) -------------------------------------
+
+
+@eqx.filter_jit
+def _closed_lin(cluster, model, serving, n, scheduler, rounds, paths):
+    """(TTFT, TPOT) of each row, their derivatives by the leaves at `paths`, by 1/R.
+
+    R is the rows' `rounds` (last column).
+    """
+
+    def one(c, m, s, k, sch, rr):
+        def f(x):
+            cc = c
+            for j, path in enumerate(paths):
+                cc = set_leaf(cc, path, x[j])
+            return _closed_one(cc, m, s, k, sch, 1.0 / x[-1])[:2]
+
+        x0 = [jnp.asarray(get_leaf(c, p), dtype=float) for p in paths]
+        x0 = jnp.stack(x0 + [1.0 / rr])
+        return jnp.concatenate([f(x0)[:, None], jax.jacfwd(f)(x0)], axis=1)
+
+    return jax.vmap(one)(cluster, model, serving, n, scheduler, rounds)
+
+
+def aic_linearized(rows: list[dict], leaves: tuple[str, ...], *, progress=None):
+    """TTFT and TPOT of the aggregated rows and their derivatives by software leaves.
+
+    For each resolvable `mode = agg` row with positive measurements: a dict with
+    `row` (index), `backend`, `system`, `hardware`, `model`, `concurrency`, `isl`,
+    `osl`, `measured` (TTFT, TPOT in s), `predicted` (s), `x0` (the leaves' values
+    in the row's cluster) and `jacobian` (2 × len(leaves), ∂prediction/∂leaf in s per
+    leaf unit), with one more column: ∂/∂(1/rounds), the first wave's TTFT over the
+    rolling pipeline's (`ROUNDS`). The synchronized-wave TTFT and TPOT are sums of
+    step times, and each step time is affine in the per-step serving cost and the
+    per-kernel cost (CUDA graphs: no host dispatch term), so prediction(x) =
+    predicted + jacobian·(x − x0) is exact for those leaves (checked in
+    tests/test_calibrate_engines.py).
+    """
+    paths = tuple(leaves)
+    resolved = {}
+    for i, row in enumerate(rows):
+        try:
+            ttft = _measured(row, "silicon_ttft_ms")
+            tpot = _measured(row, "silicon_tpot_ms")
+            r = resolve_aic_row(row)
+        except ValueError:
+            continue
+        if r["kind"] == "agg":
+            resolved[i] = r | dict(measured=(ttft / 1e3, tpot / 1e3))
+    jobs = _agg_jobs(resolved)
+    keys = list(jobs)
+    done = [0]
+
+    def tick(k):
+        done[0] += k
+        if progress is not None:
+            progress(done[0], len(keys))
+
+    res = _batched(lambda *a: _closed_lin(*a, paths), [jobs[k] for k in keys], tick)
+    out = []
+    for k, v in zip(keys, res, strict=True):
+        r, row = resolved[k], rows[k]
+        v = np.asarray(v)
+        x0 = [float(get_leaf(r["cluster"], p)) for p in paths]
+        out.append(dict(
+            row=k, backend=r["backend"], system=row.get("system", "").strip(),
+            hardware=r["hardware"], model=r["spec"], concurrency=r["concurrency"],
+            isl=float(r["serving"].input_len), osl=float(r["serving"].output_len),
+            measured=r["measured"], predicted=(float(v[0, 0]), float(v[1, 0])),
+            x0=x0, jacobian=v[:, 1:].tolist(),
+        ))  # fmt: skip
+    return out

@@ -39,6 +39,8 @@ ROOT = HERE.parents[1]
 TRAINING = ["training_calibration.csv", "training_tpu_calibration.csv"]
 SERVING = "inference_calibration.csv"
 NOTE = "experiments/calibrate_hierarchy"
+ENGINE_FIT = "calibrated: experiments/calibrate_engines"
+ENGINE_LEAVES = ("host.serve_overhead", "chip.kernel_overhead")
 
 
 def load_rows(kind: str, files: list[str]):
@@ -166,9 +168,14 @@ def write(result: dict):
     for stack in dp.stack_names():  # stacks of this kind without rows
         kind = dp.stack_meta(stack).get("kind")
         if stack not in vals["stacks"] and kind == result.get("kind", "training"):
+            path = stack_dir / f"{stack}.toml"
+            # leaves fitted on the engine's own rows (experiments/calibrate_engines)
+            # are better than the global level
+            own = ENGINE_FIT in path.read_text()
             dp.patch_toml(
-                stack_dir / f"{stack}.toml",
-                {p: v for p, v in vals["global"].items() if p in result["stack_paths"]},
+                path,
+                {p: v for p, v in vals["global"].items() if p in result["stack_paths"]
+                 and not (own and p in ENGINE_LEAVES)},
                 f"{NOTE} (no rows: the global level)",
             )  # fmt: skip
 
