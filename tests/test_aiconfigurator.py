@@ -182,3 +182,30 @@ def test_aggregated_rows_run_synchronized_waves():
     assert float(first.ttft) > 2.0 * float(serve_load(*args, **kw).ttft)
     # 50 requests per client: the later rounds' rolling pipeline dominates the mean
     assert float(waves.ttft) < 0.5 * float(first.ttft)
+
+
+def test_rows_that_contradict_themselves_are_refused_with_the_data_reason():
+    """Issue #16: refusals name the data, not the model. 15 SGLang Qwen3.5-397B rows
+    give tp_size 64 for a 32-head model (their ids say tp8_ep8); 19 vLLM Qwen3-235B
+    rows give more MoE ranks (moe_tp·moe_ep) than GPUs (tp·attention_dp)."""
+    rows = _rows()
+    wide = next(
+        r for r in rows
+        if r["model_path"] == "Qwen/Qwen3.5-397B-A17B" and r["tp_size"] == "64"
+    )  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"tp_size=64 exceeds the model's 32 attention heads: the row contradicts "
+        r"itself \(id .*tp8_ep8",
+    ):
+        aic.resolve_aic_row(wide)
+    over = next(
+        r for r in rows
+        if r["model_path"] == "Qwen/Qwen3-235B-A22B-FP8" and r["tp_size"] == "1"
+        and r["moe_tp_size"] == "2"
+    )  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match="moe_tp_size·moe_ep_size=2 exceed tp_size·attention_dp_size=1 GPUs",
+    ):
+        aic.resolve_aic_row(over)

@@ -206,11 +206,23 @@ def _layout(row: dict, prefix: str, model, isl: float, osl: float) -> Serving:
     tp = _whole(row, f"{prefix}tp_size")
     if tp is None or tp < 1:
         raise ValueError(f"column {prefix}tp_size must be a whole number >= 1")
+    heads = float(model.n_heads)
+    if tp > heads:  # no engine splits fewer heads over more ranks: the row is wrong
+        raise ValueError(
+            f"column {prefix}tp_size={tp:g} exceeds the model's {heads:g} attention "
+            f"heads: the row contradicts itself (id {row.get('id', '')})"
+        )
     pp = _whole(row, f"{prefix}pp_size", 1.0) or 1.0
     dp = _whole(row, f"{prefix}attention_dp_size", 1.0) or 1.0
     moe = float(model.n_experts) > 0
     ep = (_whole(row, f"{prefix}moe_ep_size", 1.0) or 1.0) if moe else 1.0
     etp = (_whole(row, f"{prefix}moe_tp_size", 1.0) or 1.0) if moe else 1.0
+    if ep * etp > tp * dp:
+        raise ValueError(
+            f"columns {prefix}moe_tp_size·{prefix}moe_ep_size={ep * etp:g} exceed "
+            f"{prefix}tp_size·{prefix}attention_dp_size={tp * dp:g} GPUs: the row "
+            f"contradicts itself (id {row.get('id', '')})"
+        )
     serving = Serving(
         tp=tp, pp=pp, ep=ep, etp=etp, attention_dp=dp, input_len=isl, output_len=osl,
         graphs=_GRAPHS.get(row.get("backend", "").strip().lower(), True),
@@ -587,7 +599,7 @@ def summarize_aic(results: list[dict], n_rows: int) -> dict:
 
 def _reason_class(reason: str) -> str:
     """A refusal reason without its row-specific numbers (for counting)."""
-    return re.sub(r"=\s*[\d.]+", "=N", reason)
+    return re.sub(r"=\s*[\d.]+", "=N", re.sub(r"\s*\(id [^)]*\)$", "", reason))
 
 
 def print_aic_report(out: dict):
