@@ -19,10 +19,13 @@ only the names in `__all__`.
 
 from .analysis.calibrate import Prior, Row, calibrate
 from .analysis.codesign import (
+    RETRODICT_METRICS,
     Job,
     codesign,
     design_cluster,
     enumerate_designs,
+    narrowest_precision,
+    retrodict,
     robust_design,
     score_jobs,
 )
@@ -132,7 +135,7 @@ from .validation.calibration import (
 from .validation.common import model_family, short_source
 from .validation.run import read_measurements
 from .validation.run import validate_file as validate
-from .viz.plots import breakdown_bars, tornado
+from .viz.plots import breakdown_bars, retrodict_balance, tornado
 from .viz.plots import roofline as roofline_plot
 
 __version__ = "0.1.0"
@@ -166,7 +169,7 @@ __all__ = [
     # analyses
     "optimize", "enumerate_mappings", "DesignScorer", "calibrate", "Prior", "Row",
     "codesign", "enumerate_designs", "design_cluster", "Job", "score_jobs",
-    "robust_design",
+    "robust_design", "retrodict", "RETRODICT_METRICS", "narrowest_precision",
     "KernelRow", "Stage", "fit_kernels", "kernel_mape", "predict_kernels",
     "read_kernel_tables", "kernel_systems", "KERNEL_SYSTEMS",
     "validate", "sweep", "SweepResult", "pareto_mask", "resolve_aic_row",
@@ -180,7 +183,7 @@ __all__ = [
     "hierarchy_priors", "HIERARCHY_HARDWARE", "HIERARCHY_STACK",
     "HIERARCHY_SERVE_STACK",
     # figures (matplotlib is imported when one is drawn)
-    "tornado", "breakdown_bars", "roofline_plot",
+    "tornado", "breakdown_bars", "roofline_plot", "retrodict_balance",
     # pytree paths
     "get_leaf", "set_leaf", "scale_leaf", "leaf_paths",
 ]  # fmt: skip
