@@ -76,11 +76,14 @@ from .model.design import (
     check_design,
 )
 from .model.economics import (
+    DOMAIN_PARTS,
+    DomainParts,
     capex_per_chip,
     chip_cost,
     chip_price,
     chip_tdp,
     die_area,
+    domain_cost,
     hbm_stacks,
     hourly_cost,
     joules_per_token,
@@ -162,7 +165,7 @@ __all__ = [
     # economics
     "die_area", "chip_cost", "chip_price", "chip_tdp", "capex_per_chip",
     "hourly_cost", "step_power", "joules_per_token", "usd_per_million_tokens",
-    "hbm_stacks",
+    "hbm_stacks", "domain_cost", "DomainParts", "DOMAIN_PARTS",
     # design choices (dies, HBM generation and stacks, formats, scale-up, NICs)
     "apply_design", "check_design", "DESIGN_CHOICES", "HBM_GENERATIONS",
     "HbmGeneration",

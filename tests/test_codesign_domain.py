@@ -8,26 +8,25 @@ import pytest
 
 import diffperf as dp
 from diffperf.analysis import codesign as cd
-from diffperf.model import economics as econ
 
 DGX_H100 = dp.load_hardware("dgx_h100")
 NVL72 = dp.load_hardware("gb200_nvl72")
 V4 = dp.load_hardware("tpu_v4_pod")
-P = econ.DOMAIN_PARTS
+P = dp.DOMAIN_PARTS
 
 
 def test_domain_cost_formula():
     # on one board: wired on the board, air-cooled
-    assert float(econ.domain_cost(8.0, 8.0, 1275.0)) == 0.0
+    assert float(dp.domain_cost(8.0, 8.0, 1275.0)) == 0.0
     # 72 chips off 8-chip boards at 1275 W each: 92 kW per rack, liquid
     want = P.cabling * (1 - 8 / 72) + P.liquid_cooling
-    assert float(econ.domain_cost(72.0, 8.0, 1275.0)) == pytest.approx(want)
+    assert float(dp.domain_cost(72.0, 8.0, 1275.0)) == pytest.approx(want)
     # the same domain of low-power chips stays on air: 72 x 500 W = 36 kW
-    assert float(econ.domain_cost(72.0, 8.0, 500.0)) == pytest.approx(
+    assert float(dp.domain_cost(72.0, 8.0, 500.0)) == pytest.approx(
         P.cabling * (1 - 8 / 72)
     )
     # a domain smaller than its board costs nothing extra
-    assert float(econ.domain_cost(4.0, 8.0, 1275.0)) == 0.0
+    assert float(dp.domain_cost(4.0, 8.0, 1275.0)) == 0.0
 
 
 @pytest.mark.parametrize("size", [12.0, 36.0, 72.0])
@@ -35,7 +34,7 @@ def test_domain_cost_gradient_matches_finite_differences(size):
     assert jax.config.jax_enable_x64
 
     def f(n, board):
-        return econ.domain_cost(n, board, 1275.0)
+        return dp.domain_cost(n, board, 1275.0)
 
     g = jax.grad(f, argnums=(0, 1))(size, 8.0)
     h = 1e-4
@@ -53,7 +52,7 @@ def test_scale_up_size_choice_is_priced_on_the_host():
     for size in (8, 36, 72):
         c = dp.apply_design(DGX_H100, {"scale_up_size": size})
         assert float(c.scale_up.size) == size
-        step = float(econ.domain_cost(size, n, rack_w))
+        step = float(dp.domain_cost(size, n, rack_w))
         assert float(c.host.price) == pytest.approx(
             float(DGX_H100.host.price) + n * step
         )

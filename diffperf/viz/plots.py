@@ -222,7 +222,8 @@ def retrodict_balance(results: dict, *, reference: str, start: str, title: str,
     word = {"train": "training", "serve": "serving"}
     rows = {f"best for {word.get(n, n)}": j["best"]
             for n, j in results["jobs"].items()}  # fmt: skip
-    mix = "/".join(f"{100 * w:g}" for w in results["config"]["mix"].values())
+    w = results["config"]["mix"].values()
+    mix = "/".join(f"{100 * x / sum(w):.0f}" for x in w)
     rows[f"robust ({mix} mix)"] = results["robust"]["design"]
     rows[start] = results["start"]
     keys = list(RETRODICT_KEYS)

@@ -56,7 +56,7 @@ def main():
         chips={"train": CFG["train"]["gpus"], "serve": CFG["serve"]["tp"]},
         choices={k: [tuple(x) if isinstance(x, list) else x for x in v]
                  for k, v in CFG["choices"].items()},
-        vary={k: tuple(v) for k, v in CFG["vary"].items()},
+        then=CFG.get("then"), vary={k: tuple(v) for k, v in CFG["vary"].items()},
         budgets=CFG["budgets"], mix=CFG["mix"],
         process_leaves=CFG["process_leaves"],
         efficiency_leaves=CFG["efficiency_leaves"], labels=(REF, START),
