@@ -158,3 +158,19 @@ def test_retrodict_second_stage_enumerates_the_domain():
     assert r["reference"] == pytest.approx(cd._describe(NVL72))
     assert r["capex_per_chip_usd"] == pytest.approx(float(dp.capex_per_chip(NVL72)))
     assert np.isfinite(r["jobs"]["serve"]["best"]["peak bf16 [PFLOP/s]"])
+
+
+def test_better_of_keeps_each_combinations_better_start():
+    def run(values, goal="min"):
+        designs = [dict(choices={"k": i}, value=v, within_budget=v is not None)
+                   for i, v in enumerate(values)]  # fmt: skip
+        return dict(objective="x", goal=goal, designs=designs, skipped=[], best=None)
+
+    r = cd._better_of([run([3.0, None, 5.0]), run([4.0, 2.0, None])])
+    assert [d["value"] for d in r["designs"]] == [3.0, 2.0, 5.0]
+    assert [d["start"] for d in r["designs"]] == [0, 1, 0]
+    assert r["best"] == 1
+    r = cd._better_of([run([3.0, 1.0], "max"), run([4.0, None], "max")])
+    assert [d["value"] for d in r["designs"]] == [4.0, 1.0] and r["best"] == 0
+    r = cd._better_of([run([None]), run([None])])
+    assert r["best"] is None and not r["designs"][0]["within_budget"]

@@ -443,7 +443,9 @@ def retrodict(
             priced 3x: what moves its scale-up bandwidth. None: skip.
         then: choices enumerated in a second stage, at each job's best first-stage
             choices (e.g. the scale-up domain size or a torus's dims, which would
-            multiply the first stage's grid): the job's `codesign` over them is
+            multiply the first stage's grid), each optimized from the first
+            stage's start and from its optimum (the better kept, "start" 0 or 1):
+            the job's `codesign` over them is
             "then" of its entry and its best is the job's answer ("best"); its
             within-budget designs join the robust candidates as "<job>#then<k>".
         progress: progress(text) as each step finishes.
@@ -483,13 +485,28 @@ def retrodict(
         best = r["designs"][r["best"]]
         entry = dict(codesign=r, budgets=job_budgets)
         if then:
+            kept = {k: v for k, v in best["choices"].items() if k not in then}
             fixed = {k: [tuple(v) if isinstance(v, list) else v]
-                     for k, v in best["choices"].items() if k not in then}  # fmt: skip
-            r2 = codesign(
-                origin, job, choices={**fixed, **then}, vary=vary,
-                budgets=job_budgets, tie=tie, steps=steps, starts=starts,
-                progress=lambda s, n=name: say(f"{n} then {s}"),
-            )  # fmt: skip
+                     for k, v in kept.items()}  # fmt: skip
+            # every second-stage combination is optimized from the first stage's
+            # start and from its optimum, and keeps the better answer: the values
+            # then differ by the choice, not by where the optimizer started
+            warm = design_cluster(origin, kept, best["hardware"], tie=tie)
+            runs = [
+                codesign(
+                    c0,
+                    job,
+                    choices={**fixed, **then},
+                    vary=vary,
+                    budgets=job_budgets,
+                    tie=tie,
+                    steps=steps,
+                    starts=starts,
+                    progress=lambda s, n=name, w=w: say(f"{n} then ({w}) {s}"),
+                )  # fmt: skip
+                for w, c0 in (("cold", origin), ("warm", warm))
+            ]
+            r2 = _better_of(runs)
             entry["then"] = r2
             best = r2["designs"][r2["best"]]
         c = design_cluster(origin, best["choices"], best["hardware"], tie=tie)
@@ -535,6 +552,24 @@ def retrodict(
     results["reference"] = _describe(reference)
     results["start"] = _describe(start)
     return results
+
+
+def _better_of(runs: list[dict]) -> dict:
+    """The better of `codesign` runs over the same combinations.
+
+    Per combination the better within-budget entry (tagged "start": its run's index),
+    and the best of those.
+    """
+    sign = 1.0 if runs[0]["goal"] == "min" else -1.0
+    designs = []
+    for entries in zip(*(r["designs"] for r in runs), strict=True):
+        ok = [(i, e) for i, e in enumerate(entries) if e["within_budget"]]
+        i, e = (min(ok, key=lambda t: sign * t[1]["value"]) if ok
+                else (0, entries[0]))  # fmt: skip
+        designs.append(dict(e, start=i))
+    ok = [i for i, e in enumerate(designs) if e["within_budget"]]
+    best = min(ok, key=lambda i: sign * designs[i]["value"]) if ok else None
+    return dict(runs[0], designs=designs, best=best)
 
 
 def _uncertain(candidates, jobs, mix, best, u, ref_label, say) -> dict:
