@@ -19,10 +19,13 @@ only the names in `__all__`.
 
 from .analysis.calibrate import Prior, Row, calibrate
 from .analysis.codesign import (
+    RETRODICT_METRICS,
     Job,
     codesign,
     design_cluster,
     enumerate_designs,
+    narrowest_precision,
+    retrodict,
     robust_design,
     score_jobs,
 )
@@ -73,11 +76,14 @@ from .model.design import (
     check_design,
 )
 from .model.economics import (
+    DOMAIN_PARTS,
+    DomainParts,
     capex_per_chip,
     chip_cost,
     chip_price,
     chip_tdp,
     die_area,
+    domain_cost,
     hbm_stacks,
     hourly_cost,
     joules_per_token,
@@ -133,7 +139,7 @@ from .validation.calibration import (
 from .validation.common import model_family, short_source
 from .validation.run import read_measurements
 from .validation.run import validate_file as validate
-from .viz.plots import breakdown_bars, tornado
+from .viz.plots import breakdown_bars, retrodict_balance, tornado
 from .viz.plots import roofline as roofline_plot
 
 __version__ = "0.1.0"
@@ -160,14 +166,14 @@ __all__ = [
     # economics
     "die_area", "chip_cost", "chip_price", "chip_tdp", "capex_per_chip",
     "hourly_cost", "step_power", "joules_per_token", "usd_per_million_tokens",
-    "hbm_stacks",
+    "hbm_stacks", "domain_cost", "DomainParts", "DOMAIN_PARTS",
     # design choices (dies, HBM generation and stacks, formats, scale-up, NICs)
     "apply_design", "check_design", "DESIGN_CHOICES", "HBM_GENERATIONS",
     "HbmGeneration",
     # analyses
     "optimize", "enumerate_mappings", "DesignScorer", "calibrate", "Prior", "Row",
     "codesign", "enumerate_designs", "design_cluster", "Job", "score_jobs",
-    "robust_design",
+    "robust_design", "retrodict", "RETRODICT_METRICS", "narrowest_precision",
     "KernelRow", "Stage", "fit_kernels", "kernel_mape", "predict_kernels",
     "read_kernel_tables", "kernel_systems", "KERNEL_SYSTEMS",
     "validate", "sweep", "SweepResult", "pareto_mask", "resolve_aic_row",
@@ -182,7 +188,7 @@ __all__ = [
     "hierarchy_priors", "HIERARCHY_HARDWARE", "HIERARCHY_STACK",
     "HIERARCHY_SERVE_STACK",
     # figures (matplotlib is imported when one is drawn)
-    "tornado", "breakdown_bars", "roofline_plot",
+    "tornado", "breakdown_bars", "roofline_plot", "retrodict_balance",
     # pytree paths
     "get_leaf", "set_leaf", "scale_leaf", "leaf_paths",
 ]  # fmt: skip

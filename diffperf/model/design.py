@@ -18,20 +18,31 @@ discrete choice can be enumerated like a mapping (`analysis.codesign`):
   ratio of Hopper and Blackwell datasheets); their logic area is
   `cost.fp8_area`/`cost.fp4_area` (`economics.die_area`).
 - scale_up_size, scale_up_bandwidth: chips in the scale-up domain and B/s per chip per
-  direction. A tier given as `dims` (a torus) may not be resized; its bandwidth choice
-  scales every dimension's bandwidth by the same factor.
+  direction. The size is priced: the host price moves by chips_per_node ·
+  (D(new) − D(old)) with D the domain's copper spine, switch trays and liquid
+  cooling per chip (`economics.domain_cost`; the as-built host price already holds
+  its own domain's). A tier given as `dims` (a torus) is resized with
+  scale_up_dims; its bandwidth choice scales every dimension's bandwidth by the
+  same factor.
+- scale_up_dims: the sizes of a torus tier's dimensions (as many as it has), e.g.
+  (16, 16, 16) for a TPU v4 pod or (16, 20, 28) for v5p; scale_up.size becomes
+  their product and each dimension keeps its bandwidth. Not priced: a torus wires
+  each chip to its 2·dims neighbours whatever the torus size, and TPU v4's optical
+  circuit switches are under 5% of the system's cost (Jouppi et al., ISCA 2023).
 - nics_per_chip, nic_bandwidth: scale-out NICs per chip (host.nics_per_node =
   nics_per_chip·chips_per_node) and B/s per NIC per direction.
 
 Bad values raise a `ValueError` naming the choice and what is allowed.
 """
 
+import math
 from typing import NamedTuple
 
 import jax.numpy as jnp
 
 from ..core.paths import get_leaf, set_leaf
 from ..specs.hardware import Cluster
+from .economics import domain_cost
 
 __all__ = [
     "HbmGeneration",
@@ -112,6 +123,7 @@ DESIGN_CHOICES = (
     "hbm_stacks",
     "formats",
     "scale_up_size",
+    "scale_up_dims",
     "scale_up_bandwidth",
     "nics_per_chip",
     "nic_bandwidth",
@@ -167,6 +179,12 @@ def check_design(choices: dict, *, sites_per_die: int = SITES_PER_DIE) -> dict:
     for name in ("scale_up_bandwidth", "nic_bandwidth"):
         if name in choices:
             out[name] = _positive(name, choices[name])
+    if "scale_up_dims" in choices:
+        d = choices["scale_up_dims"]
+        d = (d,) if isinstance(d, int | float) else tuple(d)
+        if not d:
+            raise ValueError("scale_up_dims=() must give one size per torus dimension")
+        out["scale_up_dims"] = tuple(_count("scale_up_dims", v) for v in d)
     if "hbm_generation" in choices:
         g = choices["hbm_generation"]
         if g not in HBM_GENERATIONS:
@@ -208,7 +226,8 @@ def apply_design(
         sites_per_die: HBM PHYs per compute die (`SITES_PER_DIE`).
 
     Raises:
-        ValueError: as `check_design`, or resizing a scale-up tier given as dims.
+        ValueError: as `check_design`, resizing a scale-up tier given as dims with
+            scale_up_size, or scale_up_dims that do not match the tier's dims.
     """
     ch = check_design(choices, sites_per_die=sites_per_die)
     c = cluster
@@ -238,7 +257,25 @@ def apply_design(
             raise ValueError(
                 "scale_up_size: the scale-up tier is given as dims; resize its dims"
             )
-        c = set_leaf(c, "scale_up.size", jnp.asarray(float(ch["scale_up_size"])))
+        n = float(ch["scale_up_size"])
+        h = c.host
+        rack_w = c.chip.power + h.power / h.chips_per_node
+        step = domain_cost(n, h.chips_per_node, rack_w) - domain_cost(
+            c.scale_up.size, h.chips_per_node, rack_w
+        )
+        c = set_leaf(c, "scale_up.size", jnp.asarray(n))
+        c = set_leaf(c, "host.price", h.price + h.chips_per_node * step)
+    if "scale_up_dims" in ch:
+        sizes = ch["scale_up_dims"]
+        if len(sizes) != len(c.scale_up.dims):
+            raise ValueError(
+                f"scale_up_dims={sizes} must give {len(c.scale_up.dims)} sizes, one "
+                "per dimension of the scale-up tier"
+            )
+        for i, v in enumerate(sizes):
+            c = set_leaf(c, f"scale_up.dims.{i}.size", jnp.asarray(float(v)))
+        prod = float(math.prod(sizes))
+        c = set_leaf(c, "scale_up.size", jnp.asarray(prod))
     if "scale_up_bandwidth" in ch:
         r = ch["scale_up_bandwidth"] / c.scale_up.bandwidth
         c = set_leaf(c, "scale_up.bandwidth", jnp.asarray(ch["scale_up_bandwidth"]))

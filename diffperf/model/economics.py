@@ -33,6 +33,14 @@ Cluster capex per chip [USD]:
 (a non-blocking two-level fat tree uses three switch ports per NIC: leaf down, leaf up
 and spine; c_up is the scale-up switching cost per B/s of a chip's bandwidth).
 
+Scale-up domain beyond one board [USD per chip] (`domain_cost`; priced by
+`design.apply_design` when a design changes the domain size):
+    D(N) = c_cab · max(0, 1 − n/N) + c_liq · [N · (P_chip + P_host/n) > P_air]
+with N the chips in the domain, n the chips on one board (host.chips_per_node), c_cab
+the copper spine and switch trays per chip when every link leaves the board, c_liq
+the liquid cooling per chip and P_air the rack power air can remove (a copper domain
+must sit in one rack, so N chips set the rack's power).
+
 Power [W] per chip (static plus utilization-weighted dynamic):
     P = P_idle + u_c · π_bf16 · e_flop + u_m · β_hbm · e_hbm + u_n · 2·W_up · e_link
 with busy fractions u ∈ [0, 1]; at u = 1 this is the modelled TDP. e_flop is the energy
@@ -46,6 +54,7 @@ price and TDP equal its datasheet values.
 """
 
 import math
+from typing import NamedTuple
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -71,6 +80,9 @@ __all__ = [
     "busy_fractions",
     "step_power",
     "joules_per_token",
+    "DomainParts",
+    "DOMAIN_PARTS",
+    "domain_cost",
 ]
 
 
@@ -298,3 +310,53 @@ def joules_per_token(cluster: Cluster, b: Breakdown) -> Array:
     h = cluster.host
     watts = step_power(cluster, b) + h.power / h.chips_per_node
     return b.chips * watts * cluster.cost.pue * b.total / b.tokens
+
+
+class DomainParts(NamedTuple):
+    """What a switched scale-up domain beyond one board costs (USD per chip, W)."""
+
+    cabling: float  # USD per chip: copper spine and switch trays, every link off-board
+    liquid_cooling: float  # USD per chip: cold plates, manifolds, switch-tray share
+    air_limit: float  # W per rack that air cooling removes
+    source: str
+
+
+DOMAIN_PARTS = DomainParts(
+    cabling=1720.0,
+    liquid_cooling=577.0,
+    air_limit=40e3,
+    source=(
+        "cabling: an estimate built from the GB200 NVL72 rack's parts, no public price "
+        "found: 5,184 NVLink copper cables per 72 GPUs = 72 per GPU "
+        "(chips.sanjay920.com/l/06-scale-up, diskmfr.com 'Nvidia GPU copper cable "
+        "interconnect') at ~$10 per 224G twinax assembly with its connector share "
+        "($720), plus 9 NVLink switch trays per 72 GPUs (setloop.io GB200 NVL72 "
+        "guide) at ~$8,000 per tray without its switch chips, which `scale_up_cost` "
+        "already prices per B/s ($1,000 per GPU). liquid_cooling: Morgan Stanley's "
+        "GB300 NVL72 cooling BOM, $49,860 per rack ($2,260 per 4-GPU compute tray, "
+        "$1,020 per switch tray), GB200's 20% lower (Tom's Hardware, Nov 2025, copied "
+        "at worldnl.com and epium.com): $41,550 / 72 = $577 per GPU; an air-cooled "
+        "board's heat sinks are not credited. air_limit: an estimate; air-cooled "
+        "racks top out near 40 kW, and GB200 NVL72 at ~120 kW has no air-cooled "
+        "option (leviathansystems.co 'Liquid cooling requirements for Blackwell')."
+    ),
+)
+"""The default parts of `domain_cost` (NVLink5-class copper domain, 2024 prices)."""
+
+
+def domain_cost(size, chips_per_node, rack_power_per_chip, parts=DOMAIN_PARTS):
+    """USD per chip of a switched scale-up domain of `size` chips beyond its boards.
+
+    D(N) = c_cab · max(0, 1 − n/N) + c_liq · [N · p > P_air]  (module docstring), with
+    N = `size`, n = `chips_per_node` (a domain within one board is wired on the board:
+    0), p = `rack_power_per_chip` [W] (the chip's and its host share's) and the
+    `DomainParts` c_cab, c_liq, P_air (`DOMAIN_PARTS`, sourced there). The off-board
+    share 1 − n/N is the share of a chip's domain peers beyond its board; the
+    cooling term is a step (the rack either needs liquid or not). Smooth in size
+    and every price for N > n away from the cooling step.
+    """
+    n = as_float(size)
+    board = as_float(chips_per_node)
+    off = jnp.maximum(1.0 - board / n, 0.0)
+    liquid = jnp.where(n * as_float(rack_power_per_chip) > parts.air_limit, 1.0, 0.0)
+    return parts.cabling * off + parts.liquid_cooling * liquid

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-__all__ = ["tornado", "breakdown_bars", "roofline"]
+__all__ = ["tornado", "breakdown_bars", "roofline", "retrodict_balance"]
 
 
 def tornado(rows: list[tuple[str, float, float]], nominal: float, *, title: str,
@@ -191,6 +191,55 @@ def roofline(
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+RETRODICT_KEYS = (
+    "FLOP/s per B/s of HBM",
+    "SRAM MB per PFLOP/s",
+    "scale-up B/s per kFLOP",
+    "HBM capacity [GB]",
+    "peak bf16 [PFLOP/s]",
+    "HBM bandwidth [TB/s]",
+)
+
+
+def retrodict_balance(results: dict, *, reference: str, start: str, title: str,
+                      path: str | Path) -> Path:  # fmt: skip
+    """Bars of a `retrodict` result: each design's balance over the reference's.
+
+    One group per balance figure (FLOP/s per B/s of HBM, SRAM per FLOP/s, scale-up
+    bandwidth per FLOP/s, HBM capacity, peak, HBM bandwidth), one bar per design (best
+    for each job, the robust one, the start chip), on a log axis with the ±25% band.
+    Returns the written path.
+    """
+    plt = _pyplot()
+    path = Path(path)
+    ref = results["reference"]
+    word = {"train": "training", "serve": "serving"}
+    rows = {f"best for {word.get(n, n)}": j["best"]
+            for n, j in results["jobs"].items()}  # fmt: skip
+    w = results["config"]["mix"].values()
+    mix = "/".join(f"{100 * x / sum(w):.0f}" for x in w)
+    rows[f"robust ({mix} mix)"] = results["robust"]["design"]
+    rows[start] = results["start"]
+    keys = list(RETRODICT_KEYS)
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.8 / len(rows)
+    for i, (lab, d) in enumerate(rows.items()):
+        ratio = [d[k] / ref[k] for k in keys]
+        ax.bar([x + i * width for x in range(len(keys))], ratio, width, label=lab)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.axhspan(0.75, 1.25, color="tab:green", alpha=0.12,
+               label=f"within 25% of {reference}")  # fmt: skip
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(keys))], keys, fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel(f"design / {reference}")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
