@@ -149,12 +149,12 @@ def layer_passes(
     """Forward and backward seconds of one layer per microbatch (module docstring).
 
     Work of class k in pass i: PASS_FACTORS[k][i] × its forward time, except the
-    quantize kernels of low-precision GEMMs (`layer.quantize_bytes`), whose backward
-    seconds are their own (the output gradients'); the recomputed
-    forward (`RECOMPUTED[policy]`) runs the listed classes once more. Communication: the
-    layer's `Collective` records (`layer_collectives`; a recomputed class repeats its
-    collectives, `COMM_CLASS`), each axis' raw time T = Σ count·time, of which the
-    records' overlap share may hide behind a window of compute:
+    quantize kernels of low-precision GEMMs (`layer.quantize_bytes`) and the MoE token
+    permutation (`layer.permute_bytes`), whose backward seconds are their own; the
+    recomputed forward (`RECOMPUTED[policy]`) runs the listed classes once more.
+    Communication: the layer's `Collective` records (`layer_collectives`; a recomputed
+    class repeats its collectives, `COMM_CLASS`), each axis' raw time T = Σ count·time,
+    of which the records' overlap share may hide behind a window of compute:
         exposed = Σ (1 − ov)·T_r + max(Σ ov·T_r, W) − W                          [s]
     with W, per axis: TP, the GEMMs of the same pass (Transformer Engine's userbuffer
     overlap pipelines each all-gather / reduce-scatter with the GEMM it feeds; Wang et
@@ -186,12 +186,13 @@ def layer_passes(
     }
     # quantize kernels: the backward quantizes the output gradients (`quantize_bytes`),
     # not twice the forward's inputs as the elementwise pass factor would say
-    quant = lay["quant"]
-    work["backward"]["elementwise"] = (
-        work["backward"]["elementwise"]
-        - factors["elementwise"][1] * quant["forward"]
-        + quant["backward"]
-    )
+    # and the MoE token permutation's backward is its own (`layer.permute_bytes`)
+    for own in (lay["quant"], lay["permute"]):
+        work["backward"]["elementwise"] = (
+            work["backward"]["elementwise"]
+            - factors["elementwise"][1] * own["forward"]
+            + own["backward"]
+        )
     # frozen base weights (fine-tuning) skip their wgrad; the adapters train in full
     work["backward"]["matmul"] = (
         work["backward"]["matmul"] - (1.0 - tau) * WGRAD * (lay["gemm"])
