@@ -76,7 +76,10 @@ def test_one_expert_top1_serves_like_the_dense_model():
     sv = dp.Serving(tp=1, batch=16, input_len=1024, output_len=256)
     cluster = _no_fixed_costs(H100)
     rd, rm = dp.serve(cluster, dense, sv), dp.serve(cluster, moe, sv)
-    np.testing.assert_allclose(float(rm.ttft), float(rd.ttft), rtol=0.02)
+    # the same GEMMs plus the router and the token permutation (`permute_bytes`: a
+    # top-1 MoE still gathers its tokens into the expert's buffer and back, 4 passes
+    # of T·D), ~2.5% of the prefill here
+    assert float(rd.ttft) < float(rm.ttft) < 1.03 * float(rd.ttft)
     np.testing.assert_allclose(float(rm.tpot), float(rd.tpot), rtol=0.02)
     assert float(rm.kv_bytes_per_token) == float(rd.kv_bytes_per_token)
     extra = float(rm.memory_per_gpu - rd.memory_per_gpu)  # the routers' weights
@@ -153,7 +156,16 @@ def test_capacity_factor_caps_the_busiest_expert():
     mp = dp.Parallelism(dp=8, ep=8, global_batch=512, seq_len=4096)
     b_less, b_drop = dp.train_step(H100, skewed, mp), dp.train_step(H100, dropping, mp)
     assert float(b_drop.matmul) < float(b_less.matmul)
-    assert float(b_drop.elementwise) < float(b_less.elementwise)
+    # the busiest expert's activation traffic falls with the load (1.25 vs 1.5);
+    # the padded permutation buffer grows by the capacity factor (`permute_bytes`)
+    from diffperf.model.train import layer_passes
+
+    l_less = layer_passes(H100, skewed, mp, relax=EXACT).layer
+    l_drop = layer_passes(H100, dropping, mp, relax=EXACT).layer
+    rest_less = l_less["elem"] - l_less["permute"]["forward"]
+    rest_drop = l_drop["elem"] - l_drop["permute"]["forward"]
+    assert float(rest_drop) < float(rest_less)
+    assert float(l_drop["permute"]["forward"]) > float(l_less["permute"]["forward"])
     # with balanced routing, capacity 1 costs what dropless does
     balanced = H100
     cf1 = eqx.tree_at(lambda m: m.capacity_factor, m, 1.0)
