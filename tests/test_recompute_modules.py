@@ -128,3 +128,64 @@ def test_module_recompute_gradient_matches_finite_differences_in_float64():
     ) / (2 * eps)
     assert g < 0
     np.testing.assert_allclose(g, fd, rtol=1e-5)
+
+
+# ---- the Megatron-Bridge rows that ran --------------------------------------------
+
+
+def _bridge_rows():
+    import csv
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "data" / "training_calibration.csv"
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    return {i: r for i, r in enumerate(rows) if "Megatron-Bridge" in r["source"]}
+
+
+def test_bridge_rows_take_the_recipes_gradients_and_recompute_modules():
+    """bf16 gradient buffers for every Megatron-Bridge row; the recipes' recompute
+    modules for GPT-OSS-120B and DeepSeek-V3; the other rows keep their settings."""
+    from diffperf.validation.training import resolve_training_row
+
+    rows = _bridge_rows()
+    seen = set()
+    for i, row in rows.items():
+        _, _, model, mapping, *_ = resolve_training_row(row)
+        assert model.precision.grads == "bf16", i
+        name = model.name
+        if name == "gpt_oss_120b":
+            assert mapping.recompute_modules == ("layernorm", "moe_act"), i
+        elif name == "deepseek_v3":
+            assert "mla_up_proj" in mapping.recompute_modules, i
+        else:
+            assert mapping.recompute == "none" and not mapping.recompute_modules, i
+        seen.add(name)
+    assert {"gpt_oss_120b", "deepseek_v3", "qwen3_30b_a3b"} <= seen
+    other = {
+        "source": "x",
+        "model": "Llama 3 8B",
+        "gpu": "H100",
+        "num_gpus": "8",
+        "tp": "1",
+        "dp": "8",
+        "microbatch": "1",
+        "global_batch": "128",
+        "seq_len": "8192",
+        "framework": "Megatron-LM",
+        "measured_tokens_per_s_per_gpu": "1",
+    }
+    _, _, model, mapping, *_ = resolve_training_row(other)
+    assert model.precision.grads == "fp32" and not mapping.recompute_modules
+
+
+@pytest.mark.parametrize("index", [54, 55, 67, 77, 96, 97])
+def test_moe_rows_that_ran_fit_in_memory(index):
+    """Rows the model called out of memory before bf16 gradients and the recipes'
+    recompute modules (GPT-OSS-120B on B200, DeepSeek-V3 on B200)."""
+    from diffperf.model.memory import train_memory
+    from diffperf.validation.training import resolve_training_row
+
+    _, cluster, model, mapping, *_ = resolve_training_row(_bridge_rows()[index])
+    need = float(train_memory(model, mapping, cluster.chip, relax=EXACT))
+    assert need <= float(cluster.chip.hbm_capacity)
