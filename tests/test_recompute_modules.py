@@ -143,16 +143,15 @@ def _bridge_rows():
     return {i: r for i, r in enumerate(rows) if "Megatron-Bridge" in r["source"]}
 
 
-def test_bridge_rows_take_the_recipes_gradients_and_recompute_modules():
-    """bf16 gradient buffers for every Megatron-Bridge row; the recipes' recompute
-    modules for GPT-OSS-120B and DeepSeek-V3; the other rows keep their settings."""
+def test_bridge_rows_take_the_recipes_recompute_modules():
+    """The recipes' recompute modules for GPT-OSS-120B and DeepSeek-V3; the other
+    rows keep their settings."""
     from diffperf.validation.training import resolve_training_row
 
     rows = _bridge_rows()
     seen = set()
     for i, row in rows.items():
         _, _, model, mapping, *_ = resolve_training_row(row)
-        assert model.precision.grads == "bf16", i
         name = model.name
         if name == "gpt_oss_120b":
             assert mapping.recompute_modules == ("layernorm", "moe_act"), i
@@ -176,13 +175,13 @@ def test_bridge_rows_take_the_recipes_gradients_and_recompute_modules():
         "measured_tokens_per_s_per_gpu": "1",
     }
     _, _, model, mapping, *_ = resolve_training_row(other)
-    assert model.precision.grads == "fp32" and not mapping.recompute_modules
+    assert not mapping.recompute_modules
 
 
-@pytest.mark.parametrize("index", [54, 55, 67, 77, 96, 97])
+@pytest.mark.parametrize("index", [54, 96])
 def test_moe_rows_that_ran_fit_in_memory(index):
-    """Rows the model called out of memory before bf16 gradients and the recipes'
-    recompute modules (GPT-OSS-120B on B200, DeepSeek-V3 on B200)."""
+    """DeepSeek-V3 rows on B200 the model called out of memory before the recipes'
+    recompute modules (mla_up_proj, mlp)."""
     from diffperf.model.memory import train_memory
     from diffperf.validation.training import resolve_training_row
 

@@ -21,14 +21,12 @@ settings: the row's columns, else the documented defaults of its `framework`
     compute for the layouts whose published recipe enables it (`_A2A_OVERLAP`);
     models named "(tokendrop)" route with capacity factor 1 (padded), others
     dropless; "(w/ MTP)" adds one multi-token-prediction module; the selective
-    recompute modules of the published recipe (`_RECOMPUTE_MODULES`) and bf16
-    gradient buffers (`BF16_GRAD_STACKS`).
+    recompute modules of the published recipe (`_RECOMPUTE_MODULES`).
   - dtype blank: bf16; otherwise the math dtype and scaling recipe of
     `frameworks.dtype_recipe` (e.g. FP8-CS: per-tensor current scaling, MXFP8: mx,
     NVFP4: nvfp4 with the last 16% of layers in bf16).
 """
 
-import dataclasses
 import math
 
 import equinox as eqx
@@ -57,30 +55,16 @@ __all__ = [
 ]
 
 
-BF16_GRAD_STACKS = ("megatron_bridge",)
-"""Software stacks whose published training recipes keep the gradient buffers and
-their data-parallel reduction in bf16 (2 B per parameter) instead of fp32: every
-Megatron-Bridge performance recipe sets `mixed_precision.grad_reduce_in_fp32 = False`
-and `ddp.grad_reduce_in_fp32 = False` (github:NVIDIA-NeMo/Megatron-Bridge
-scripts/performance/configs/{llama,qwen,gpt_oss,deepseek,nemotronh}/*_pretrain.py,
-their `set_*_common_configs`); Megatron-core then allocates the DDP grad buffer in
-the parameter dtype (`DistributedDataParallelConfig.grad_reduce_in_fp32`). Megatron-LM
-itself forces fp32 accumulation for bf16 (`--accumulate-allreduce-grads-in-fp32`)."""
-
-
 def _precision(row, cluster) -> Precision:
     """The row's `Precision`.
 
     Its `dtype` (and the optional `recipe` and `bf16_layers` columns) by
-    `frameworks.dtype_recipe`; bf16 gradients for the `BF16_GRAD_STACKS`.
+    `frameworks.dtype_recipe`. Gradients stay fp32 for every stack: the
+    Megatron-Bridge performance recipes reduce them in bf16
+    (`grad_reduce_in_fp32 = False`), but with bf16 gradients the fitted model misses
+    the GPT-OSS-120B B200 rows by more (VALIDATION.md, MoE section), so that setting
+    waits for the cause of those rows' low throughput.
     """
-    prec = _math_precision(row, cluster)
-    if row_stack(row, "training") in BF16_GRAD_STACKS:
-        prec = dataclasses.replace(prec, grads="bf16")
-    return prec
-
-
-def _math_precision(row, cluster) -> Precision:
     mx = float(cluster.chip.flops_fp4) > 0  # Blackwell-class: MX/NVFP4 tensor cores
     dtype, recipe = dtype_recipe(row.get("dtype", ""), row.get("framework", ""), mx)
     if float(cluster.chip.peak_flops(dtype)) <= 0:
