@@ -38,6 +38,7 @@ __all__ = [
     "QUANT_RECIPES",
     "quant_bytes_per_element",
     "quantize_bytes",
+    "permute_bytes",
     "low_shares",
 ]
 
@@ -335,6 +336,37 @@ def quantize_bytes(model: Transformer, s: LayerShape):
     return fwd, bwd, kernels
 
 
+def permute_bytes(model: Transformer, s: LayerShape):
+    """HBM bytes of one layer's MoE token permutation and unpermutation on one chip.
+
+    Megatron-core's token dispatchers (`moe_utils.permute` / `unpermute`, the TE fused
+    kernels of `--moe-permute-fusion`) move every routed copy of a token through HBM
+    around the expert GEMMs. With S = T/t tokens routed by the chip (the sequence
+    shard of its TP group), k copies each at the experts' input width ℓ (the latent
+    of a LatentMoE), c the padded capacity factor under token dropping (1 dropless),
+    b the activation bytes, and f_moe the share of MoE layers:
+        forward  = f_moe·ℓ·b·S·(3·c·k + 1)    [B]
+                   (permute: gather k·S rows, read + write; unpermute: read the k·S
+                   expert outputs, write the S prob-weighted sums)
+        backward = f_moe·ℓ·b·S·(3·c·k + 2)    [B]
+                   (the unpermute's gradient: read S rows, write k·S, and read the
+                   k·S saved expert outputs for the gradient of the routing probs;
+                   the permute's: scatter-add k·S rows into S)
+    A lower bound for the all-to-all dispatcher, whose `sort_chunks_by_idxs` reorders
+    the received rows by local expert once more on each side (fused into the dispatch
+    kernel by DeepEP / HybridEP). Memory bound: time = bytes / (β·η)
+    (`ops.memory_time`). Source: Megatron-core `transformer/moe/token_dispatcher.py`
+    and `moe_utils.py` (core_r0.13+); TE `permutation.py`.
+
+    Returns:
+        (forward [B], backward [B]); zeros for a dense model.
+    """
+    m = model
+    copies = jnp.where(m.capacity_factor > 0, m.capacity_factor, 1.0) * m.top_k
+    row = s.moe * m.expert_input_dim * s.b_act * s.tokens / s.t
+    return row * (3.0 * copies + 1.0), row * (3.0 * copies + 2.0)
+
+
 BLOCK_KERNELS = {"attention": 6.0, "ssm": 11.0, "mlp": 5.0, "moe": 6.0}
 """GPU kernels of one block's forward pass, counted from its op list (one kernel per
 op): attention = norm, QKV, rotary, attention, output, residual; Mamba-2 (ssm) = norm,
@@ -373,8 +405,9 @@ def layer_forward(
     operands of that width, and the rest (the router, `BF16_OPS`, and the layers kept
     in bf16) at the bf16 peak with bf16 operands:
         t_i = λ_i·t(π_low·ε_dtype, b_low) + (1 − λ_i)·t(π_bf16, b_bf16)       [s]
-    Quantize kernels (`quantize_bytes`) add to the elementwise time; `quant` holds
-    their forward and backward seconds (the backward's are not 2× the forward's, so
+    Quantize kernels (`quantize_bytes`) and the MoE token permutation
+    (`permute_bytes`) add to the elementwise time; `quant` and `permute` hold their
+    forward and backward seconds (the backward's are not 2× the forward's, so
     `train.layer_passes` takes them apart from the other elementwise work).
 
     Weight-only quantization (weights narrower than the GEMM operands, e.g. int4
@@ -437,7 +470,13 @@ def layer_forward(
     )
     q_fwd, q_bwd, q_kernels = quantize_bytes(model, s)
     quant = dict(forward=memory_time(chip, q_fwd), backward=memory_time(chip, q_bwd))
-    elem = memory_time(chip, _elementwise_bytes(model, s)) + quant["forward"]
+    p_fwd, p_bwd = permute_bytes(model, s)
+    permute = dict(forward=memory_time(chip, p_fwd), backward=memory_time(chip, p_bwd))
+    elem = (
+        memory_time(chip, _elementwise_bytes(model, s))
+        + quant["forward"]
+        + permute["forward"]
+    )
     if s.b_weight < s.b_gemm:  # weight-only quantization: dequantize K×N per GEMM
         dequant = jnp.sum(kk * nn * count * weight) * 2.0 / chip.flops_fp32
         elem = elem + dequant
@@ -452,6 +491,7 @@ def layer_forward(
         ssm=f_ssm * ssm,
         elem=elem,
         quant=quant,
+        permute=permute,
         kernels=kernels,
         host_ops=host_ops,
         flops=flops,

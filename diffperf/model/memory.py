@@ -24,10 +24,11 @@ dropout masks. Per token, in elements (up = 2 for gated MLPs, 1 for plain):
 with each block weighted by its share of layers (hybrid models) and MoE F = k·load·Fe
 + shared width.
 The D-sized terms are sharded by t under sequence parallelism, the others by t always.
-No recompute and selective recompute store all of it (with fused attention selective
-recompute saves nothing more); full recompute stores only the layer input D·b. Without
-fused attention, no recompute also stores the softmax output, dropout mask and dropout
-output: (2b + 1)·N·S bytes per token (Korthikanti's 5·a·s/h term).
+No recompute stores all of it; selective recompute stores the inputs of its modules
+instead of their outputs (`_activation_bytes_per_token`; with fused attention the
+default core_attn saves nothing more); full recompute stores only the layer input
+D·b. Without fused attention, no recompute also stores the softmax output, dropout
+mask and dropout output: (2b + 1)·N·S bytes per token (Korthikanti's 5·a·s/h term).
 The first stage of a 1F1B pipeline holds min(p, m) microbatches in flight, times
 (1 + (p − 1)/(p·v)) for the interleaved schedule (Narayanan et al. 2021).
 """
@@ -36,7 +37,11 @@ from jaxtyping import Array
 
 from ..core.relax import AbstractRelax
 from ..specs.hardware import Chip
-from ..specs.mapping import Parallelism, resolved_attention_kernel
+from ..specs.mapping import (
+    Parallelism,
+    recomputed_modules,
+    resolved_attention_kernel,
+)
 from ..specs.workload import Transformer
 from .data_parallel import stage_params, zero_shards
 from .finetune import lora_stage_params, lora_stored
@@ -65,9 +70,19 @@ def _activation_bytes_per_token(
 
     GEMM inputs (norm outputs, attention output, MLP activation output) are kept in the
     GEMM dtype when it is fp8/fp4 (Transformer Engine saves the cast copy), else in the
-    activation dtype.
+    activation dtype. The selective recompute modules of `recompute`
+    (`specs.mapping.recomputed_modules`) store their inputs only (per token):
+        layernorm:   − sublayers·D·b / sp   (the norm outputs; with fp8/fp4 GEMMs the
+                     GEMM keeps its own quantized copy, so nothing is saved)
+        moe_act:     − f_moe·k·load·Fe·b_in / t   (the routed experts' activation
+                     output, the input of their down GEMM)
+        mla_up_proj: (N + 2K)·H·b → (q_lora + c + Hr)·b / t   (MLA's up-projected Q,
+                     K, V replaced by the latents they are computed from)
+        mlp:         − f_dense·F·(up·b + b_in) / t   (the dense MLP's intermediates)
+        core_attn:   the unfused score matrices are not stored
     """
     m, t = model, mapping.tp
+    modules = recomputed_modules(mapping) if recompute == mapping.recompute else ()
     b = model.precision.bytes("activations")
     low = model.precision.math in LOW_PRECISION
     b_in = 1.0 if low else b  # saved GEMM inputs
@@ -81,16 +96,25 @@ def _activation_bytes_per_token(
     ffn = m.dense_mlp_fraction * m.d_ff + f * routed
     # One norm input (b) and one norm output = GEMM input (b_in) per block, SP-sharded;
     # MoE layers also keep the k routed copies of the MLP input (at the latent width).
-    d_terms = (b + b_in) * m.sublayers * d / sp + f * m.top_k * m.expert_input_dim * (
-        b_in / t
+    norm_out = 0.0 if "layernorm" in modules and not low else b_in
+    d_terms = (b + norm_out) * m.sublayers * d / sp + f * m.top_k * (
+        m.expert_input_dim * b_in / t
     )
-    attn = (n + 2.0 * k) * h * b + n * h * b_in
+    qkv = (n + 2.0 * k) * h
+    if "mla_up_proj" in modules and m.attention == "mla":
+        qkv = m.q_lora_rank + m.kv_lora_rank + m.qk_rope_head_dim
+    attn = qkv * b + n * h * b_in
     # Mamba-2's fused memory-efficient path keeps the in_proj output and the scan
     # output and recomputes the conv and the gated norm in the backward pass
     ssm = (m.ssm_in_proj_width() + m.ssm_inner) * b
     other = (a * attn + f_ssm * ssm + ffn * (up * b + b_in)) / t
+    if "moe_act" in modules:
+        other = other - f * m.d_ff_expert * m.top_k * m.expert_load * b_in / t
+    if "mlp" in modules:
+        other = other - m.dense_mlp_fraction * m.d_ff * (up * b + b_in) / t
     other = other + lora_stored(model, mapping) * b  # LoRA's r-wide intermediates
-    if resolved_attention_kernel(mapping) == "unfused" and recompute == "none":
+    unfused = resolved_attention_kernel(mapping) == "unfused"
+    if unfused and recompute != "full" and "core_attn" not in modules:
         # stored softmax output, dropout mask and output: (2b + 1)·N·S per token
         other = other + a * (2.0 * b + 1.0) * n * mapping.tokens(model) / t
     return d_terms + other

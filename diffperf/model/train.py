@@ -31,7 +31,12 @@ import jax.numpy as jnp
 
 from ..core.relax import AbstractRelax, Exact
 from ..specs.hardware import Cluster
-from ..specs.mapping import Parallelism, check_mapping, resolved_attention_kernel
+from ..specs.mapping import (
+    Parallelism,
+    check_mapping,
+    recomputed_modules,
+    resolved_attention_kernel,
+)
 from ..specs.workload import Transformer
 from .breakdown import Breakdown
 from .comm import Collective, comm_time, nic_bytes, scaled
@@ -55,6 +60,7 @@ from .layer import (
 )
 from .memory import train_memory
 from .offchip import input_exposed, offload_exposed
+from .ops import memory_time
 
 __all__ = [
     "train_step",
@@ -110,6 +116,66 @@ the class re-runs its collectives (TP around the GEMMs, CP ring sends inside the
 attention, EP dispatch/combine around the expert GEMMs)."""
 
 
+MODULE_GEMMS = {"mla_up_proj": ("q_up", "kv_up"), "mlp": ("mlp_up", "mlp_down")}
+"""GEMMs of `layer._gemm_shapes` each selective recompute module re-runs."""
+
+
+def recomputed_classes(mapping: Parallelism) -> tuple[str, ...]:
+    """Classes of `layer.PASS_FACTORS` the recompute policy re-runs in full.
+
+    `layer.RECOMPUTED[policy]`, except that selective recompute re-runs the core
+    attention only when core_attn is among its modules.
+    """
+    if mapping.recompute == "selective":
+        return ("attention",) if "core_attn" in recomputed_modules(mapping) else ()
+    return RECOMPUTED[mapping.recompute]
+
+
+def module_recompute(cluster: Cluster, model: Transformer, s, lay, mapping) -> dict:
+    """Forward seconds, kernels and FLOP the selective recompute modules re-run.
+
+    Per layer and microbatch (`specs.mapping.RECOMPUTE_MODULES`; core_attn is the
+    attention class, `recomputed_classes`):
+        matmul      = Σ_{GEMMs of the modules} w_i·t_i        (mla_up_proj: q_up,
+                      kv_up; mlp: mlp_up, mlp_down; `MODULE_GEMMS`)        [s]
+        elementwise = Q / (β·η) with Q [B] =
+                        layernorm: 2·sublayers·D·b per SP token (read x, write y)
+                        moe_act:   f_moe·(up + 1)·k·load·Fe·b / t per token
+                        mlp:       f_dense·(up + 1)·F·b / t per token
+        kernels     = one per recomputed op (norms per block, the activation, the
+                      GEMMs)
+    """
+    modules = recomputed_modules(mapping)
+    m = model
+    ops = lay["gemm_ops"]
+    names = ops["names"]
+    zero = 0.0 * lay["gemm"]
+    matmul, flops, kernels, nbytes = zero, zero, 0.0, zero
+    for mod, gemms in MODULE_GEMMS.items():
+        if mod not in modules:
+            continue
+        for g in gemms:
+            if g in names:
+                i = names.index(g)
+                matmul = matmul + ops["time"][i] * ops["share"][i]
+                flops = flops + ops["flops"][i] * ops["share"][i]
+                kernels = kernels + ops["share"][i]
+    b, t, up = s.b_act, s.t, m.mlp_mats - 1.0
+    if "layernorm" in modules:
+        nbytes = nbytes + s.sp_tokens * 2.0 * m.sublayers * m.d_model * b
+        kernels = kernels + m.sublayers
+    if "moe_act" in modules:
+        routed = m.top_k * m.expert_load * m.d_ff_expert
+        nbytes = nbytes + s.tokens * s.moe * (up + 1.0) * routed * b / t
+        kernels = kernels + s.moe
+    if "mlp" in modules:
+        dense = m.dense_mlp_fraction
+        nbytes = nbytes + s.tokens * dense * (up + 1.0) * m.d_ff * b / t
+        kernels = kernels + dense
+    elem = memory_time(cluster.chip, nbytes)
+    return dict(matmul=matmul, elementwise=elem, kernels=kernels, flops=flops)
+
+
 class LayerPasses(NamedTuple):
     """One layer's seconds per microbatch on one chip, by pass and Breakdown term.
 
@@ -149,12 +215,13 @@ def layer_passes(
     """Forward and backward seconds of one layer per microbatch (module docstring).
 
     Work of class k in pass i: PASS_FACTORS[k][i] × its forward time, except the
-    quantize kernels of low-precision GEMMs (`layer.quantize_bytes`), whose backward
-    seconds are their own (the output gradients'); the recomputed
-    forward (`RECOMPUTED[policy]`) runs the listed classes once more. Communication: the
-    layer's `Collective` records (`layer_collectives`; a recomputed class repeats its
-    collectives, `COMM_CLASS`), each axis' raw time T = Σ count·time, of which the
-    records' overlap share may hide behind a window of compute:
+    quantize kernels of low-precision GEMMs (`layer.quantize_bytes`) and the MoE token
+    permutation (`layer.permute_bytes`), whose backward seconds are their own; the
+    recomputed forward (`recomputed_classes`) runs the listed classes once more, and
+    selective recompute modules their own ops (`module_recompute`).
+    Communication: the layer's `Collective` records (`layer_collectives`; a recomputed
+    class repeats its collectives, `COMM_CLASS`), each axis' raw time T = Σ count·time,
+    of which the records' overlap share may hide behind a window of compute:
         exposed = Σ (1 − ov)·T_r + max(Σ ov·T_r, W) − W                          [s]
     with W, per axis: TP, the GEMMs of the same pass (Transformer Engine's userbuffer
     overlap pipelines each all-gather / reduce-scatter with the GEMM it feeds; Wang et
@@ -168,7 +235,7 @@ def layer_passes(
     lay = layer_forward(cluster, model, s, relax)
     lora = lora_forward(cluster, model, lay, mapping, relax=relax)
     tau = mapping.trainable
-    redo = RECOMPUTED[mapping.recompute]
+    redo = recomputed_classes(mapping)
     attn = "attention" if s.flash else "attention_unfused"
     factors = {k: PASS_FACTORS[k] for k in ("matmul", "ssm", "elementwise", "kernels")}
     factors["attention"] = PASS_FACTORS[attn]
@@ -184,14 +251,22 @@ def layer_passes(
         "backward": {k: factors[k][1] * v for k, v in fwd.items()},
         "recompute": {k: (v if k in redo else 0.0 * v) for k, v in fwd.items()},
     }
+    # selective recompute modules re-run their own ops (`module_recompute`)
+    extra = module_recompute(cluster, model, s, lay, mapping)
+    for k in ("matmul", "elementwise"):
+        work["recompute"][k] = work["recompute"][k] + extra[k]
+    work["recompute"]["kernels"] = (
+        work["recompute"]["kernels"] + extra["kernels"] * cluster.chip.kernel_overhead
+    )
     # quantize kernels: the backward quantizes the output gradients (`quantize_bytes`),
     # not twice the forward's inputs as the elementwise pass factor would say
-    quant = lay["quant"]
-    work["backward"]["elementwise"] = (
-        work["backward"]["elementwise"]
-        - factors["elementwise"][1] * quant["forward"]
-        + quant["backward"]
-    )
+    # and the MoE token permutation's backward is its own (`layer.permute_bytes`)
+    for own in (lay["quant"], lay["permute"]):
+        work["backward"]["elementwise"] = (
+            work["backward"]["elementwise"]
+            - factors["elementwise"][1] * own["forward"]
+            + own["backward"]
+        )
     # frozen base weights (fine-tuning) skip their wgrad; the adapters train in full
     work["backward"]["matmul"] = (
         work["backward"]["matmul"] - (1.0 - tau) * WGRAD * (lay["gemm"])
@@ -354,7 +429,7 @@ def train_step(
     adapters = 6.0 * model.n_layers * lora_layer_params(model, mapping)
     model_flops = (weights + adapters + attn_model + ssm_model) * tokens
     # executed FLOP: every pass of every class, by the same pass factors
-    redo = RECOMPUTED[mapping.recompute]
+    redo = recomputed_classes(mapping)
     attn_f = PASS_FACTORS["attention" if s.flash else "attention_unfused"]
 
     def runs(factors, cls):
@@ -366,6 +441,7 @@ def train_step(
         + runs(PASS_FACTORS["matmul"], "matmul") * lp.lora["flops"]
         + runs(attn_f, "attention") * lay["attn_flops"]
         + runs(PASS_FACTORS["ssm"], "ssm") * lay["ssm_flops"]
+        + module_recompute(cluster, model, s, lay, mapping)["flops"]
     )
     head_flops = 2.0 * s.tokens * model.d_model * model.vocab_size / (s.t * p)
     per_chip = m * last * layer_flops + m * sum(PASS_FACTORS["matmul"]) * head_flops * (

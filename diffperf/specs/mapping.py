@@ -39,9 +39,30 @@ def resolved_attention_kernel(obj) -> str:
 LORA_TARGETS = ("qkv", "attn_out", "mlp_up", "mlp_down")
 """Projections LoRA can adapt (`model.finetune`): GEMM names of the layer."""
 
+RECOMPUTE_MODULES = ("core_attn", "layernorm", "moe_act", "mla_up_proj", "mlp")
+"""Modules a selective recompute can re-run, by Megatron-core's `--recompute-modules`
+names (`TransformerConfig.recompute_modules`, core_r0.12+): core_attn (the core
+attention), layernorm (the norms before attention / Mamba-2 / MLP blocks), moe_act
+(the routed experts' activation function), mla_up_proj (MLA's Q and K/V
+up-projections, with RoPE), mlp (the dense MLP blocks). Each stores its input and
+recomputes its output in the backward pass (`model.memory`, `model.train`)."""
+
+
+def recomputed_modules(mapping) -> tuple[str, ...]:
+    """The modules a mapping's selective recompute re-runs (`RECOMPUTE_MODULES`).
+
+    `recompute_modules` under recompute="selective", else Megatron-core's default
+    ("core_attn",); none for recompute "none" and "full" (full re-runs the layer).
+    """
+    if mapping.recompute != "selective":
+        return ()
+    return tuple(mapping.recompute_modules) or ("core_attn",)
+
 
 __all__ = [
     "LORA_TARGETS",
+    "RECOMPUTE_MODULES",
+    "recomputed_modules",
     "Parallelism",
     "Serving",
     "check_mapping",
@@ -82,6 +103,10 @@ class Parallelism(eqx.Module):
     axis under DCN `data` parallelism, DeepSpeed ZeRO++ hpZ). 0 shards over all of
     dp·cp (plain ZeRO / FSDP FULL_SHARD).
 
+    `recompute` "selective" re-runs the `recompute_modules` (`RECOMPUTE_MODULES`,
+    Megatron-core's `--recompute-modules`; default core_attn) in the backward pass
+    and stores their inputs instead of their outputs; "full" re-runs the whole layer.
+
     Fine-tuning (`model.finetune`): `trainable` is the fraction of the base weights
     that are trained (1 = pre-training or full fine-tuning, 0 = a frozen base, as
     under LoRA); `lora_rank` r and `lora_targets` (names in `LORA_TARGETS`) add LoRA
@@ -110,6 +135,7 @@ class Parallelism(eqx.Module):
     recompute: Literal["none", "selective", "full"] = eqx.field(
         static=True, default="none"
     )
+    recompute_modules: tuple[str, ...] = eqx.field(static=True, default=())
     sequence_parallel: bool = eqx.field(static=True, default=True)
     zero: int = eqx.field(static=True, default=1)
     flash_attention: bool = eqx.field(static=True, default=True)
@@ -144,6 +170,17 @@ class Parallelism(eqx.Module):
             raise ValueError(
                 f"Parallelism(recompute={self.recompute!r}) must be none, selective "
                 "or full"
+            )
+        bad = [x for x in self.recompute_modules if x not in RECOMPUTE_MODULES]
+        if bad:
+            raise ValueError(
+                f"Parallelism(recompute_modules) {', '.join(map(repr, bad))} must be "
+                "among " + ", ".join(RECOMPUTE_MODULES)
+            )
+        if self.recompute_modules and self.recompute != "selective":
+            raise ValueError(
+                "Parallelism(recompute_modules) needs recompute='selective', "
+                f"not {self.recompute!r}"
             )
         if self.zero not in (0, 1, 2, 3):
             raise ValueError(f"Parallelism(zero={self.zero!r}) must be 0, 1, 2 or 3")

@@ -20,7 +20,8 @@ settings: the row's columns, else the documented defaults of its `framework`
   - NVIDIA NeMo / Megatron-Bridge (profile "megatron"): MoE all-to-all overlapped with
     compute for the layouts whose published recipe enables it (`_A2A_OVERLAP`);
     models named "(tokendrop)" route with capacity factor 1 (padded), others
-    dropless; "(w/ MTP)" adds one multi-token-prediction module.
+    dropless; "(w/ MTP)" adds one multi-token-prediction module; the selective
+    recompute modules of the published recipe (`_RECOMPUTE_MODULES`).
   - dtype blank: bf16; otherwise the math dtype and scaling recipe of
     `frameworks.dtype_recipe` (e.g. FP8-CS: per-tensor current scaling, MXFP8: mx,
     NVFP4: nvfp4 with the last 16% of layers in bf16).
@@ -58,7 +59,11 @@ def _precision(row, cluster) -> Precision:
     """The row's `Precision`.
 
     Its `dtype` (and the optional `recipe` and `bf16_layers` columns) by
-    `frameworks.dtype_recipe`.
+    `frameworks.dtype_recipe`. Gradients stay fp32 for every stack: the
+    Megatron-Bridge performance recipes reduce them in bf16
+    (`grad_reduce_in_fp32 = False`), but with bf16 gradients the fitted model misses
+    the GPT-OSS-120B B200 rows by more (VALIDATION.md, MoE section), so that setting
+    waits for the cause of those rows' low throughput.
     """
     mx = float(cluster.chip.flops_fp4) > 0  # Blackwell-class: MX/NVFP4 tensor cores
     dtype, recipe = dtype_recipe(row.get("dtype", ""), row.get("framework", ""), mx)
@@ -104,6 +109,31 @@ _A2A_OVERLAP = {
     ("qwen3_30b_a3b", "h100_sxm", 1, 2, 12, 8),
     ("qwen3_30b_a3b", "h100_sxm", 1, 2, 24, 8),
 }
+
+
+# Megatron-Bridge performance recipes that recompute modules selectively
+# (`recompute_modules`, Megatron-core `--recompute-modules`), keyed by (workload, gpu,
+# tp, pp, vpp, ep). Source: github:NVIDIA-NeMo/Megatron-Bridge
+# scripts/performance/configs/gpt_oss/gpt_oss_workload_base_configs.py
+# (GPT_OSS_120B_PRETRAIN_CONFIG_{B200,H100}_BF16_V1/V2: ["layernorm", "moe_act"]) and
+# deepseek/deepseek_workload_base_configs.py (DEEPSEEK_V3_PRETRAIN_CONFIG_B200_V1:
+# ["mla_up_proj"]; B200_FP8_MX_V2 and H100_V1/V2: ["mla_up_proj", "mlp"]); the Qwen3
+# recipes set no recompute (`set_qwen3_common_configs`).
+_RECOMPUTE_MODULES = {
+    ("gpt_oss_120b", "b200", 1, 1, 1, 8): ("layernorm", "moe_act"),
+    ("gpt_oss_120b", "b200", 1, 1, 1, 64): ("layernorm", "moe_act"),
+    ("gpt_oss_120b", "h100_sxm", 1, 4, 1, 8): ("layernorm", "moe_act"),
+    ("deepseek_v3", "b200", 1, 16, 1, 8): ("mla_up_proj",),
+    ("deepseek_v3", "b200", 1, 8, 2, 32): ("mla_up_proj", "mlp"),
+    ("deepseek_v3", "h100_sxm", 2, 8, 4, 64): ("mla_up_proj", "mlp"),
+}
+
+
+def _recompute_modules(kind: str, cluster, model, degrees: tuple) -> tuple:
+    """The selective recompute modules of a Megatron-Bridge recipe's layout, else ()."""
+    if kind != "megatron":
+        return ()
+    return _RECOMPUTE_MODULES.get((model.name, cluster.name, *degrees), ())
 
 
 def _ep_overlap(kind: str, cluster, model, degrees: tuple) -> float:
@@ -197,7 +227,10 @@ def resolve_training_row(row: dict, cluster=None):
             row["gpu"], ici_chips=slice_chips, stack=row_stack(row, "training")
         )
     model = eqx.tree_at(lambda m: m.precision, model, _precision(row, cluster))
-    rec = (row.get("recompute") or "").strip().lower() or defaults["recompute"]
+    rec = (row.get("recompute") or "").strip().lower()
+    layout = (tp, pp, round(number(row, "vpp") or 1.0), round(ep))
+    modules = () if rec else _recompute_modules(kind, cluster, model, layout)
+    rec = "selective" if modules else (rec or defaults["recompute"])
     sp = _flag(row, "seq_parallel")
     if sp is None:
         sp = tp > 1 if defaults["sp"] is None else defaults["sp"]
@@ -216,7 +249,8 @@ def resolve_training_row(row: dict, cluster=None):
     mapping = Parallelism(
         tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, vpp=vpp, microbatch=micro,
         global_batch=number(row, "global_batch") or 0.0,
-        seq_len=number(row, "seq_len") or 0.0, recompute=rec, sequence_parallel=sp,
+        seq_len=number(row, "seq_len") or 0.0, recompute=rec,
+        recompute_modules=modules, sequence_parallel=sp,
         zero=zero, shard_group=shard, attention_kernel=kernel,
         dp_overlap=dp_overlap, ep_overlap=overlap, trainable=trainable,
         lora_rank=rank, lora_targets=targets,
