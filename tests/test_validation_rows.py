@@ -10,8 +10,9 @@ from diffperf import io
 from diffperf.model.data_parallel import dp_collectives, stage_params
 from diffperf.model.memory import train_memory_parts
 from diffperf.validation.common import summarize
+from diffperf.validation.common import throughput_scope as _scope
 from diffperf.validation.frameworks import parse_mesh, profile, source_flops
-from diffperf.validation.serving import _scope, predict_infer_row
+from diffperf.validation.serving import predict_infer_row
 from diffperf.validation.training import predict_row, resolve_training_row
 
 from .helpers import tree_allclose
