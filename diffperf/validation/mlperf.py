@@ -101,16 +101,9 @@ def model_text(row: dict) -> str:
 
 
 def _limit_column(row: dict, key: str):
-    text = row.get(key, "").strip()
-    if not text:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not value > 0 or not math.isfinite(value):
-        raise ValueError(f"column {key}={text!r} must be a number > 0 (ms)")
-    return value / 1e3
+    """A p99 limit column [ms] in seconds, or None when blank."""
+    value = _number(row, key, unit=" (ms)")
+    return None if value is None else value / 1e3
 
 
 def benchmark_limits(row: dict, spec: str | None) -> tuple:
@@ -181,7 +174,8 @@ def replica_value(cluster, model, serving, metric: str, row: dict, spec, replica
     return value, None
 
 
-def _number(row: dict, key: str):
+def _number(row: dict, key: str, unit: str = ""):
+    """A positive, finite number cell, or None when blank (ValueError naming it)."""
     text = row.get(key, "").strip()
     if not text:
         return None
@@ -190,7 +184,7 @@ def _number(row: dict, key: str):
     except ValueError:
         value = math.nan
     if not value > 0 or not math.isfinite(value):
-        raise ValueError(f"column {key}={text!r} must be a number > 0")
+        raise ValueError(f"column {key}={text!r} must be a number > 0{unit}")
     return value
 
 
