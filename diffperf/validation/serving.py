@@ -125,11 +125,7 @@ def predict_infer_row(row: dict, *, fidelity: str = "detailed") -> dict:
         return _predict_mlperf(row, metric, unit)
     cluster, model, serving, names = resolve_infer_row(row, with_names=True)
     measured = _measured_value(row)
-    out = dict(
-        metric=metric, measured=measured, hardware=cluster.name, model=model.name,
-        stack=names["stack"], resolved_hardware=names["hardware"],
-        resolved_model=names["model"],
-    )  # fmt: skip
+    out = _resolved(metric, measured, cluster, model, names)
     if float(serving.batch) < 1:  # not even one request fits next to the weights
         return out | dict(
             predicted=0.0, ape=1.0, feasible=False, memory_per_gpu_bytes=None,
@@ -149,6 +145,15 @@ def predict_infer_row(row: dict, *, fidelity: str = "detailed") -> dict:
     if not out["feasible"]:
         out["miss"] = "predicted out of memory although the run ran"
     return out
+
+
+def _resolved(metric: str, measured: float, cluster, model, names: dict) -> dict:
+    """The fields every scored inference row reports: what it resolved to."""
+    return dict(
+        metric=metric, measured=measured, hardware=cluster.name, model=model.name,
+        stack=names["stack"], resolved_hardware=names["hardware"],
+        resolved_model=names["model"],
+    )  # fmt: skip
 
 
 def _scoped(row: dict, cluster, serving, per_replica: float) -> float:
@@ -184,12 +189,9 @@ def _predict_mlperf(row: dict, metric: str, unit: str) -> dict:
         predicted = _time_scale(unit) * value
     else:
         predicted = _scoped(row, cluster, serving, value)
-    out = dict(
-        metric=metric, measured=measured, hardware=cluster.name, model=model.name,
-        stack=names["stack"], resolved_hardware=names["hardware"],
-        resolved_model=names["model"], scenario=which,
-        feasible=True, memory_per_gpu_bytes=None,
-    )  # fmt: skip
+    out = _resolved(metric, measured, cluster, model, names) | dict(
+        scenario=which, feasible=True, memory_per_gpu_bytes=None
+    )
     if miss is not None or not (math.isfinite(predicted) and predicted > 0):
         return out | dict(predicted=0.0, ape=1.0, miss=miss or "no finite prediction")
     return out | dict(predicted=predicted, ape=abs(predicted - measured) / measured)
