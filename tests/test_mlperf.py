@@ -154,3 +154,12 @@ def test_a_query_latency_limit_is_met(replica):
     assert 0 < lam and float(r.e2e_pct[2]) <= 2.0
     more = served(cluster, model, serving, request_rate=1.1 * lam, scheduler=sched)
     assert bool(more.saturated) or float(more.e2e_pct[2]) > 2.0
+
+
+def test_mlperf_server_limits_must_be_positive_seconds(replica):
+    cluster, model, serving, sched = replica
+    for bad in (-2.0, 0.0, float("nan")):
+        with pytest.raises(
+            ValueError, match=r"mlperf_server\(e2e_p99=.*must be seconds > 0"
+        ):
+            mlperf_server(cluster, model, serving, e2e_p99=bad, scheduler=sched)

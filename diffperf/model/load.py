@@ -111,6 +111,7 @@ the sends): throughput ≈ pp × one stage's rate, and TPOT still includes every
 """
 
 import copy
+import math
 
 import equinox as eqx
 import jax
@@ -907,6 +908,10 @@ def mlperf_server(
     LoadResult at λ). Offline is the saturated throughput: `max_request_rate`. Runs
     outside jit: λ is a Python float without gradient; the LoadResult has gradients.
     """
+    limits = dict(ttft_p99=ttft_p99, tpot_p99=tpot_p99, e2e_p99=e2e_p99)
+    for name, limit in limits.items():
+        if limit is not None and not (math.isfinite(float(limit)) and limit > 0):
+            raise ValueError(f"mlperf_server({name}={limit!r}) must be seconds > 0")
     scheduler = Scheduler() if scheduler is None else scheduler
     kw = dict(scheduler=scheduler, relax=relax, fidelity=fidelity, grid=grid)
     hi = float(_capacity(cluster, model, serving, **kw))
