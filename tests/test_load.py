@@ -43,7 +43,7 @@ def des_step_time():
     return bilinear(d, p, np.asarray(table))
 
 
-CAPACITY = 25.6  # requests/s: dp.max_request_rate of this replica (checked below)
+CAPACITY = 26.26  # requests/s: dp.max_request_rate of this replica (checked below)
 
 
 def _errors(r, i, sim):

@@ -101,7 +101,12 @@ CDF with the implicit-function gradient.
 **Saturation.** The open loop saturates when the decode fixed point leaves [0, B)
 (each step's work grows faster than the steps it frees), when prompt tokens arrive
 faster than C per step, or when λ·R ≥ B; `max_request_rate` is the largest stable λ
-(bisection). The closed loop's throughput plateaus at N = min(B, N_C) with
+(bisection). D's Fano factor is bounded by the slots (Var D ≤ D̄·(B − D̄), see
+`_bounded_fano`), so near the slot limit the fixed point runs up to B and the slot
+load λR/B decides: the simulated capacity of the test replica (the rate where its
+throughput stops following λ) is within 1% of `max_request_rate` (26.3 vs 26.5
+requests/s; without the bound the fixed point folded at 25.6).
+The closed loop's throughput plateaus at N = min(B, N_C) with
 N_C = (C/S_in)·(S_out − 1 + n̄) the concurrency at which the prompt budget is full.
 
 Pipeline parallelism keeps pp microbatches in flight (TensorRT-LLM, vLLM virtual
@@ -422,6 +427,7 @@ class _Engine:
         self.sched, self.grid = scheduler, grid
         self.s_in, self.s_out = serving.input_len, serving.output_len
         self.c_max = scheduler.chunked_prefill_budget
+        self.b = b
         self.mixed = scheduler.mixed
         u = jnp.linspace(0.0, 1.0, _Q)
         v = jnp.linspace(0.0, 1.0, _DQ)
@@ -442,7 +448,7 @@ class _Engine:
         """
         new = copy.copy(self)
         sg = jax.lax.stop_gradient
-        for name in ("table", "p_grid", "d_grid", "c_max", "s_in", "s_out"):
+        for name in ("table", "p_grid", "d_grid", "c_max", "s_in", "s_out", "b"):
             setattr(new, name, sg(getattr(self, name)))
         new.sched = jax.tree_util.tree_map(sg, self.sched)
         return new
@@ -510,6 +516,22 @@ def _fluctuations(st, rate, s_out, arrival):
     return alpha, beta, noise / gap
 
 
+def _bounded_fano(fano, d, b, q=4.0):
+    """The Fano factor of D bounded by the slots: Var D ≤ D̄·(B − D̄), so F ≤ B − D̄.
+
+    D lives in [0, B] (B batch slots), and a variable on [0, B] with mean D̄ has
+    variance at most D̄·(B − D̄) (the Bhatia–Davis inequality, Bhatia & Davis, Amer.
+    Math. Monthly 107 (2000) 353). The linear noise approximation's F diverges as the
+    marginal work ρ → 1, but the slot ceiling clips the fluctuations: near the slot
+    limit the decode count is pinned at B. The bound enters as a smooth minimum
+    (Σ x⁻ᑫ)^(−1/q), q = 4 (within 19% of the exact minimum where the two are equal,
+    within 1% where one is 3× the other). Without it the mean-field fixed point folds
+    (no root in [0, B)) at ~96% of the simulated capacity (`tests/test_load.py`).
+    """
+    room = jnp.maximum(b - d, 1e-6)
+    return (fano ** (-q) + room ** (-q)) ** (-1.0 / q)
+
+
 def _percentiles(tag, shift, tpot, tpot_sd, s_out):
     """(TTFT, TPOT, e2e) quantiles from the tagged mixture and the TPOT normal."""
     weight, value, _, spread = tag
@@ -531,6 +553,7 @@ def _decoding(eng: _Engine, d, rate, arrival):
     s_out = eng.s_out
     st = eng.state(d, rate=rate, arrival=arrival)
     alpha, beta, fano = _fluctuations(st, rate, s_out, arrival)
+    fano = _bounded_fano(fano, d, eng.b)
     keep = jnp.maximum(1.0 - beta, 1e-6)
     tpot = st["tpot"] + st["slope"] * fano / keep
     tpot = tpot + st["extra"] * beta / (keep * (s_out - 1.0))
