@@ -276,3 +276,38 @@ def test_cli_attention_dp(capsys):
              "--attention-dp", "2"]  # fmt: skip
     assert main(dense) == 2
     assert "attention_dp=2 must be 1 for a dense model" in capsys.readouterr().err
+
+
+def test_recompute_modules_flag_and_emit(capsys):
+    """--recompute-modules reaches the mapping, the JSON, the memory model and the
+    Megatron / Megatron-Bridge flags; frameworks that cannot name modules say so."""
+    flags = ["--hardware", "dgx_h100", "--model", "deepseek_v3", "--gpus", "256",
+             "--pp", "8", "--ep", "32", "--global-batch", "4096", "--seq-len", "4096",
+             "--recompute", "selective", "--json"]  # fmt: skip
+    assert main(["train", *flags]) == 0
+    attn = json.loads(capsys.readouterr().out)
+    assert attn["mapping"]["recompute_modules"] == ["core_attn"]  # Megatron's default
+    mods = ["--recompute-modules", "core_attn,moe_act,layernorm"]
+    assert main(["train", *flags, *mods, "--emit", "megatron"]) == 0
+    more = json.loads(capsys.readouterr().out)
+    assert more["mapping"]["recompute_modules"] == ["core_attn", "moe_act", "layernorm"]
+    # recomputing more modules keeps fewer activations and re-runs more work
+    assert more["memory_per_gpu_bytes"] < attn["memory_per_gpu_bytes"]
+    assert more["breakdown"]["recompute"] > attn["breakdown"]["recompute"]
+    argv = more["launch"]["commands"][0]["argv"]
+    i = argv.index("--recompute-modules")
+    assert argv[i + 1 : i + 4] == ["core_attn", "moe_act", "layernorm"]
+    mapping = dp.Parallelism(pp=8, dp=32, ep=32, global_batch=4096, seq_len=4096,
+                             recompute="selective",
+                             recompute_modules=("core_attn", "moe_act"))  # fmt: skip
+    nemo = train_launch("nemo", DGX, DSV3, mapping, gpus=256, dtype="bf16")["commands"][
+        0
+    ]["argv"]
+    assert _value(nemo, "model.recompute_modules") == "[core_attn,moe_act]"
+    titan = train_launch("torchtitan", DGX, DSV3, mapping, gpus=256, dtype="bf16")
+    assert any("--recompute-modules=core_attn,moe_act" in n for n in titan["notes"])
+    for bad, why in ((["--recompute-modules", "attention"], "among core_attn"),
+                     (["--recompute-modules", "mlp", "--recompute", "full"],
+                      "needs --recompute selective")):  # fmt: skip
+        assert main(["train", *flags, *bad]) == 2
+        assert why in capsys.readouterr().err

@@ -72,6 +72,7 @@ _MEGATRON = frozenset({
     "--context-parallel-size", "--expert-model-parallel-size",
     "--expert-tensor-parallel-size", "--micro-batch-size", "--global-batch-size",
     "--seq-length", "--sequence-parallel", "--recompute-granularity",
+    "--recompute-modules",
     "--recompute-method", "--recompute-num-layers", "--use-distributed-optimizer",
     "--use-megatron-fsdp", "--data-parallel-sharding-strategy", "--overlap-grad-reduce",
     "--overlap-param-gather", "--bf16", "--fp16", "--fp8-format", "--attention-backend",
@@ -85,6 +86,7 @@ _NEMO = frozenset({
     "model.expert_model_parallel_size", "model.expert_tensor_parallel_size",
     "model.sequence_parallel", "model.seq_length", "dataset.seq_length",
     "train.micro_batch_size", "train.global_batch_size", "model.recompute_granularity",
+    "model.recompute_modules",
     "model.recompute_method", "model.recompute_num_layers", "mixed_precision",
     "ddp.use_distributed_optimizer", "optimizer.use_distributed_optimizer",
     "ddp.use_megatron_fsdp", "ddp.data_parallel_sharding_strategy",
@@ -190,7 +192,12 @@ class _Args:
     def add(self, flag: str, value=None):
         if flag not in self.known:
             raise RuntimeError(f"emit: {flag!r} is not a documented flag here")
-        if self.style == "equals":
+        if isinstance(value, (list, tuple)):  # Megatron nargs="*" / a Hydra list
+            if self.style == "equals":
+                self.argv.append(f"{flag}=[{','.join(map(_text, value))}]")
+            else:
+                self.argv += [flag, *map(_text, value)]
+        elif self.style == "equals":
             self.argv.append(f"{flag}={_text(value)}")
         else:
             self.argv += [flag] if value is None else [flag, _text(value)]
@@ -203,6 +210,16 @@ def _text(v) -> str:
     if isinstance(v, float) and v.is_integer():
         return str(int(v))
     return str(v)
+
+
+def _modules_note(j, what: str) -> None:
+    """A note where a framework cannot name Megatron-core's recompute modules."""
+    if j.mapping.recompute_modules:
+        j.notes.append(
+            f"--recompute-modules={','.join(j.mapping.recompute_modules)}: "
+            f"{what} does not select modules by name; the modelled memory and "
+            "recompute time are Megatron-core's for those modules"
+        )
 
 
 def _int(x) -> int:
@@ -316,6 +333,8 @@ def _megatron(j: _TrainJob) -> dict:
         a.add("--recompute-granularity", m.recompute)
         if m.recompute == "full":
             a.add("--recompute-method", "uniform").add("--recompute-num-layers", 1)
+        if m.recompute_modules:  # else Megatron-core's default, core_attn
+            a.add("--recompute-modules", list(m.recompute_modules))
     if m.zero == 1:
         a.add("--use-distributed-optimizer")
     elif m.zero >= 2:
@@ -397,6 +416,8 @@ def _nemo(j: _TrainJob) -> dict:
         if m.recompute == "full":
             a.add("model.recompute_method", "uniform")
             a.add("model.recompute_num_layers", 1)
+        if m.recompute_modules:
+            a.add("model.recompute_modules", list(m.recompute_modules))
     if m.zero >= 1:
         a.add("ddp.use_distributed_optimizer", True)
         a.add("optimizer.use_distributed_optimizer", True)
@@ -477,6 +498,7 @@ def _maxtext(j: _TrainJob) -> dict:
             a.add("num_layers_per_pipeline_stage", per)
     remat = {"none": "minimal_with_context", "selective": "minimal", "full": "full"}
     a.add("remat_policy", remat[m.recompute])
+    _modules_note(j, "MaxText's remat_policy")
     if j.dtype == "fp8":
         a.add("quantization", "fp8")
     elif j.dtype != "bf16":
@@ -537,6 +559,7 @@ def _torchtitan(j: _TrainJob) -> dict:
     a.add("--activation_checkpoint.mode", ac[m.recompute][0])
     if m.recompute == "selective":
         a.add("--activation_checkpoint.selective_ac_option", "op")
+    _modules_note(j, "torchtitan's op-level selective checkpointing")
     if j.dtype == "fp8":
         a.add("--model.converters", "quantize.linear.float8")
     elif j.dtype != "bf16":

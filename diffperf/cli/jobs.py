@@ -29,10 +29,12 @@ from ..model.train import train_step
 from ..specs.mapping import (
     ATTENTION_KERNELS,
     LORA_TARGETS,
+    RECOMPUTE_MODULES,
     Parallelism,
     Serving,
     check_mapping,
     check_serving,
+    recomputed_modules,
 )
 from ..specs.scheduler import Scheduler
 from ..specs.workload import Precision
@@ -295,6 +297,13 @@ def train_arguments(p):
     p.add_argument("--seq-len", type=_positive_int("--seq-len"))
     p.add_argument("--recompute", choices=("none", "selective", "full"), default="none")
     p.add_argument(
+        "--recompute-modules",
+        help="with --recompute selective: comma-separated modules to recompute, "
+        "Megatron-core's --recompute-modules names: "
+        + ", ".join(RECOMPUTE_MODULES)
+        + " (default core_attn)",
+    )
+    p.add_argument(
         "--sequence-parallel",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -330,6 +339,25 @@ def train_arguments(p):
         default="qkv,attn_out",
         help="comma-separated projections: " + ", ".join(LORA_TARGETS),
     )
+
+
+def _recompute_modules(args) -> tuple[str, ...]:
+    """The --recompute-modules names, checked (UsageError)."""
+    text = getattr(args, "recompute_modules", None)
+    if text is None:
+        return ()
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    bad = [t for t in names if t not in RECOMPUTE_MODULES]
+    if bad or not names:
+        raise UsageError(
+            f"--recompute-modules={text!r} must be comma-separated names among "
+            f"{', '.join(RECOMPUTE_MODULES)}"
+        )
+    if args.recompute != "selective":
+        raise UsageError(
+            f"--recompute-modules needs --recompute selective, not {args.recompute}"
+        )
+    return names
 
 
 def _finetune(args) -> dict:
@@ -679,6 +707,7 @@ def run_train(args) -> dict:
             "global_batch": float(mapping.batch()),
             "seq_len": float(mapping.tokens(model)),
             "recompute": args.recompute,
+            "recompute_modules": list(recomputed_modules(mapping)),
             "sequence_parallel": mapping.sequence_parallel,
             "zero": args.zero,
             "attention_kernel": args.attention_kernel,
@@ -727,6 +756,7 @@ def train_job(args):
         global_batch=args.global_batch or dp * args.microbatch,
         seq_len=args.seq_len or 0,
         recompute=args.recompute,
+        recompute_modules=_recompute_modules(args),
         sequence_parallel=sp,
         zero=args.zero,
         attention_kernel=args.attention_kernel,
