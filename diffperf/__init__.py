@@ -141,6 +141,7 @@ from .validation.run import read_measurements
 from .validation.run import validate_file as validate
 from .viz.plots import breakdown_bars, retrodict_balance, tornado
 from .viz.plots import roofline as roofline_plot
+from .viz.study import retrodict_study
 
 __version__ = "0.1.0"
 
@@ -189,6 +190,7 @@ __all__ = [
     "HIERARCHY_SERVE_STACK",
     # figures (matplotlib is imported when one is drawn)
     "tornado", "breakdown_bars", "roofline_plot", "retrodict_balance",
+    "retrodict_study",
     # pytree paths
     "get_leaf", "set_leaf", "scale_leaf", "leaf_paths",
 ]  # fmt: skip

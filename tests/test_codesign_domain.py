@@ -2,6 +2,8 @@
 scale-up bandwidth reaching every link the collectives use, and `dp.retrodict`
 (issue #13)."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -140,14 +142,20 @@ def test_retrodict_rejects_bad_input():
                      explain="train", **kw)  # fmt: skip
 
 
-def test_retrodict_second_stage_enumerates_the_domain():
-    r = dp.retrodict(
-        DGX_H100, NVL72, {"serve": _serve_job()}, chips={"serve": 1},
-        choices={"dies": [1]}, vary={"chip.flops_bf16": (1e14, 2e15)},
-        budgets={"power_w": 1200.0}, mix={"serve": 1.0},
-        process_leaves=("markup",), labels=("GB200", "H100"), steps=3, starts=1,
-        explain=None, then={"scale_up_size": [8, 72]},
-    )  # fmt: skip
+def test_retrodict_second_stage_enumerates_the_domain(tmp_path):
+    """Through `retrodict_study` (a config as an experiment's config.toml reads), which
+    also writes results.json and balance.png."""
+    cfg = dict(start="dgx_h100", reference="gb200_nvl72", reference_label="GB200",
+               start_label="H100", choices={"dies": [1]},
+               vary={"chip.flops_bf16": [1e14, 2e15]}, budgets={"power_w": 1200.0},
+               mix={"serve": 1.0}, process_leaves=["markup"], efficiency_leaves=[],
+               steps=3, starts=1, uncertainty=None,
+               then={"scale_up_size": [8, 72]})  # fmt: skip
+    r = dp.retrodict_study(cfg, {"serve": _serve_job()}, chips={"serve": 1},
+                           out_dir=tmp_path, progress=None, explain=None)  # fmt: skip
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["config"] == cfg and saved["robust"] == r["robust"]
+    assert (tmp_path / "balance.png").stat().st_size > 10_000
     then = r["jobs"]["serve"]["then"]
     assert [d["choices"]["scale_up_size"] for d in then["designs"]] == [8, 72]
     assert all(d["choices"]["dies"] == 1 for d in then["designs"])

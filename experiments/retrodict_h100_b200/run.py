@@ -11,15 +11,13 @@ for each combination; `dp.robust_design` then picks the best design for the 50/5
 training + serving mix among the per-job optima, nominally and on samples of the
 efficiency leaves. Each answer is compared with B200 leaf by leaf.
 
-The study is `dp.retrodict`; this file declares its chips, envelope, workloads and
-variables (with config.toml).
+The study is `dp.retrodict`, run by `dp.retrodict_study`; this file declares its
+chips, envelope, workloads and variables (with config.toml).
 
 Run: `.venv/bin/python experiments/retrodict_h100_b200/run.py` (about 5 minutes on
 2 cores). Writes results.json and balance.png next to this file.
 """
 
-import json
-import time
 import tomllib
 from pathlib import Path
 
@@ -27,8 +25,6 @@ import diffperf as dp
 
 HERE = Path(__file__).resolve().parent
 CFG = tomllib.loads((HERE / "config.toml").read_text())
-REF = CFG["reference_label"]
-START = CFG.get("start_label", f"{CFG['start']} (start)")
 
 
 def jobs() -> dict:
@@ -50,26 +46,13 @@ def jobs() -> dict:
 
 
 def main():
-    t0 = time.perf_counter()
-    r = dp.retrodict(
-        dp.load_hardware(CFG["start"]), dp.load_hardware(CFG["reference"]), jobs(),
+    r = dp.retrodict_study(
+        CFG,
+        jobs(),
         chips={"train": CFG["train"]["gpus"], "serve": CFG["serve"]["tp"]},
-        choices={k: [tuple(x) if isinstance(x, list) else x for x in v]
-                 for k, v in CFG["choices"].items()},
-        then=CFG.get("then"), vary={k: tuple(v) for k, v in CFG["vary"].items()},
-        budgets=CFG["budgets"], mix=CFG["mix"],
-        process_leaves=CFG["process_leaves"],
-        efficiency_leaves=CFG["efficiency_leaves"], labels=(REF, START),
-        steps=CFG["steps"], starts=CFG["starts"], uncertainty=CFG["uncertainty"],
-        progress=lambda s: print(s, flush=True),
-    )  # fmt: skip
-    results = {"config": CFG, **r, "seconds": time.perf_counter() - t0}
-    (HERE / "results.json").write_text(json.dumps(results, indent=1, default=float))
-    dp.retrodict_balance(
-        results, reference=REF, start=START, path=HERE / "balance.png",
-        title=f"{START} -> {REF} retrodiction: optimized balance vs {REF}",
-    )  # fmt: skip
-    print(f"{results['seconds']:.0f} s")
+        out_dir=HERE,
+    )
+    print(f"{r['seconds']:.0f} s")
 
 
 if __name__ == "__main__":
