@@ -17,7 +17,7 @@ demo: $(BIN)/diffperf
 # One pytest worker per CPU (pytest-xdist); a test file stays on one worker, so the
 # module-scoped fixtures (a validation report, an optimization) are computed once.
 test: $(BIN)/diffperf
-	$(BIN)/python -m pytest tests -n auto --dist loadfile; rc=$$?; \
+	$(BIN)/python -m pytest tests -n auto --dist loadfile --durations=25; rc=$$?; \
 	  [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 # Chromium and its WebDriver from Debian for tests/test_explore_browser.py (needs root;

@@ -9,6 +9,7 @@ the rules are in `io.names`). A hardware name's power limit and TPU slice are ap
 to the loaded spec (`io.systems`).
 """
 
+import copy
 import json
 import re
 import tomllib
@@ -75,30 +76,46 @@ class _Spec:
     aliases: tuple[str, ...]
 
 
+_PARSED: dict[Path, tuple[int, int, dict]] = {}
+
+
 def _read_toml(path: Path) -> dict:
+    """A TOML file's tables (a fresh copy; parsed once per file version).
+
+    Parsed tables are kept by path and re-read when the file's modification time or
+    size changes, so a validation over hundreds of rows parses each spec once.
+    """
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
+        st = Path(path).stat()
+        hit = _PARSED.get(Path(path))
+        if hit is None or hit[:2] != (st.st_mtime_ns, st.st_size):
+            with open(path, "rb") as f:
+                hit = (st.st_mtime_ns, st.st_size, tomllib.load(f))
+            _PARSED[Path(path)] = hit
+        return copy.deepcopy(hit[2])
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{path}: malformed TOML: {e}") from None
     except OSError as e:
         raise ValueError(f"{path}: cannot read: {e.strerror}") from None
 
 
-_CACHE: dict[tuple, dict[str, _Spec]] = {}
+_CACHE: dict[str, tuple[tuple, dict[str, _Spec]]] = {}
 
 
 def _registry(kind: str) -> dict[str, _Spec]:
+    """Stem → spec of the bundled files of a kind, rebuilt when a file changes.
+
+    One entry per kind: hardware and workload look-ups alternate in a validation.
+    """
     paths = sorted(spec_dir(kind).glob("*.toml"))
-    key = (kind, tuple((p, p.stat().st_mtime_ns) for p in paths))
-    if key not in _CACHE:
+    key = tuple((p, p.stat().st_mtime_ns) for p in paths)
+    if kind not in _CACHE or _CACHE[kind][0] != key:
         specs = {}
         for path in paths:
             meta = _read_toml(path).get("meta", {})
             specs[path.stem] = _Spec(path.stem, path, tuple(meta.get("aliases", ())))
-        _CACHE.clear()  # one entry per kind is enough; files changed
-        _CACHE[key] = specs
-    return _CACHE[key]
+        _CACHE[kind] = (key, specs)
+    return _CACHE[kind][1]
 
 
 def _is_path(name: str) -> bool:
