@@ -429,7 +429,28 @@ def load_hardware(
     return cluster
 
 
+_CLUSTERS: dict[tuple, tuple[tuple, Cluster]] = {}
+
+
 def _load_hardware_path(path: Path, stack: str | None = None) -> Cluster:
+    """The `Cluster` of a spec file; a bundled spec's is built once per version.
+
+    Clusters are immutable pytrees, so the same object is returned for a bundled
+    spec while no file under `hardware/` (specs, families, stacks) changes.
+    """
+    root = spec_dir("hardware")
+    if not Path(path).resolve().is_relative_to(root.resolve()):
+        return _build_cluster(path, stack)
+    version = tuple((p, p.stat().st_mtime_ns) for p in sorted(root.rglob("*.toml")))
+    key = (Path(path).resolve(), stack)
+    hit = _CLUSTERS.get(key)
+    if hit is None or hit[0] != version:
+        hit = (version, _build_cluster(path, stack))
+        _CLUSTERS[key] = hit
+    return hit[1]
+
+
+def _build_cluster(path: Path, stack: str | None = None) -> Cluster:
     data = _merged("hardware", path)
     _check_meta(data.get("meta", {}), path)
     stack = stack or default_stack(path)
