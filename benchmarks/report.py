@@ -335,6 +335,67 @@ def excluded_rows(kind: str = "inference") -> str:
     return head + "\n\n" + body
 
 
+def _signed(x: float) -> str:
+    return f"{100 * x:+.1f}%".replace("-", "−")
+
+
+def load_simulation() -> str:
+    """The load model's means against the engine simulation (load_vs_simulation)."""
+    res = load("experiments/load_vs_simulation/results.json")
+    cap = res["capacity"]
+    rows = [
+        [
+            f"Poisson {r['rate']:.1f} req/s ({100 * r['share']:.0f}% of the "
+            f"modelled capacity, {cap:.1f} req/s)",
+            _signed(r["ttft"]),
+            _signed(r["tpot"]),
+            _signed(r["e2e"]),
+            "",
+        ]
+        for r in res["open_loop"]
+    ]
+    for r in res["closed_loop"]:
+        what = f"{r['clients']} clients (output lengths ±50%)"
+        if r["saturated"]:
+            what = (
+                f"{r['clients']} clients (> {res['setup']['slots']} slots: "
+                f"{r['queue_max']} queue)"
+            )
+        rows.append(
+            [
+                what,
+                _signed(r["ttft"]),
+                _signed(r["tpot"]),
+                _signed(r["e2e"]),
+                _signed(r["throughput"]),
+            ]
+        )
+    head = table(["load", "TTFT", "TPOT", "e2e", "throughput"], rows, "lrrrr")
+    edge = table(
+        [
+            "rate (share of the modelled capacity)",
+            "simulated queue, max",
+            "simulated throughput",
+        ],
+        [
+            [
+                f"{r['rate']:.1f} req/s ({100 * r['share']:.0f}%)",
+                r["queue_max"],
+                f"{r['throughput']:.2f} req/s",
+            ]
+            for r in res["around_capacity"]
+        ],
+        "lrr",
+    )
+    note = (
+        f"`dp.max_request_rate` {cap:.2f} req/s; the simulated replica's throughput "
+        f"stops following the rate at {res['simulated_capacity']:.2f} req/s "
+        f"({_signed(cap / res['simulated_capacity'] - 1.0)}); "
+        f"{res['setup']['requests']} requests per open-loop point."
+    )
+    return "\n\n".join([head, edge, note])  # fmt: skip
+
+
 def _heldout(rel: str, column: str) -> str:
     res = load(rel)
     rows = res["rows"]
@@ -510,6 +571,7 @@ BLOCKS = {
         ),
         "heldout-inference": lambda: _heldout(H + "results_inference.json", "held-out"),
         "peers": peers,
+        "load-simulation": load_simulation,
         "fidelity": fidelity,
         "hierarchy-training": hierarchy_headline,
         "hierarchy-training-levels": hierarchy_levels,

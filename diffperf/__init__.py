@@ -137,6 +137,8 @@ from .validation.calibration import (
     rows_by_device,
 )
 from .validation.common import model_family, short_source
+from .validation.engine_sim import simulate as simulate_engine
+from .validation.engine_sim import step_table as engine_step_table
 from .validation.run import read_measurements
 from .validation.run import validate_file as validate
 from .viz.plots import breakdown_bars, retrodict_balance, tornado
@@ -163,6 +165,7 @@ __all__ = [
     "PhaseBreakdown", "serve", "ServeResult", "continuous_batching", "disaggregated",
     "Disaggregation", "speculative_tpot", "mixed_step", "serve_load", "LoadResult",
     "max_request_rate", "mlperf_server", "draft_model", "collective_time",
+    "simulate_engine", "engine_step_table",
     "scale_out_bytes", "train_trace", "infer_trace", "roofline_points",
     # economics
     "die_area", "chip_cost", "chip_price", "chip_tdp", "capex_per_chip",

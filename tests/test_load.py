@@ -1,9 +1,10 @@
 """The load models against a discrete-event simulation of the same scheduler.
 
-The reference (`tests/serving_des.py`) simulates the engine step by step with step
-times from the same phase model (`load.step_time` tabulated on a fine (D, P) grid and
-interpolated), so the comparison tests the queueing analysis, not the step costs.
-Grid: Llama-3-8B on one H100, 1024 prompt / 128 output tokens, vLLM-like limits.
+The reference (`diffperf/validation/engine_sim.py`) simulates the engine step by
+step with step times from the same phase model (`load.step_time` tabulated on a fine
+(D, P) grid and interpolated), so the comparison tests the queueing analysis, not the
+step costs. Grid: Llama-3-8B on one H100, 1024 prompt / 128 output tokens, vLLM-like
+limits.
 """
 
 import dataclasses
@@ -16,9 +17,8 @@ import numpy as np
 import pytest
 
 import diffperf as dp
-from diffperf.model.load import capacity, served, step_time
-
-from .serving_des import bilinear, simulate
+from diffperf.model.load import capacity, served
+from diffperf.validation.engine_sim import simulate, step_table
 
 HW = dp.load_hardware("h100_sxm", stack="trtllm")  # a serving engine's host costs
 MODEL = dp.load_workload("llama3_8b")
@@ -34,13 +34,7 @@ TOL = 0.05  # the issue's bound on the means below saturation
 @pytest.fixture(scope="module")
 def des_step_time():
     """The phase model's step time on a fine (D, P) grid, for the simulation."""
-    d = np.unique(np.concatenate([[0.0], np.geomspace(1, 1.2 * SLOTS, 40)]))
-    p = np.unique(np.concatenate([[0.0], np.geomspace(8, BUDGET, 60)]))
-    one = lambda dd, pp: step_time(HW, MODEL, SERVING, dd, pp)  # noqa: E731
-    table = jax.jit(jax.vmap(jax.vmap(one, (None, 0)), (0, None)))(
-        jnp.asarray(d), jnp.asarray(p)
-    )
-    return bilinear(d, p, np.asarray(table))
+    return step_table(HW, MODEL, SERVING, max_batch=SLOTS, budget=BUDGET)
 
 
 CAPACITY = 26.26  # requests/s: dp.max_request_rate of this replica (checked below)

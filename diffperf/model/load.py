@@ -41,8 +41,8 @@ requests queue, W = (N − B)/X (Little).
 
 **Synchronized waves** (`phases="synchronized"`). Benchmark tools start their N
 clients together, and with fixed S_in and S_out the clients stay in waves (the
-simulation in `tests/serving_des.py` reproduces them; AIConfigurator's measured TTFT
-grows about linearly with N). A wave holds n = min(N, B) requests whose prompts all
+simulation in `validation/engine_sim.py` reproduces them; AIConfigurator's measured
+TTFT grows about linearly with N). A wave holds n = min(N, B) requests whose prompts all
 arrive at one step boundary and are prefilled in arrival order, C = a·min(budget,
 max_tokens_per_step − n/(2a)) prompt tokens per step (a attention ranks, each with
 its own scheduler; the decodes riding beside the chunks take their tokens). Request i
@@ -662,8 +662,8 @@ def _rolling_ttft(t, n, c, s_in):
 
         TTFT_roll = ⌈S_in/C⌉ · t(n − g, min(g·S_in, C))   [s]
 
-    An upper estimate: in the simulation (`tests/serving_des.py`, mixed steps, fixed
-    lengths) the decodes take a few tokens from each step's budget, groups split
+    An upper estimate: in the simulation (`validation/engine_sim.py`, mixed steps,
+    fixed lengths) the decodes take a few tokens from each step's budget, groups split
     across steps, and the smaller groups' steps are shorter: its steady-state TTFT is
     0.8-0.95 of this at 16-200 clients (`tests/test_load.py`).
     """

@@ -1,4 +1,7 @@
-"""A discrete-event simulation of an LLM serving engine's scheduler (test reference).
+"""A discrete-event simulation of an LLM serving engine's scheduler.
+
+The reference the load model (`model.load`) is checked against (`tests/test_load.py`,
+`experiments/load_vs_simulation`); `dp.simulate_engine` and `dp.engine_step_table`.
 
 Pure Python/numpy, deterministic for a seed. One event is one engine step, as in vLLM
 (V1), TensorRT-LLM in-flight batching and SGLang:
@@ -28,7 +31,32 @@ import heapq
 
 import numpy as np
 
-__all__ = ["simulate", "bilinear"]
+__all__ = ["simulate", "bilinear", "step_table"]
+
+
+def step_table(cluster, model, serving, *, max_batch: int, budget: int):
+    """The phase model's engine step time t(D, P) [s] for the simulation.
+
+    `model.load.step_time` (D decodes beside P prompt tokens in one step) evaluated
+    once on a fine grid, D in {0} ∪ geomspace(1, 1.2·max_batch, 40) and P in {0} ∪
+    geomspace(8, budget, 60), and interpolated bilinearly (`bilinear`): the simulation
+    then tests the queueing analysis, not the step costs.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from ..model.load import step_time
+
+    d = np.unique(np.concatenate([[0.0], np.geomspace(1, 1.2 * max_batch, 40)]))
+    p = np.unique(np.concatenate([[0.0], np.geomspace(8, budget, 60)]))
+
+    def one(dd, pp):
+        return step_time(cluster, model, serving, dd, pp)
+
+    table = jax.jit(jax.vmap(jax.vmap(one, (None, 0)), (0, None)))(
+        jnp.asarray(d), jnp.asarray(p)
+    )
+    return bilinear(d, p, np.asarray(table))
 
 
 def bilinear(d_grid, p_grid, table):
