@@ -404,7 +404,12 @@ def infer_arguments(p):
         help="weights and math (default: the checkpoint's format when the model "
         "name states one, e.g. ...-FP8, else bf16)",
     )
-    p.add_argument("--kv-dtype", choices=DTYPES, help="KV cache (default: --dtype)")
+    p.add_argument(
+        "--kv-dtype",
+        choices=DTYPES,
+        help="KV cache (default: the checkpoint's, e.g. fp8 for nvidia/...-FP8 "
+        "and -FP4, else --dtype)",
+    )
     _set_argument(p)
     p.add_argument(
         "--graphs", action="store_true", help="decode steps replayed as CUDA graphs"
@@ -866,13 +871,14 @@ def infer_job(args):
     cluster = with_leaves(io.load_hardware(args.hardware, stack=stack), args.set)
     context = args.input_len + args.output_len
     model = io.load_workload(args.model, architecture_flags(args, context))
+    try:
+        found = io.resolve_workload(args.model)
+    except ValueError:
+        found = None
     if args.dtype is None:  # the checkpoint's format, as its name states (...-FP8)
-        try:
-            hint = io.resolve_workload(args.model).precision
-        except ValueError:
-            hint = None
-        args.dtype = hint or "bf16"
-    kv = args.kv_dtype or args.dtype
+        args.dtype = (found and found.precision) or "bf16"
+    # the KV cache: --kv-dtype, else the checkpoint's (ModelOpt: fp8), else --dtype
+    kv = args.kv_dtype or (found and found.kv_cache) or args.dtype
     math_dtype = args.dtype if args.dtype not in ("int4",) else "bf16"
     prec = Precision(math=math_dtype, weights=args.dtype, kv_cache=kv)
     model = with_precision(model, prec)

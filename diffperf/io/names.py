@@ -490,6 +490,11 @@ class WorkloadName:
         how: "alias", "parsed" or "path".
         precision: the weights' format a quantized checkpoint's name states ("fp8",
             "fp4", "int4", "int8"), else None.
+        kv_cache: the KV-cache format the checkpoint sets, else None: NVIDIA's
+            ModelOpt FP8 and NVFP4 checkpoints (`nvidia/...-FP8`, `-FP4`) write
+            `kv_cache_quant_algo: FP8` into their `hf_quant_config.json`
+            (TensorRT-Model-Optimizer's export), and the engines' default KV dtype
+            ("auto" in TensorRT-LLM, vLLM and SGLang) follows it.
         finetune: "lora" or "sft" when the name says so, else None.
         variants: bracketed variants of a benchmark row ("tokendrop", "mtp", ...).
         ignored: words that were dropped (organisation, chat/instruct suffixes, ...).
@@ -499,6 +504,7 @@ class WorkloadName:
     spec: str
     how: str
     precision: str | None = None
+    kv_cache: str | None = None
     finetune: str | None = None
     variants: tuple[str, ...] = ()
     ignored: tuple[str, ...] = field(default=())
@@ -529,6 +535,7 @@ def parse_workload(
         return WorkloadName(text, table[normalize(text)], "alias")
     low = text.strip().lower()
     ignored = []
+    org = None
     if re.fullmatch(r"[\w.\-]+/[\w.\-]+", low):  # a Hugging Face id: org/name
         org, low = low.split("/")
         ignored.append(org)
@@ -553,7 +560,8 @@ def parse_workload(
             ignored.append(w)
         elif w:
             kept.append(w)
-    out = dict(precision=precision, finetune=finetune, variants=variants)
+    kv = "fp8" if org == "nvidia" and precision in ("fp8", "fp4") else None
+    out = dict(precision=precision, kv_cache=kv, finetune=finetune, variants=variants)
     key = normalize(" ".join(kept))
     if key in table:
         return WorkloadName(text, table[key], "parsed", ignored=tuple(ignored), **out)

@@ -39,6 +39,7 @@ import math
 import re
 
 from ..model.load import capacity, mlperf_server, served
+from ..model.serving import kv_capacity
 from ..specs.scheduler import Scheduler
 from .common import throughput_scope
 
@@ -50,6 +51,8 @@ __all__ = [
     "benchmark_limits",
     "model_text",
     "scheduler_for",
+    "in_flight",
+    "bench_scheduler",
     "replica_value",
     "with_server_rates",
 ]
@@ -133,14 +136,69 @@ def scheduler_for(framework: str) -> Scheduler:
     return Scheduler(reserved_output=1.0 if trt else 0.5)
 
 
-def replica_value(cluster, model, serving, metric: str, row: dict, spec, replicas):
+def in_flight(framework: str) -> bool:
+    """Whether this framework's throughput tables batch in flight, not statically.
+
+    In-flight (continuous) batching with every request queued at once.
+    TensorRT-LLM's performance tables changed methodology in v0.10 ("to utilize
+    in-flight batching and no longer utilize static benchmarking", `trtllm-bench
+    throughput`: "an offline maximum throughput scenario such that all requests are
+    queued in rapid succession"; docs/source/performance/perf-overview.md); vLLM's
+    and SGLang's offline benchmarks batch continuously as well.
+    """
+    f = framework.lower()
+    if any(k in f for k in ("vllm", "sglang", "trtllm-bench")):
+        return True
+    m = re.search(r"(?:tensorrt-llm|trt-llm)\D{0,4}(\d+)\.(\d+)", f)
+    return m is not None and (int(m[1]), int(m[2])) >= (0, 10)
+
+
+def bench_scheduler(framework: str, cluster, model, serving) -> Scheduler:
+    """The scheduler limits an offline benchmark of `framework` runs with.
+
+    `trtllm-bench` (TensorRT-LLM in-flight tables) sizes the engine from the KV cache
+    (`tensorrt_llm/bench/build/tuning.py`, `calc_engine_setting`/`finetune_setting`):
+    R = the requests of S_in + S_out tokens the KV cache holds, raw batch b =
+    min(R, 4096)/pp and raw tokens n = min(b·(1 + S_in/S_out), 32768);
+    max_batch_size = max(64, 32⌈b/32⌉) below 256, 128⌈b/128⌉ below 1024, else
+    256⌈b/256⌉; max_num_tokens = max(2048, 256⌈n/256⌉) below 4096, 512⌈n/512⌉ below
+    8192, else 1024⌈n/1024⌉; whole prompts per step (no chunked prefill by default).
+    Other engines: `scheduler_for` (their defaults).
+    """
+    sched = scheduler_for(framework)
+    f = framework.lower()
+    if not ("tensorrt" in f or "trt-llm" in f or "trtllm" in f):
+        return sched
+    s_in, s_out = float(serving.input_len), float(serving.output_len)
+    held = kv_capacity(cluster, model, serving, serving.input_len + serving.output_len)
+    raw_bs = min(float(held), 4096.0) / float(serving.pp)
+    raw_tok = min(raw_bs * (1.0 + s_in / s_out), 32768.0)
+    if raw_bs < 256:
+        bs = max(64.0, 32.0 * math.ceil(raw_bs / 32))
+    else:
+        step = 128.0 if raw_bs < 1024 else 256.0
+        bs = step * math.ceil(raw_bs / step)
+    if raw_tok < 4096:
+        tok = max(2048.0, 256.0 * math.ceil(raw_tok / 256))
+    else:
+        step = 512.0 if raw_tok < 8192 else 1024.0
+        tok = step * math.ceil(raw_tok / step)
+    return Scheduler(max_batch=bs, max_tokens_per_step=tok,
+                     chunked_prefill_budget=tok, reserved_output=1.0)  # fmt: skip
+
+
+def replica_value(
+    cluster, model, serving, metric: str, row: dict, spec, replicas, scheduler=None
+):
     """One replica's value of an MLPerf metric (SI: tokens/s, queries/s or s).
+
+    `scheduler` overrides the engine's default limits (`scheduler_for`).
 
     Throughputs are per replica; latencies at the system rate / `replicas`. Returns
     (value, note) with note None, or a reason when the model saturates at the row's
     rate (a miss to score, not a refusal).
     """
-    sched = scheduler_for(row.get("framework", ""))
+    sched = scheduler or scheduler_for(row.get("framework", ""))
     s_out = float(serving.output_len)
     per_query = s_out if metric.endswith("tokens_per_s") else 1.0
     if metric.startswith("offline_"):

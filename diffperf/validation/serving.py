@@ -16,6 +16,10 @@ model, and compared on its metric:
 | | replicas of `num_gpus` |
 | offline_tokens_per_s, offline_samples_per_s | MLPerf Offline: the saturated rate of |
 | | the load model (`validation.mlperf`) |
+| output_throughput, total_output_throughput | the same Offline rate when the row |
+| without a batch, of an in-flight batching | has no batch and its engine batches |
+| engine (`mlperf.in_flight`) | continuously (TensorRT-LLM ≥ 0.10, trtllm-bench, vLLM, |
+| | SGLang), under the benchmark's limits (`mlperf.bench_scheduler`) |
 | server_completed_tokens_per_s, _samples_per_s | MLPerf Server/Interactive: the |
 | | largest Poisson rate meeting the p99 limits |
 | server_ttft_mean, _p99, server_tpot_mean, _p99 | the load model at the run's rate |
@@ -38,7 +42,9 @@ miss: predicted zero throughput (APE 1) or, for a latency, APE 1. C++ runtimes
 (TensorRT-LLM, FasterTransformer) are taken to hide per-kernel CPU launch cost
 (`graphs=True`); Python engines (vLLM) not. Benchmarks that ran past a model's trained
 context (GPT-J at 2048 + 2048 tokens) are costed at the context they ran. A blank
-`dtype` takes the format a quantized checkpoint's name states (`...-FP8`), else bf16.
+`dtype` takes the format a quantized checkpoint's name states (`...-FP8`), else bf16;
+the KV cache is bf16 unless the dtype says otherwise (`fp8 kv`) or the checkpoint sets
+it (NVIDIA's ModelOpt `nvidia/...-FP8` and `-FP4` checkpoints: fp8, `io.names`).
 """
 
 import math
@@ -123,6 +129,13 @@ def predict_infer_row(row: dict, *, fidelity: str = "detailed") -> dict:
             raise ValueError(f"unit {unit!r} of {metric} must be a rate per second")
     if metric in mlperf.METRICS:
         return _predict_mlperf(row, metric, unit)
+    if (
+        metric in ("output_throughput", *_MAX_LOAD)
+        and not row.get("batch", "").strip()
+        and mlperf.in_flight(row.get("framework", ""))
+    ):  # an in-flight batching table: every request queued at once (Offline)
+        out = _predict_mlperf(row, "offline_tokens_per_s", unit, bench=True)
+        return out | dict(metric=metric, scenario="offline (in-flight batching)")
     cluster, model, serving, names = resolve_infer_row(row, with_names=True)
     measured = _measured_value(row)
     out = _resolved(metric, measured, cluster, model, names)
@@ -169,8 +182,12 @@ def _scoped(row: dict, cluster, serving, per_replica: float) -> float:
             "replica": per_replica, "system": total}[scope]  # fmt: skip
 
 
-def _predict_mlperf(row: dict, metric: str, unit: str) -> dict:
-    """An MLPerf Offline/Server/Interactive row (`validation.mlperf`)."""
+def _predict_mlperf(row: dict, metric: str, unit: str, bench: bool = False) -> dict:
+    """An MLPerf Offline/Server/Interactive row (`validation.mlperf`).
+
+    `bench`: an engine's own offline benchmark, under its limits
+    (`mlperf.bench_scheduler`), not the engine defaults of an MLPerf submission.
+    """
     for key in ("input_len", "output_len"):
         if not number(row, key):
             raise ValueError(
@@ -182,8 +199,12 @@ def _predict_mlperf(row: dict, metric: str, unit: str) -> dict:
     measured = _measured_value(row)
     spec = (names["model"] or {}).get("spec")
     replicas = number(row, "num_gpus", 1.0) / float(serving.chips)
+    sched = None
+    if bench:
+        framework = row.get("framework", "")
+        sched = mlperf.bench_scheduler(framework, cluster, model, serving)
     value, miss = mlperf.replica_value(
-        cluster, model, serving, metric, row, spec, replicas
+        cluster, model, serving, metric, row, spec, replicas, scheduler=sched
     )
     if metric in mlperf.LATENCY_METRICS:
         predicted = _time_scale(unit) * value
@@ -214,7 +235,12 @@ def resolve_infer_row(row: dict, *, with_names: bool = False):
     dtype = row.get("dtype", "")
     if not dtype.strip() and found and found.precision:
         dtype = found.precision
-    model = eqx.tree_at(lambda m: m.precision, model, _precision(dtype))
+    prec = _precision(dtype)
+    sets_kv = found and found.kv_cache and "kv" not in dtype.lower()
+    if sets_kv and prec.weights != "bf16":
+        # a quantized checkpoint that sets its KV cache (`io.names.WorkloadName`)
+        prec = Precision(math=prec.math, weights=prec.weights, kv_cache=found.kv_cache)
+    model = eqx.tree_at(lambda m: m.precision, model, prec)
     gpus = int(number(row, "num_gpus", 1))
     tp = number(row, "tp") or gpus / (number(row, "pp") or 1)
     framework = row.get("framework", "").lower()
