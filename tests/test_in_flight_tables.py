@@ -76,8 +76,13 @@ def test_rows_without_a_batch_from_in_flight_engines_run_offline():
     # a static-batch table (TensorRT-LLM before v0.10) keeps the largest static batch
     static = predict_infer_row(_row(framework="TensorRT-LLM v0.6.1"))
     assert "scenario" not in static and static["predicted"] > 0
-    # the bf16 KV cache of another checkpoint holds half the requests: less output
-    bf16_kv = predict_infer_row(_row(model="Llama-3.1-8B", dtype="fp8"))
+    # TensorRT-LLM's fp8 rows are ModelOpt checkpoints: the same fp8 KV cache
+    named = predict_infer_row(_row(model="Llama 3.1 8B", dtype="fp8"))
+    assert named["predicted"] == pytest.approx(fp8_kv["predicted"], rel=1e-6)
+    # a bf16 KV cache (vLLM's default for other fp8 checkpoints) holds half the
+    # requests: less output
+    bf16_kv = predict_infer_row(_row(model="Llama-3.1-8B", dtype="fp8",
+                                     framework="vLLM 0.8"))  # fmt: skip
     assert bf16_kv["predicted"] < 0.8 * fp8_kv["predicted"]
     # pipeline stages keep microbatches in flight: PP2 on two GPUs beats one GPU
     pp2 = predict_infer_row(_row(num_gpus="2", pp="2"))

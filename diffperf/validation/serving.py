@@ -44,7 +44,8 @@ miss: predicted zero throughput (APE 1) or, for a latency, APE 1. C++ runtimes
 context (GPT-J at 2048 + 2048 tokens) are costed at the context they ran. A blank
 `dtype` takes the format a quantized checkpoint's name states (`...-FP8`), else bf16;
 the KV cache is bf16 unless the dtype says otherwise (`fp8 kv`) or the checkpoint sets
-it (NVIDIA's ModelOpt `nvidia/...-FP8` and `-FP4` checkpoints: fp8, `io.names`).
+it (NVIDIA's ModelOpt `nvidia/...-FP8` and `-FP4` checkpoints: fp8, `io.names`; fp8
+and fp4 rows of TensorRT-LLM v0.10 on, which serves ModelOpt checkpoints: `_modelopt`).
 """
 
 import math
@@ -236,10 +237,12 @@ def resolve_infer_row(row: dict, *, with_names: bool = False):
     if not dtype.strip() and found and found.precision:
         dtype = found.precision
     prec = _precision(dtype)
-    sets_kv = found and found.kv_cache and "kv" not in dtype.lower()
-    if sets_kv and prec.weights != "bf16":
+    kv = found.kv_cache if found else None
+    if kv is None and prec.weights in ("fp8", "fp4") and _modelopt(row):
+        kv = "fp8"
+    if kv and "kv" not in dtype.lower() and prec.weights != "bf16":
         # a quantized checkpoint that sets its KV cache (`io.names.WorkloadName`)
-        prec = Precision(math=prec.math, weights=prec.weights, kv_cache=found.kv_cache)
+        prec = Precision(math=prec.math, weights=prec.weights, kv_cache=kv)
     model = eqx.tree_at(lambda m: m.precision, model, prec)
     gpus = int(number(row, "num_gpus", 1))
     tp = number(row, "tp") or gpus / (number(row, "pp") or 1)
@@ -265,6 +268,18 @@ def resolve_infer_row(row: dict, *, with_names: bool = False):
         stack=row_stack(row, "serving"),
     )
     return (cluster, model, serving, names) if with_names else (cluster, model, serving)
+
+
+def _modelopt(row: dict) -> bool:
+    """Whether a row's fp8/fp4 weights come from an NVIDIA ModelOpt checkpoint.
+
+    TensorRT-LLM with in-flight batching (v0.10 on) serves fp8 and fp4 weights from
+    ModelOpt checkpoints (its documented quantization path, and the models of its
+    performance tables), which set an fp8 KV cache.
+    """
+    framework = row.get("framework", "").lower()
+    trt = any(k in framework for k in ("tensorrt", "trt-llm", "trtllm"))
+    return trt and mlperf.in_flight(framework)
 
 
 def _predict_op_row(row: dict, metric: str, fidelity: str) -> dict:
