@@ -65,7 +65,13 @@ def test_trtllm_bench_limits_follow_its_tuning_heuristic():
     tokens = min(raw * (1 + 128 / 2048), 32768.0)
     assert float(s.max_tokens_per_step) == max(2048.0, 256 * math.ceil(tokens / 256))
     assert float(s.reserved_output) == 1.0
-    other = mlperf.bench_scheduler("vLLM 0.8", cluster, model, serving)
+    vllm = mlperf.bench_scheduler("vLLM 0.8", cluster, model, serving)
+    assert (float(vllm.max_batch), float(vllm.max_tokens_per_step)) == (1024, 16384)
+    assert float(vllm.reserved_output) == 0.5  # pages as tokens come
+    a100 = dp.load_hardware("a100_sxm4_80gb")
+    small = mlperf.bench_scheduler("vLLM 0.8", a100, model, serving)
+    assert (float(small.max_batch), float(small.max_tokens_per_step)) == (256, 8192)
+    other = mlperf.bench_scheduler("SGLang 0.4", cluster, model, serving)
     assert float(other.max_batch) == float(dp.Scheduler().max_batch)
 
 

@@ -163,10 +163,21 @@ def bench_scheduler(framework: str, cluster, model, serving) -> Scheduler:
     max_batch_size = max(64, 32⌈b/32⌉) below 256, 128⌈b/128⌉ below 1024, else
     256⌈b/256⌉; max_num_tokens = max(2048, 256⌈n/256⌉) below 4096, 512⌈n/512⌉ below
     8192, else 1024⌈n/1024⌉; whole prompts per step (no chunked prefill by default).
-    Other engines: `scheduler_for` (their defaults).
+    vLLM's offline benchmark (the `LLM` class, `vllm bench throughput`) takes the V1
+    engine's batch defaults for that usage context (`EngineArgs.get_batch_defaults`,
+    vllm/engine/arg_utils.py): 1024 sequences and 16384 tokens per step on GPUs with
+    at least 70 GiB that are not A100s, else 256 and 8192. Other engines:
+    `scheduler_for` (their defaults).
     """
     sched = scheduler_for(framework)
     f = framework.lower()
+    if "vllm" in f:
+        big = float(cluster.chip.hbm_capacity) >= 70 * 2**30
+        big = big and "a100" not in cluster.name.lower()
+        return Scheduler(max_batch=1024.0 if big else 256.0,
+                         max_tokens_per_step=16384.0 if big else 8192.0,
+                         chunked_prefill_budget=16384.0 if big else 8192.0,
+                         reserved_output=float(sched.reserved_output))  # fmt: skip
     if not ("tensorrt" in f or "trt-llm" in f or "trtllm" in f):
         return sched
     s_in, s_out = float(serving.input_len), float(serving.output_len)
