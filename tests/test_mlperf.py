@@ -63,12 +63,15 @@ def report():
 
 @pytest.fixture(scope="module")
 def replica():
-    """The replica of the rows: Llama 3.1 8B fp8 on one H100, TensorRT-LLM admission."""
+    """The replica of the rows: Llama 3.1 8B fp8 on one H100, TensorRT-LLM's engine."""
     row = BASE | dict(batch="1")
     from diffperf.validation.serving import resolve_infer_row
 
-    cluster, model, serving = resolve_infer_row(row)
-    return cluster, model, serving, mlperf.scheduler_for("TensorRT-LLM")
+    cluster, model, serving = resolve_infer_row(row | dict(metric=ROWS[0]["metric"]))
+    assert model.precision.kv_cache == "fp8"  # TensorRT-LLM serves ModelOpt fp8
+    sched = mlperf.bench_scheduler("TensorRT-LLM", cluster, model, serving)
+    assert float(sched.max_batch) > 256  # sized by the KV cache, as trtllm-bench
+    return cluster, model, serving, sched
 
 
 def _result(report, i):

@@ -30,9 +30,13 @@ queries/s), else the same run's `server_completed_samples_per_s` row (or
 else the model's own Server rate. `input_len` and `output_len` are the dataset's mean
 tokens per query (the load model runs fixed lengths at those means).
 
-Engine: the default limits of `specs.scheduler.Scheduler`, with KV admission by
-engine: TensorRT-LLM reserves S_in + S_out tokens per request at admission, other
-engines hold S_in + S_out/2 on average (as `validation.aiconfigurator`).
+Engine: sized as its own offline benchmark sizes it (`bench_scheduler`: TensorRT-LLM
+as many requests as the KV cache holds, up to 4096, as `trtllm-bench` does; vLLM its
+offline batch defaults; others the defaults of `specs.scheduler.Scheduler`), with KV
+admission by engine: TensorRT-LLM reserves S_in + S_out tokens per request at
+admission, other engines hold S_in + S_out/2 on average (as
+`validation.aiconfigurator`). Submissions tune their engines for the benchmark; the
+KV-limited batch is that tuning's aim.
 """
 
 import math

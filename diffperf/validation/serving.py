@@ -135,7 +135,7 @@ def predict_infer_row(row: dict, *, fidelity: str = "detailed") -> dict:
         and not row.get("batch", "").strip()
         and mlperf.in_flight(row.get("framework", ""))
     ):  # an in-flight batching table: every request queued at once (Offline)
-        out = _predict_mlperf(row, "offline_tokens_per_s", unit, bench=True)
+        out = _predict_mlperf(row, "offline_tokens_per_s", unit)
         return out | dict(metric=metric, scenario="offline (in-flight batching)")
     cluster, model, serving, names = resolve_infer_row(row, with_names=True)
     measured = _measured_value(row)
@@ -183,11 +183,11 @@ def _scoped(row: dict, cluster, serving, per_replica: float) -> float:
             "replica": per_replica, "system": total}[scope]  # fmt: skip
 
 
-def _predict_mlperf(row: dict, metric: str, unit: str, bench: bool = False) -> dict:
-    """An MLPerf Offline/Server/Interactive row (`validation.mlperf`).
+def _predict_mlperf(row: dict, metric: str, unit: str) -> dict:
+    """An MLPerf Offline/Server/Interactive row, or an engine's own offline table.
 
-    `bench`: an engine's own offline benchmark, under its limits
-    (`mlperf.bench_scheduler`), not the engine defaults of an MLPerf submission.
+    `validation.mlperf`; the engine is sized as its offline benchmark sizes it
+    (`mlperf.bench_scheduler`).
     """
     for key in ("input_len", "output_len"):
         if not number(row, key):
@@ -200,10 +200,8 @@ def _predict_mlperf(row: dict, metric: str, unit: str, bench: bool = False) -> d
     measured = _measured_value(row)
     spec = (names["model"] or {}).get("spec")
     replicas = number(row, "num_gpus", 1.0) / float(serving.chips)
-    sched = None
-    if bench:
-        framework = row.get("framework", "")
-        sched = mlperf.bench_scheduler(framework, cluster, model, serving)
+    framework = row.get("framework", "")
+    sched = mlperf.bench_scheduler(framework, cluster, model, serving)
     value, miss = mlperf.replica_value(
         cluster, model, serving, metric, row, spec, replicas, scheduler=sched
     )
@@ -273,13 +271,15 @@ def resolve_infer_row(row: dict, *, with_names: bool = False):
 def _modelopt(row: dict) -> bool:
     """Whether a row's fp8/fp4 weights come from an NVIDIA ModelOpt checkpoint.
 
-    TensorRT-LLM with in-flight batching (v0.10 on) serves fp8 and fp4 weights from
-    ModelOpt checkpoints (its documented quantization path, and the models of its
-    performance tables), which set an fp8 KV cache.
+    TensorRT-LLM with in-flight batching (v0.10 on, and in NVIDIA's MLPerf Inference
+    submissions) serves fp8 and fp4 weights from ModelOpt checkpoints (its documented
+    quantization path, and the models of its performance tables), which set an fp8 KV
+    cache.
     """
     framework = row.get("framework", "").lower()
     trt = any(k in framework for k in ("tensorrt", "trt-llm", "trtllm"))
-    return trt and mlperf.in_flight(framework)
+    mlperf_row = row.get("metric", "").strip() in mlperf.METRICS
+    return trt and (mlperf.in_flight(framework) or mlperf_row)
 
 
 def _predict_op_row(row: dict, metric: str, fidelity: str) -> dict:
