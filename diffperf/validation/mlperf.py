@@ -166,7 +166,8 @@ def bench_scheduler(framework: str, cluster, model, serving) -> Scheduler:
     min(R, 4096)/pp and raw tokens n = min(b·(1 + S_in/S_out), 32768);
     max_batch_size = max(64, 32⌈b/32⌉) below 256, 128⌈b/128⌉ below 1024, else
     256⌈b/256⌉; max_num_tokens = max(2048, 256⌈n/256⌉) below 4096, 512⌈n/512⌉ below
-    8192, else 1024⌈n/1024⌉; whole prompts per step (no chunked prefill by default).
+    8192, else 1024⌈n/1024⌉, prompts chunked in the budget the decodes leave; the
+    batch stays below the token budget (the rounding can make them equal: 128/2048).
     vLLM's offline benchmark (the `LLM` class, `vllm bench throughput`) takes the V1
     engine's batch defaults for that usage context (`EngineArgs.get_batch_defaults`,
     vllm/engine/arg_utils.py): 1024 sequences and 16384 tokens per step on GPUs with
@@ -198,6 +199,10 @@ def bench_scheduler(framework: str, cluster, model, serving) -> Scheduler:
     else:
         step = 512.0 if raw_tok < 8192 else 1024.0
         tok = step * math.ceil(raw_tok / step)
+    # a step holds at most max_num_tokens tokens, decodes first: the batch stays
+    # below it (the load model then splits each step's budget between decodes and
+    # prompt chunks, `model.load`)
+    bs = min(bs, tok - 1.0)
     return Scheduler(max_batch=bs, max_tokens_per_step=tok,
                      chunked_prefill_budget=tok, reserved_output=1.0)  # fmt: skip
 
