@@ -152,6 +152,28 @@ def test_mixed_step_attention_is_decode_plus_prompt_prefill():
     assert float(cb["ttft"]) >= float(cb["tpot"])  # at least one step
 
 
+def test_graphs_replay_decode_steps_only_prompt_steps_launch_from_the_host():
+    """`Serving.graphs` removes the CPU launch time of decode steps; a prefill, or a
+    mixed step with prompt tokens, is launched kernel by kernel (engines capture
+    decode batches only): a short prompt of an MoE model with many kernels per layer
+    is bound by the launches (host_stall > 0), its decode step is not, and an empty
+    prompt share leaves a mixed step graphed."""
+    from diffperf.model.phases import mixed_step
+
+    hw = dp.load_hardware("b200", stack="trtllm")  # an engine's host costs
+    moe = dp.load_workload("gpt_oss_120b")
+    s = dp.Serving(tp=8, batch=1, input_len=256, output_len=64, graphs=True)
+    eager = dp.Serving(tp=8, batch=1, input_len=256, output_len=64, graphs=False)
+    pre = dp.prefill(hw, moe, s)
+    assert float(pre.host_stall) > 0.0
+    assert float(pre.total) == pytest.approx(float(dp.prefill(hw, moe, eager).total))
+    assert float(dp.decode_step(hw, moe, s).host_stall) == 0.0
+    assert float(dp.decode_step(hw, moe, eager).host_stall) > 0.0
+    dec_only = mixed_step(hw, moe, s, decodes=8.0, prefill_tokens=0.0)
+    with_prompt = mixed_step(hw, moe, s, decodes=8.0, prefill_tokens=256.0)
+    assert float(dec_only.host_stall) == 0.0 < float(with_prompt.host_stall)
+
+
 def test_cli_speculative(capsys):
     import json
 

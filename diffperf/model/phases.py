@@ -13,6 +13,14 @@ S_out generated tokens. Each phase is a forward pass of the representative layer
               + logits + (p − 1)·p2p                                              [s]
     t_host  = L·ops·δ (CPU launch time; 0 when the step is a captured graph)     [s]
 
+`Serving.graphs` replays decode steps as captured graphs; a step that carries prompt
+tokens is launched kernel by kernel from the host even then (t_host counts): the
+engines capture graphs for decode batches only (TensorRT-LLM's PyTorch backend
+`cuda_graph_config`: generation-only batches; SGLang `--cuda-graph-max-bs`: decode
+batches; vLLM V1: batches up to its largest capture size, 512 tokens by default,
+below any prompt chunk here), so a prefill step of a model with many small kernels
+per layer (MoE routing and grouped GEMMs) can be bound by the CPU's launches.
+
 with κ the per-kernel GPU cost, δ the CPU time per launched op and t_serve the fixed
 per-step cost of the serving engine (scheduling, sampling, detokenization; a `Host`
 leaf). With small batches the fixed costs dominate decode: Llama-2-70B decodes at about
@@ -150,12 +158,22 @@ def phase_shape(model, serving, relax, phase: str, *, context=None) -> LayerShap
 
 
 def phase_breakdown(
-    cluster, model, serving, s: LayerShape, relax, attention=None, kv_tokens=None
+    cluster,
+    model,
+    serving,
+    s: LayerShape,
+    relax,
+    attention=None,
+    kv_tokens=None,
+    eager=0.0,
 ) -> PhaseBreakdown:
     """One forward pass of the whole model for the tokens of `s` (module docstring).
 
     `attention`, if given, replaces the attention seconds of all layers (for steps that
     mix decode and prefill tokens, whose attention differs per token class).
+    `eager` in [0, 1] is the share of the step's launches not replayed from a graph
+    when `serving.graphs` (1 for a step with prompt tokens, 0 for a decode step;
+    without graphs every launch is eager): t_host = eager·L·ops·δ.
 
     KV offload: the fraction f = `serving.offload_kv` of the KV cache lives in the
     memory tier; the step streams it layer by layer (the KV cache of `kv_tokens`
@@ -196,7 +214,7 @@ def phase_breakdown(
         head=head,
     )
     t_gpu = sum(gpu.values())
-    ops = 0.0 if serving.graphs else layers * lay["host_ops"]
+    ops = layers * lay["host_ops"] * (eager if serving.graphs else 1.0)
     t_host = ops * host.dispatch_overhead
     if kv_tokens is None:
         kv_tokens = serving.rank_batch * s.seq
@@ -242,7 +260,8 @@ def prefill(
     """
     cluster, _ = tier(fidelity, cluster)
     s = phase_shape(model, serving, relax, "prefill")
-    return phase_breakdown(cluster, model, serving, s, relax)
+    # prompt steps are not captured graphs (module docstring)
+    return phase_breakdown(cluster, model, serving, s, relax, eager=1.0)
 
 
 def decode_step(
@@ -318,9 +337,12 @@ def mixed_step(
     # logits for the decodes and the last token of each prompt (P/S_in of them)
     heads = batch(d + p / s_in)
     kv_tokens = (d * context + p) / serving.attention_dp  # decodes read, prompts write
+    # a step with prompt tokens is launched eagerly (module docstring): the share
+    # relax.min(P, 1) is 1 from one prompt token on and 0 for a decode-only step
     return phase_breakdown(
-        cluster, model, heads, s, relax, attention=attention, kv_tokens=kv_tokens
-    )
+        cluster, model, heads, s, relax, attention=attention, kv_tokens=kv_tokens,
+        eager=relax.min(p, 1.0),
+    )  # fmt: skip
 
 
 def kv_bytes_per_token(model: Transformer, serving: Serving) -> Array:
