@@ -557,12 +557,12 @@ def _host(cluster, dispatch, sync, ops_):
     )
 
 
-def test_moe_dispatch_sync_once_per_forward_pass():
-    """σ per MoE layer and forward pass (the backward reuses the host-side splits);
-    a full recompute runs a second forward, so a second sync."""
+def test_moe_dispatch_sync_once_per_pass():
+    """σ per MoE layer and pass over it: forward and backward, and a full recompute
+    runs a third pass."""
     m = dp.load_workload("qwen3_30b_a3b")
     cluster = _host(H100, 0.0, 1e-3, 40.0)
-    for recompute, passes in (("none", 1.0), ("full", 2.0)):
+    for recompute, passes in (("none", 2.0), ("full", 3.0)):
         mp = dp.Parallelism(
             dp=8, ep=8, global_batch=64, seq_len=4096, recompute=recompute
         )
@@ -573,8 +573,9 @@ def test_moe_dispatch_sync_once_per_forward_pass():
 
 def test_moe_dispatch_sync_exposes_host_issue_beyond_gpu_work():
     """After the sync the GPU waits for the CPU to issue the MoE block: the issue time
-    H = (moe_host_ops + block kernels + 2·(E_hit − 1))·δ shows where it exceeds the
-    block's GPU time, so a faster network (a shorter all-to-all) exposes more of it."""
+    H = (moe_host_ops + block kernels + 2·(E_hit − 1))·δ (twice in the backward)
+    shows where it exceeds the block's GPU time, so a faster network (a shorter
+    all-to-all) exposes more of it."""
     from diffperf.model.layer import BLOCK_KERNELS
     from diffperf.model.train import layer_passes
 
@@ -588,14 +589,18 @@ def test_moe_dispatch_sync_exposes_host_issue_beyond_gpu_work():
     issue = (ops_ + BLOCK_KERNELS["moe"] + 2.0 * (hit - 1.0)) * delta
     from diffperf.model.comm import comm_time
 
-    ep = [r for r in lp.collectives if r.axis == "ep" and r.phase == "forward"]
-    gpu = (
-        float(lp.layer["moe_gemm"])
-        + float(lp.layer["permute"]["forward"])
-        + float(comm_time(cluster, ep, relax=EXACT))
-    )
-    assert issue > gpu  # the host is the bound here
-    assert float(lp.sync) == pytest.approx(issue - gpu, rel=1e-6)
+    def gpu(phase, gemms):
+        ep = [r for r in lp.collectives if r.axis == "ep" and r.phase == phase]
+        return (
+            gemms * float(lp.layer["moe_gemm"])
+            + float(lp.layer["permute"][phase])
+            + float(comm_time(cluster, ep, relax=EXACT))
+        )
+
+    fwd, bwd = gpu("forward", 1.0), gpu("backward", 2.0)
+    assert issue > fwd and 2.0 * issue > bwd  # the host is the bound here
+    expect = (issue - fwd) + (2.0 * issue - bwd)
+    assert float(lp.sync) == pytest.approx(expect, rel=1e-6)
     # the count exchange: one latency-bound all-gather in the forward, none backward
     counts = [r for r in lp.collectives if r.kind == "all_gather" and r.axis == "ep"]
     assert [r.phase for r in counts] == ["forward"]

@@ -348,19 +348,27 @@ def layer_passes(
     }
     kernel_passes = sum(factors["kernels"]) + (1.0 if "kernels" in redo else 0.0)
     runs = 2.0 + (1.0 if mapping.recompute == "full" else 0.0)
-    gpu = {
-        p: lay["moe_gemm"] + lay["permute"]["forward"] + sum(ep[p])
-        for p in ("forward", "recompute")
-    }
-    sync_phases = ("forward",) + (("recompute",) if "matmul" in redo else ())
-    sync = moe_sync(cluster, s, lay, [gpu[p] for p in sync_phases], relax=relax)
+    # (issue multiple, GPU seconds of the MoE block) of each pass over the layer
+    bwd = factors["matmul"][1]
+    passes = [
+        (1.0, lay["moe_gemm"] + lay["permute"]["forward"] + sum(ep["forward"])),
+        (
+            factors["kernels"][1],
+            bwd * lay["moe_gemm"] + lay["permute"]["backward"] + sum(ep["backward"]),
+        ),
+    ]
+    if mapping.recompute == "full":
+        passes.append(
+            (1.0, lay["moe_gemm"] + lay["permute"]["forward"] + sum(ep["recompute"]))
+        )
+    sync = moe_sync(cluster, s, lay, passes, relax=relax)
     return LayerPasses(
         forward, backward, hid, records, exposed, lay, lora, tau, s, runs,
         kernel_passes, sync,
     )  # fmt: skip
 
 
-def moe_sync(cluster: Cluster, s, lay, gpu, *, relax: AbstractRelax):
+def moe_sync(cluster: Cluster, s, lay, passes, *, relax: AbstractRelax):
     """Seconds a dropless MoE layer's dispatch synchronization exposes, per layer.
 
     Before it dispatches, the layer copies the token counts to the host (the sizes of
@@ -368,10 +376,13 @@ def moe_sync(cluster: Cluster, s, lay, gpu, *, relax: AbstractRelax):
     `MoEAlltoAllTokenDispatcher`, `.to("cpu")` of the counts; TE `GroupedLinear`'s
     `m_splits` list). The CPU blocks until the GPU has drained (the EP count exchange,
     `layer.layer_collectives` with `count_sync`, is the last work it waits for, in
-    `ep_comm`), then it issues the rest of the block while the GPU runs it. In each
-    forward pass of the layer (the forward and a full recompute; the backward reuses
-    the host-side splits), per MoE layer:
-        t_sync = σ + max(H − G, 0)                                                [s]
+    `ep_comm`), then it issues the rest of the block while the GPU runs it. Per MoE
+    layer and pass over it (forward, backward, a full recompute: the count on which
+    the committed σ is fitted; the backward has no count copy of its own, since it
+    reuses the host-side splits, and its σ stands for the host's re-issue of the
+    block at the same point), with a the pass's multiple of the forward's launches
+    (`layer.PASS_FACTORS["kernels"]`):
+        t_sync = σ + max(a·H − G, 0)                                              [s]
         H = (n_moe + k_moe + 2·(E_hit − 1))·δ
         G = T_expert GEMMs + T_permute + T_ep (that pass's dispatch, combine, counts)
     with σ = `Host.sync_overhead` (the device-to-host copy and the host's wake-up),
@@ -381,14 +392,17 @@ def moe_sync(cluster: Cluster, s, lay, gpu, *, relax: AbstractRelax):
     expert for fc1 and for fc2 (`nvte_multi_stream_cublas_gemm`). The GPU starts the
     block idle, so the CPU's issue time H is exposed where it exceeds the block's GPU
     time G: a faster GPU or network shortens G, not H. Weighted by the share of MoE
-    layers; `gpu` holds G (already weighted) of each forward pass.
+    layers; `passes` holds (a, G) of each pass, G already weighted.
     """
     host = cluster.host
     if concrete(s.moe) == 0.0:  # a dense model: no MoE layer, no sync
         return 0.0 * lay["gemm"]
     launches = host.moe_host_ops + BLOCK_KERNELS["moe"] + 2.0 * (lay["moe_hit"] - 1.0)
     issue = s.moe * launches * host.dispatch_overhead
-    return sum((s.moe * host.sync_overhead + relax.exceed(issue, g) for g in gpu), 0.0)
+    return sum(
+        (s.moe * host.sync_overhead + relax.exceed(a * issue, g) for a, g in passes),
+        0.0,
+    )
 
 
 def train_step(
@@ -437,7 +451,7 @@ def train_step(
     host = cluster.host
     host_mb = last * lay["host_ops"] * lp.kernel_passes * host.dispatch_overhead
     # the MoE layer's host round trip (token counts device→host, then the CPU issues
-    # the rest of the layer: `moe_sync`) once per MoE layer and forward pass over it;
+    # the rest of the layer: `moe_sync`) once per MoE layer and pass over it;
     # charged with token dropping too: Megatron-Bridge's token-dropping runs are not
     # systematically faster (VALIDATION.md), although padded static shapes could
     # avoid the sync
