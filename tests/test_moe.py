@@ -600,7 +600,7 @@ def test_moe_dispatch_sync_exposes_host_issue_beyond_gpu_work():
     fwd, bwd = gpu("forward", 1.0), gpu("backward", 2.0)
     assert issue > fwd and 2.0 * issue > bwd  # the host is the bound here
     expect = (issue - fwd) + (2.0 * issue - bwd)
-    assert float(lp.sync) == pytest.approx(expect, rel=1e-6)
+    assert float(lp.sync["race"]) == pytest.approx(expect, rel=1e-6)
     # the count exchange: one latency-bound all-gather in the forward, none backward
     counts = [r for r in lp.collectives if r.kind == "all_gather" and r.axis == "ep"]
     assert [r.phase for r in counts] == ["forward"]
@@ -609,8 +609,32 @@ def test_moe_dispatch_sync_exposes_host_issue_beyond_gpu_work():
     fast = eqx.tree_at(
         lambda c: c.scale_up.bandwidth, cluster, 2.0 * cluster.scale_up.bandwidth
     )
-    assert float(layer_passes(fast, m, mp, relax=EXACT).sync) > float(lp.sync)
+    faster = layer_passes(fast, m, mp, relax=EXACT).sync["race"]
+    assert float(faster) > float(lp.sync["race"])
     # a dense model has no MoE sync
     dense = dp.load_workload("llama3_8b")
     dmp = dp.Parallelism(dp=8, global_batch=64, seq_len=4096)
-    assert float(layer_passes(cluster, dense, dmp, relax=EXACT).sync) == 0.0
+    none = layer_passes(cluster, dense, dmp, relax=EXACT).sync
+    assert float(none["race"]) == float(none["sigma"]) == 0.0
+
+
+def test_host_bound_moe_step_is_not_slower_on_a_faster_gpu():
+    """The race and the host's throughput bound share the host's time: with the race
+    binding, a faster GPU (2x FLOP/s, 2x HBM) gives a step no slower, and the host
+    stall grows by no more than the GPU work shrinks."""
+    from diffperf.core.paths import scale_leaf
+
+    m = dp.load_workload("qwen3_30b_a3b")
+    mp = dp.Parallelism(dp=8, ep=8, global_batch=64, seq_len=4096)
+    slow = _host(H100, 2e-5, 1e-3, 400.0)
+    fast = scale_leaf(
+        scale_leaf(slow, "chip.flops_bf16", 2.0), "chip.hbm_bandwidth", 2.0
+    )
+    from diffperf.model.train import layer_passes
+
+    for c in (slow, fast):  # the race binds on both
+        assert float(layer_passes(c, m, mp, relax=EXACT).sync["race"]) > 0
+    a, b = dp.train_step(slow, m, mp), dp.train_step(fast, m, mp)
+    assert float(b.total) <= float(a.total) * (1 + 1e-12)
+    gpu_gain = float(a.total - a.host_stall) - float(b.total - b.host_stall)
+    assert float(b.host_stall - a.host_stall) <= gpu_gain * (1 + 1e-9)

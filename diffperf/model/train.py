@@ -189,9 +189,9 @@ class LayerPasses(NamedTuple):
     and `lora` are `layer_forward`'s and `finetune.lora_forward`'s outputs, `trainable`
     the mapping's share τ of trained base weights. `runs` is
     the number of passes over the layer (2, or 3 with full recompute) and
-    `kernel_passes` the multiple of the forward's kernels launched. `sync` is the
+    `kernel_passes` the multiple of the forward's kernels launched. `sync` holds the
     seconds the MoE layer's dispatch synchronization exposes per layer and microbatch
-    (`moe_sync`).
+    (`moe_sync`: "sigma", the copies, and "race", the GPU waiting for the host).
     """
 
     forward: dict
@@ -393,16 +393,20 @@ def moe_sync(cluster: Cluster, s, lay, passes, *, relax: AbstractRelax):
     block idle, so the CPU's issue time H is exposed where it exceeds the block's GPU
     time G: a faster GPU or network shortens G, not H. Weighted by the share of MoE
     layers; `passes` holds (a, G) of each pass, G already weighted.
+
+    Returns:
+        {"sigma": Σ σ, "race": Σ max(a·H − G, 0)} [s]; `train_step` adds the race
+        to the GPU time the host's issue time is compared with (the host time behind
+        a race is part of the step's host time, counted once).
     """
     host = cluster.host
+    zero = 0.0 * lay["gemm"]
     if concrete(s.moe) == 0.0:  # a dense model: no MoE layer, no sync
-        return 0.0 * lay["gemm"]
+        return dict(sigma=zero, race=zero)
     launches = host.moe_host_ops + BLOCK_KERNELS["moe"] + 2.0 * (lay["moe_hit"] - 1.0)
     issue = s.moe * launches * host.dispatch_overhead
-    return sum(
-        (s.moe * host.sync_overhead + relax.exceed(a * issue, g) for a, g in passes),
-        0.0,
-    )
+    race = sum((relax.exceed(a * issue, g) for a, g in passes), zero)
+    return dict(sigma=len(passes) * s.moe * host.sync_overhead + zero, race=race)
 
 
 def train_step(
@@ -455,10 +459,15 @@ def train_step(
     # charged with token dropping too: Megatron-Bridge's token-dropping runs are not
     # systematically faster (VALIDATION.md), although padded static shapes could
     # avoid the sync
-    syncs = last * lp.sync
+    sigma, race = last * lp.sync["sigma"], last * lp.sync["race"]
+    # the CPU's issue time bounds the microbatch from below (throughput), the GPU
+    # work plus its waits after each sync (`moe_sync`'s race) too: the GPU waits
+    #   max(host_mb, t_mb + race) − t_mb   [s]
+    # (the host time behind a race is part of host_mb; counted once)
+    host_wait = relax.exceed(host_mb, t_mb + race) + race
     # DP collectives overlap with the layers as they really run: GPU time plus the
     # time the GPU waits for a host-bound CPU.
-    t_busy = t_layers + relax.exceed(host_mb, t_mb)
+    t_busy = t_layers + host_wait
     dp_records = dp_collectives(model, mapping)
     pp_records = pp_collectives(model, mapping, s, relax=relax)
     dp, dp_hidden = dp_exposed(cluster, dp_records, mapping, t_busy, ls, relax=relax)
@@ -471,7 +480,7 @@ def train_step(
         pp_p2p=p2p_exposed(cluster, pp_records, mapping, relax=relax),
         dp_comm=dp,
         optimizer=optimizer_time(cluster, model, mapping),
-        host_stall=m * (relax.exceed(host_mb, t_mb) + syncs),
+        host_stall=m * (host_wait + sigma),
         offload=off,
         step_overhead=host.step_overhead,
     )
