@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import diffperf as dp
+from diffperf.model import layer, ops
 from diffperf.model.phases import kv_bytes_per_token, ssm_state_bytes
 
 from .helpers import tree_allclose
@@ -43,9 +44,12 @@ def _one_expert(dense: dp.Transformer) -> dp.Transformer:
 
 
 @pytest.mark.parametrize("mapping", [dict(tp=1, dp=8), dict(tp=2, etp=2, pp=2, dp=2)])
-def test_one_expert_top1_trains_like_the_dense_model(mapping):
+def test_one_expert_top1_trains_like_the_dense_model(mapping, monkeypatch):
     dense = dp.load_workload("llama3_8b")
     moe = _one_expert(dense)
+    # the grouped GEMM's tile padding (`ops.padded_rows`) is off here: the expert
+    # runs the dense MLP's rows exactly (test_grouped_gemm_pads_rows_per_expert)
+    monkeypatch.setattr(layer, "GROUPED_TILE_M", 0.0)
     # the only extra weights are the router's D·1 per layer
     np.testing.assert_allclose(
         float(moe.params() - dense.params()),
@@ -84,6 +88,62 @@ def test_one_expert_top1_serves_like_the_dense_model():
     assert float(rm.kv_bytes_per_token) == float(rd.kv_bytes_per_token)
     extra = float(rm.memory_per_gpu - rd.memory_per_gpu)  # the routers' weights
     assert extra == pytest.approx(float(dense.n_layers * dense.d_model) * 2.0)
+
+
+def test_grouped_gemm_pads_rows_per_expert():
+    """Each expert's rows are padded to the M tile: a tile per nearly empty expert,
+    half a tile of waste on average for a busy one; the traffic is unchanged."""
+    tau = ops.GROUPED_TILE_M
+    assert tau == 128.0
+    rows = ops.padded_rows(jnp.array([0.0, 1.0, 4096.0, 1e6]))
+    np.testing.assert_allclose(rows[0], tau)
+    np.testing.assert_allclose(rows[1], 1.0 + tau * (1.0 + math.exp(-1.0 / tau)) / 2)
+    np.testing.assert_allclose(rows[3], 1e6 + tau / 2.0)
+    np.testing.assert_allclose(ops.padded_rows(37.0, 0.0), 37.0)  # no tile: as is
+    chip = H100.chip
+    args = dict(peak=chip.peak_flops("bf16"), nbytes=2.0, relax=EXACT)
+    # a compute-bound grouped GEMM of 300 rows per expert (K = N = 8192, 64
+    # experts) computes M_pad ≈ 366 rows per expert, at the efficiency of M_pad
+    plain = ops.gemm_time(chip, 300.0, 8192.0, 8192.0, count=64.0, **args)
+    tiled = ops.gemm_time(chip, 300.0, 8192.0, 8192.0, count=64.0, m_tile=tau, **args)
+    pad = float(ops.padded_rows(300.0))
+    x = 3.0 / (1.0 / pad + 2.0 / 8192.0)
+    eff = chip.matmul_efficiency * x / (x + chip.matmul_half_dim)
+    flops = 2.0 * pad * 8192.0**2 * 64.0
+    _, traffic, _ = ops.gemm_work(chip, 300.0, 8192.0, 8192.0, count=64.0,
+                                  nbytes=2.0, relax=EXACT)  # fmt: skip
+    assert flops / (args["peak"] * eff) > float(ops.memory_time(chip, traffic))
+    expect = float(flops / (args["peak"] * eff))
+    assert float(tiled) == pytest.approx(expect, rel=1e-6)
+    assert float(tiled) > 1.2 * float(plain)
+
+
+def test_tile_padding_enters_serving_and_training(monkeypatch):
+    """The layer model pads the expert GEMMs in serving and training alike: it costs
+    where the expert GEMMs are compute bound (a prefill of 8 prompts: ~512 rows per
+    expert, +~13%; a training microbatch: 2048 rows per local expert, +~3%), and
+    nothing in a decode step, whose few rows per expert leave the GEMMs bound by
+    reading the experts' weights."""
+    m = dp.load_workload("qwen3_30b_a3b")
+    sv = dp.Serving(tp=1, batch=8, input_len=1024, output_len=64)
+    mp = dp.Parallelism(dp=8, ep=8, global_batch=64, seq_len=4096)
+
+    def run():
+        return tuple(
+            float(b.matmul)
+            for b in (
+                dp.decode_step(H100, m, sv),
+                dp.prefill(H100, m, sv),
+                dp.train_step(H100, m, mp),
+            )
+        )
+
+    dec, pre, train = run()
+    monkeypatch.setattr(layer, "GROUPED_TILE_M", 0.0)
+    dec0, pre0, train0 = run()
+    assert dec == pytest.approx(dec0, rel=1e-9)
+    assert 1.04 * pre0 < pre < 1.15 * pre0
+    assert 1.005 * train0 < train < 1.04 * train0
 
 
 def _hybrid():
@@ -483,3 +543,98 @@ def test_permute_gradient_matches_finite_differences_in_float64():
     ) / (2 * eps)
     assert gb < 0
     np.testing.assert_allclose(gb, fdb, rtol=1e-5)
+
+
+def _host(cluster, dispatch, sync, ops_):
+    return eqx.tree_at(
+        lambda c: (
+            c.host.dispatch_overhead,
+            c.host.sync_overhead,
+            c.host.moe_host_ops,
+        ),
+        cluster,
+        (dispatch, sync, ops_),
+    )
+
+
+def test_moe_dispatch_sync_once_per_pass():
+    """σ per MoE layer and pass over it: forward and backward, and a full recompute
+    runs a third pass."""
+    m = dp.load_workload("qwen3_30b_a3b")
+    cluster = _host(H100, 0.0, 1e-3, 40.0)
+    for recompute, passes in (("none", 2.0), ("full", 3.0)):
+        mp = dp.Parallelism(
+            dp=8, ep=8, global_batch=64, seq_len=4096, recompute=recompute
+        )
+        b = dp.train_step(cluster, m, mp)
+        steps = float(mp.microbatches()) * float(m.n_layers * m.moe_fraction)
+        assert float(b.host_stall) == pytest.approx(steps * passes * 1e-3, rel=1e-9)
+
+
+def test_moe_dispatch_sync_exposes_host_issue_beyond_gpu_work():
+    """After the sync the GPU waits for the CPU to issue the MoE block: the issue time
+    H = (moe_host_ops + block kernels + 2·(E_hit − 1))·δ (twice in the backward)
+    shows where it exceeds the block's GPU time, so a faster network (a shorter
+    all-to-all) exposes more of it."""
+    from diffperf.model.layer import BLOCK_KERNELS
+    from diffperf.model.train import layer_passes
+
+    m = dp.load_workload("qwen3_30b_a3b")
+    mp = dp.Parallelism(dp=8, ep=8, global_batch=64, seq_len=4096)
+    delta, ops_ = 2e-5, 400.0
+    cluster = _host(H100, delta, 0.0, ops_)
+    lp = layer_passes(cluster, m, mp, relax=EXACT)
+    hit = float(lp.layer["moe_hit"])
+    assert hit == pytest.approx(16.0, rel=1e-6)  # 128 experts / ep 8, all hit
+    issue = (ops_ + BLOCK_KERNELS["moe"] + 2.0 * (hit - 1.0)) * delta
+    from diffperf.model.comm import comm_time
+
+    def gpu(phase, gemms):
+        ep = [r for r in lp.collectives if r.axis == "ep" and r.phase == phase]
+        return (
+            gemms * float(lp.layer["moe_gemm"])
+            + float(lp.layer["permute"][phase])
+            + float(comm_time(cluster, ep, relax=EXACT))
+        )
+
+    fwd, bwd = gpu("forward", 1.0), gpu("backward", 2.0)
+    assert issue > fwd and 2.0 * issue > bwd  # the host is the bound here
+    expect = (issue - fwd) + (2.0 * issue - bwd)
+    assert float(lp.sync["race"]) == pytest.approx(expect, rel=1e-6)
+    # the count exchange: one latency-bound all-gather in the forward, none backward
+    counts = [r for r in lp.collectives if r.kind == "all_gather" and r.axis == "ep"]
+    assert [r.phase for r in counts] == ["forward"]
+    assert float(counts[0].nbytes) == pytest.approx(8.0 * 128 * 8.0)
+    # twice the scale-up bandwidth: a shorter all-to-all, more of H exposed
+    fast = eqx.tree_at(
+        lambda c: c.scale_up.bandwidth, cluster, 2.0 * cluster.scale_up.bandwidth
+    )
+    faster = layer_passes(fast, m, mp, relax=EXACT).sync["race"]
+    assert float(faster) > float(lp.sync["race"])
+    # a dense model has no MoE sync
+    dense = dp.load_workload("llama3_8b")
+    dmp = dp.Parallelism(dp=8, global_batch=64, seq_len=4096)
+    none = layer_passes(cluster, dense, dmp, relax=EXACT).sync
+    assert float(none["race"]) == float(none["sigma"]) == 0.0
+
+
+def test_host_bound_moe_step_is_not_slower_on_a_faster_gpu():
+    """The race and the host's throughput bound share the host's time: with the race
+    binding, a faster GPU (2x FLOP/s, 2x HBM) gives a step no slower, and the host
+    stall grows by no more than the GPU work shrinks."""
+    from diffperf.core.paths import scale_leaf
+
+    m = dp.load_workload("qwen3_30b_a3b")
+    mp = dp.Parallelism(dp=8, ep=8, global_batch=64, seq_len=4096)
+    slow = _host(H100, 2e-5, 1e-3, 400.0)
+    fast = scale_leaf(
+        scale_leaf(slow, "chip.flops_bf16", 2.0), "chip.hbm_bandwidth", 2.0
+    )
+    from diffperf.model.train import layer_passes
+
+    for c in (slow, fast):  # the race binds on both
+        assert float(layer_passes(c, m, mp, relax=EXACT).sync["race"]) > 0
+    a, b = dp.train_step(slow, m, mp), dp.train_step(fast, m, mp)
+    assert float(b.total) <= float(a.total) * (1 + 1e-12)
+    gpu_gain = float(a.total - a.host_stall) - float(b.total - b.host_stall)
+    assert float(b.host_stall - a.host_stall) <= gpu_gain * (1 + 1e-9)

@@ -13,6 +13,7 @@ device's `Cluster`, so a fitted leaf means the same thing here as in `train_step
         a = (E/e)·(1 − (1 − 1/E)^(T·k))   active local experts (uniform routing)
         m = T·k/e / a                     rows per active expert
         T = gemm_time(m, H, 2I/t, count = a) + gemm_time(m, I/t, H, count = a)
+            (each expert's m rows padded to the M tile, m_tile = GROUPED_TILE_M)
             + kernel_overhead                                                       [s]
     collectives (n GPUs in one scale-up domain, S bytes):
         T = collective_time(kind, S, n, stride = 1)                                 [s]
@@ -52,7 +53,7 @@ import optax
 from ..core.paths import get_leaf, set_leaf
 from ..core.relax import Exact
 from ..model.collectives import collective_time
-from ..model.ops import attention_time, gemm_time
+from ..model.ops import GROUPED_TILE_M, attention_time, gemm_time
 from ..specs.hardware import MATH_DTYPES, Cluster
 from .calibrate import prior_for
 
@@ -185,11 +186,11 @@ def _group_time(cluster: Cluster, g: _Group) -> jax.Array:
         active = local * (1.0 - (1.0 - 1.0 / e) ** (c["m"] * c["topk"]))
         rows = c["m"] * c["topk"] / c["ep"] / active
         up = (2.0 if g.gated else 1.0) * c["n"] / c["tp"]
+        grouped = dict(count=active, peak=peak, nbytes=b, m_tile=GROUPED_TILE_M)
         t = gemm_time(
-            chip, rows, c["k"], up, count=active, peak=peak, nbytes=b, relax=relax
+            chip, rows, c["k"], up, relax=relax, **grouped
         ) + gemm_time(
-            chip, rows, c["n"] / c["tp"], c["k"], count=active, peak=peak, nbytes=b,
-            relax=relax,
+            chip, rows, c["n"] / c["tp"], c["k"], relax=relax, **grouped
         )  # fmt: skip
         return t + chip.kernel_overhead
     return collective_time(

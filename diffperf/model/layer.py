@@ -15,6 +15,7 @@ from ..specs.hardware import Cluster
 from ..specs.workload import LOW_PRECISION, Transformer
 from .comm import Collective
 from .ops import (
+    GROUPED_TILE_M,
     attention_time,
     attention_work,
     gemm_time,
@@ -40,7 +41,14 @@ __all__ = [
     "quantize_bytes",
     "permute_bytes",
     "low_shares",
+    "GROUPED_OPS",
+    "hit_experts",
 ]
+
+GROUPED_OPS = ("expert_up", "expert_down")
+"""GEMMs of `_gemm_shapes` that run as a grouped GEMM over the chip's local experts:
+each expert's rows are padded to the M tile (`ops.padded_rows`,
+`ops.GROUPED_TILE_M`)."""
 
 BF16_OPS = ("router",)
 """GEMMs of `_gemm_shapes` that stay in bf16 when the layers' linear GEMMs run in a
@@ -405,6 +413,8 @@ def layer_forward(
     operands of that width, and the rest (the router, `BF16_OPS`, and the layers kept
     in bf16) at the bf16 peak with bf16 operands:
         t_i = λ_i·t(π_low·ε_dtype, b_low) + (1 − λ_i)·t(π_bf16, b_bf16)       [s]
+    The grouped expert GEMMs (`GROUPED_OPS`) compute on their rows per expert padded
+    to the M tile (`ops.padded_rows`): few rows per expert cost at least a tile each.
     Quantize kernels (`quantize_bytes`) and the MoE token permutation
     (`permute_bytes`) add to the elementwise time; `quant` and `permute` hold their
     forward and backward seconds (the backward's are not 2× the forward's, so
@@ -419,24 +429,29 @@ def layer_forward(
     peak16 = chip.peak_flops("bf16")
     (mm, kk, nn, count, weight), names = _gemm_shapes(model, s)
     dims = dict(count=count, relax=relax)
+    # grouped expert GEMMs compute on rows padded to the M tile (`ops.padded_rows`)
+    tile = jnp.array([GROUPED_TILE_M if n in GROUPED_OPS else 0.0 for n in names])
     if s.low:
         math = m.precision.math
         peak_low = chip.peak_flops(math) * chip.dtype_efficiency(math)
         lam = low_shares(s, names)
         low_args = dict(nbytes=s.b_gemm, weight_nbytes=s.b_weight)
         hi_args = dict(nbytes=s.b_act, weight_nbytes=s.b_act)
-        g = lam * gemm_time(chip, mm, kk, nn, peak=peak_low, **low_args, **dims) + (
-            1.0 - lam
-        ) * gemm_time(chip, mm, kk, nn, peak=peak16, **hi_args, **dims)
+        g = lam * gemm_time(
+            chip, mm, kk, nn, peak=peak_low, m_tile=tile, **low_args, **dims
+        ) + (1.0 - lam) * gemm_time(
+            chip, mm, kk, nn, peak=peak16, m_tile=tile, **hi_args, **dims
+        )
         g_flops, b_low, _ = gemm_work(chip, mm, kk, nn, **low_args, **dims)
         _, b_hi, _ = gemm_work(chip, mm, kk, nn, **hi_args, **dims)
         g_bytes = lam * b_low + (1.0 - lam) * b_hi
     else:
         args = dict(nbytes=s.b_gemm, weight_nbytes=s.b_weight)
         peak = chip.peak_flops(m.precision.math)
-        g = gemm_time(chip, mm, kk, nn, peak=peak, **args, **dims)
+        g = gemm_time(chip, mm, kk, nn, peak=peak, m_tile=tile, **args, **dims)
         g_flops, g_bytes, _ = gemm_work(chip, mm, kk, nn, **args, **dims)
     gemm = jnp.sum(g * weight)
+    grouped = jnp.array([1.0 if n in GROUPED_OPS else 0.0 for n in names])
     shape = dict(
         batch=s.batch,
         q_tokens=s.tokens,
@@ -508,6 +523,9 @@ def layer_forward(
             names=names,
         ),
         attn_bytes=a * attn_bytes,
+        # the expert GEMMs (share of MoE layers included) and the experts each runs
+        moe_gemm=jnp.sum(g * weight * grouped),
+        moe_hit=jnp.max(jnp.append(count * grouped, 1.0)),
     )
 
 
@@ -530,6 +548,7 @@ def layer_collectives(
     phases: tuple[str, ...] = ("forward", "backward"),
     tp_overlap=0.0,
     ep_overlap=0.0,
+    count_sync: bool = False,
 ) -> list[Collective]:
     """The TP, CP and EP collectives of one layer and one microbatch, per pass.
 
@@ -546,6 +565,16 @@ def layer_collectives(
         (`collectives.dispatch_time`, fanout k) over the ep ranks (stride etp), at the
         experts' input width ℓ (the latent of a LatentMoE, Nemotron 3), times the
         capacity factor when token dropping pads every expert's buffer to capacity.
+      EP token counts (`count_sync`, a dropless training dispatcher): before each
+        forward dispatch the ep ranks all-gather their per-expert token counts,
+        N·8 bytes each (int64; S = ep·N·8 gathered), which the host then copies to
+        itself to size the all-to-all and the grouped GEMM; the CPU blocks on it, so
+        it hides behind nothing (overlap 0), a latency-bound (e − 1)·α on a switch.
+        Megatron-core `MoEAlltoAllTokenDispatcher.preprocess`
+        (`gather_from_sequence_parallel_region` of `num_local_tokens_per_expert` over
+        the tp-ep group, then `.to("cpu")`); DeepEP's `notify_dispatch` likewise
+        exchanges the counts before the host reads `num_recv_tokens`. The backward
+        reuses the host-side splits: no exchange.
 
     `tp_overlap` and `ep_overlap` (the mapping's) become the records' `overlap`; CP
     sends overlap the block attention by construction (overlap 1).
@@ -604,6 +633,19 @@ def layer_collectives(
                 fanout=m.top_k,
             )  # fmt: skip
         )
+        if count_sync and phase != "backward":
+            out.append(
+                Collective(
+                    "all_gather",
+                    "ep",
+                    phase,
+                    nbytes=s.ep * m.n_experts * 8.0,
+                    group=s.ep,
+                    stride=s.etp,
+                    count=s.moe,
+                    overlap=0.0,
+                )  # fmt: skip
+            )
     return out
 
 

@@ -13,6 +13,21 @@ with τ the square output tile that fits in on-chip SRAM and b_w the bytes of a 
 element: a larger SRAM means fewer re-reads of the inputs (traffic ∝ 1/sqrt(SRAM)),
 bounded below by reading each input once.
 
+Grouped GEMM (the experts of an MoE layer, `count` GEMMs of M rows each): each expert's
+rows are tiled along M by the kernel's CTA tile τ_M, and a partly filled tile computes
+at the cost of a full one, so the tensor cores run the padded rows
+    M_pad = M + τ_M·(1 + exp(−M/τ_M))/2     (`padded_rows`)
+one full tile for an expert with a handful of rows (M → 0), half a tile of waste on
+average once the rows per expert vary over more than a tile (M ≫ τ_M):
+    F_exec = 2·M_pad·K·N·count,  ε = ε(x(M_pad))
+while the HBM traffic stays that of the M real rows. τ_M = `GROUPED_TILE_M` = 128:
+DeepGEMM's M-grouped contiguous layout aligns every expert's rows to its 128-row
+block (`get_m_alignment_for_contiguous_layout`, github.com/deepseek-ai/DeepGEMM), the
+CUTLASS 3.x Hopper/Blackwell grouped kernels tile M by 128 (1-SM) or 256 (2-SM
+tcgen05) rows (CUTLASS examples 57_hopper_grouped_gemm, 75_blackwell_grouped_gemm),
+and Transformer Engine's `GroupedLinear` runs one cuBLAS GEMM per expert
+(`nvte_multi_stream_cublas_gemm`), each padded to its own tiles.
+
 Fused (Flash) attention (Dao et al. 2022): F = 2·B·Sq·Skv·N·(Hqk + Hv), efficiency ε(x)
 times `attention_efficiency` (times `attention_fa2_efficiency` when the job runs
 FlashAttention-2 on a chip with a faster fused kernel); traffic reads Q, K, V and
@@ -36,6 +51,8 @@ from ..core.relax import AbstractRelax, as_float
 from ..specs.hardware import Chip
 
 __all__ = [
+    "GROUPED_TILE_M",
+    "padded_rows",
     "gemm_time",
     "gemm_work",
     "memory_time",
@@ -43,6 +60,26 @@ __all__ = [
     "attention_work",
     "ssm_scan_time",
 ]
+
+
+GROUPED_TILE_M = 128.0
+"""Rows of one CTA tile along M of a grouped (per-expert) GEMM [rows]: DeepGEMM's
+per-expert M alignment of its grouped contiguous layout, the 128-row tile of the
+CUTLASS Hopper/Blackwell grouped GEMM kernels (module docstring)."""
+
+
+def padded_rows(m, tile=GROUPED_TILE_M) -> Array:
+    """Expected rows the tensor cores run for a GEMM of m rows tiled by `tile` [rows].
+
+    M_pad = M + τ·(1 + exp(−M/τ))/2: τ for an expert with almost no rows, M + τ/2 (half
+    a tile wasted on average) when the per-expert row counts spread over more than a
+    tile. Smooth in M (one expression for Exact and Smooth: the per-expert counts are
+    themselves averages over experts and steps). `tile` 0 leaves m unchanged.
+    """
+    m, tile = as_float(m), as_float(tile)
+    safe = jnp.where(tile > 0, tile, 1.0)
+    pad = tile * (1.0 + jnp.exp(-m / safe)) / 2.0
+    return m + jnp.where(tile > 0, pad, 0.0)
 
 
 def _efficiency(chip: Chip, x) -> Array:
@@ -65,6 +102,7 @@ def gemm_time(
     peak,
     nbytes: float,
     weight_nbytes: float | None = None,
+    m_tile=0.0,
     relax: AbstractRelax,
 ) -> Array:
     """Time of `count` GEMMs of shape (m×k)·(k×n) [s] (vectorized over op arrays).
@@ -80,12 +118,19 @@ def gemm_time(
         nbytes: bytes per element of the M×K input and M×N output.
         weight_nbytes: bytes per element of the K×N operand (the weights; quantized
             weights are read at their own width); default `nbytes`.
+        m_tile: τ_M of a grouped GEMM whose per-expert rows are padded to tiles
+            (`padded_rows`; the compute runs M_pad rows, the traffic moves M); 0, the
+            default, for a plain GEMM (scalar or one per op).
         relax: Exact() or Smooth(p).
     """
-    flops, traffic, x = gemm_work(
+    flops, traffic, _ = gemm_work(
         chip, m, k, n, count=count, nbytes=nbytes, weight_nbytes=weight_nbytes,
         relax=relax,
     )  # fmt: skip
+    rows = padded_rows(jnp.maximum(as_float(m), 1.0), m_tile)
+    kk, nn = (jnp.maximum(as_float(v), 1.0) for v in (k, n))
+    x = 3.0 / (1.0 / rows + 1.0 / kk + 1.0 / nn)
+    flops = flops * rows / jnp.maximum(as_float(m), 1.0)
     t_compute = flops / (peak * _efficiency(chip, x))
     return relax.max(t_compute, memory_time(chip, traffic))
 

@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 import jax.numpy as jnp
 
+from ..core.checks import concrete
 from ..core.relax import AbstractRelax, Exact
 from ..specs.hardware import Cluster
 from ..specs.mapping import (
@@ -50,6 +51,7 @@ from .data_parallel import (
 from .fidelity import Fidelity, tier
 from .finetune import lora_forward, lora_layer_params
 from .layer import (
+    BLOCK_KERNELS,
     PASS_FACTORS,
     RECOMPUTED,
     WGRAD,
@@ -187,7 +189,9 @@ class LayerPasses(NamedTuple):
     and `lora` are `layer_forward`'s and `finetune.lora_forward`'s outputs, `trainable`
     the mapping's share τ of trained base weights. `runs` is
     the number of passes over the layer (2, or 3 with full recompute) and
-    `kernel_passes` the multiple of the forward's kernels launched.
+    `kernel_passes` the multiple of the forward's kernels launched. `sync` holds the
+    seconds the MoE layer's dispatch synchronization exposes per layer and microbatch
+    (`moe_sync`: "sigma", the copies, and "race", the GPU waiting for the host).
     """
 
     forward: dict
@@ -201,6 +205,7 @@ class LayerPasses(NamedTuple):
     shape: LayerShape
     runs: float
     kernel_passes: float
+    sync: object
 
 
 def _share(part, whole):
@@ -280,6 +285,7 @@ def layer_passes(
             phases=("forward", "backward", "recompute"),
             tp_overlap=mapping.tp_overlap,
             ep_overlap=mapping.ep_overlap,
+            count_sync=True,
         )  # fmt: skip
         if r.phase != "recompute" or COMM_CLASS[r.axis] in redo
     ]
@@ -342,9 +348,65 @@ def layer_passes(
     }
     kernel_passes = sum(factors["kernels"]) + (1.0 if "kernels" in redo else 0.0)
     runs = 2.0 + (1.0 if mapping.recompute == "full" else 0.0)
+    # (issue multiple, GPU seconds of the MoE block) of each pass over the layer
+    bwd = factors["matmul"][1]
+    passes = [
+        (1.0, lay["moe_gemm"] + lay["permute"]["forward"] + sum(ep["forward"])),
+        (
+            factors["kernels"][1],
+            bwd * lay["moe_gemm"] + lay["permute"]["backward"] + sum(ep["backward"]),
+        ),
+    ]
+    if mapping.recompute == "full":
+        passes.append(
+            (1.0, lay["moe_gemm"] + lay["permute"]["forward"] + sum(ep["recompute"]))
+        )
+    sync = moe_sync(cluster, s, lay, passes, relax=relax)
     return LayerPasses(
-        forward, backward, hid, records, exposed, lay, lora, tau, s, runs, kernel_passes
-    )
+        forward, backward, hid, records, exposed, lay, lora, tau, s, runs,
+        kernel_passes, sync,
+    )  # fmt: skip
+
+
+def moe_sync(cluster: Cluster, s, lay, passes, *, relax: AbstractRelax):
+    """Seconds a dropless MoE layer's dispatch synchronization exposes, per layer.
+
+    Before it dispatches, the layer copies the token counts to the host (the sizes of
+    the all-to-all and of the grouped GEMM's per-expert splits: Megatron-core
+    `MoEAlltoAllTokenDispatcher`, `.to("cpu")` of the counts; TE `GroupedLinear`'s
+    `m_splits` list). The CPU blocks until the GPU has drained (the EP count exchange,
+    `layer.layer_collectives` with `count_sync`, is the last work it waits for, in
+    `ep_comm`), then it issues the rest of the block while the GPU runs it. Per MoE
+    layer and pass over it (forward, backward, a full recompute: the count on which
+    the committed σ is fitted; the backward has no count copy of its own, since it
+    reuses the host-side splits, and its σ stands for the host's re-issue of the
+    block at the same point), with a the pass's multiple of the forward's launches
+    (`layer.PASS_FACTORS["kernels"]`):
+        t_sync = σ + max(a·H − G, 0)                                              [s]
+        H = (n_moe + k_moe + 2·(E_hit − 1))·δ
+        G = T_expert GEMMs + T_permute + T_ep (that pass's dispatch, combine, counts)
+    with σ = `Host.sync_overhead` (the device-to-host copy and the host's wake-up),
+    δ = `Host.dispatch_overhead` per host op, n_moe = `Host.moe_host_ops`, k_moe the
+    MoE block's kernels (`layer.BLOCK_KERNELS`), and 2·(E_hit − 1) the per-expert GEMM
+    launches beyond the block's two: `GroupedLinear` issues one cuBLAS GEMM per
+    expert for fc1 and for fc2 (`nvte_multi_stream_cublas_gemm`). The GPU starts the
+    block idle, so the CPU's issue time H is exposed where it exceeds the block's GPU
+    time G: a faster GPU or network shortens G, not H. Weighted by the share of MoE
+    layers; `passes` holds (a, G) of each pass, G already weighted.
+
+    Returns:
+        {"sigma": Σ σ, "race": Σ max(a·H − G, 0)} [s]; `train_step` adds the race
+        to the GPU time the host's issue time is compared with (the host time behind
+        a race is part of the step's host time, counted once).
+    """
+    host = cluster.host
+    zero = 0.0 * lay["gemm"]
+    if concrete(s.moe) == 0.0:  # a dense model: no MoE layer, no sync
+        return dict(sigma=zero, race=zero)
+    launches = host.moe_host_ops + BLOCK_KERNELS["moe"] + 2.0 * (lay["moe_hit"] - 1.0)
+    issue = s.moe * launches * host.dispatch_overhead
+    race = sum((relax.exceed(a * issue, g) for a, g in passes), zero)
+    return dict(sigma=len(passes) * s.moe * host.sync_overhead + zero, race=race)
 
 
 def train_step(
@@ -393,13 +455,19 @@ def train_step(
     host = cluster.host
     host_mb = last * lay["host_ops"] * lp.kernel_passes * host.dispatch_overhead
     # the MoE layer's host round trip (token counts device→host, then the CPU issues
-    # the rest of the layer) once per MoE layer and pass over it; charged with token
-    # dropping too: Megatron-Bridge's token-dropping runs are not systematically
-    # faster (VALIDATION.md), although padded static shapes could avoid the sync
-    syncs = last * s.moe * lp.runs * host.sync_overhead
+    # the rest of the layer: `moe_sync`) once per MoE layer and pass over it;
+    # charged with token dropping too: Megatron-Bridge's token-dropping runs are not
+    # systematically faster (VALIDATION.md), although padded static shapes could
+    # avoid the sync
+    sigma, race = last * lp.sync["sigma"], last * lp.sync["race"]
+    # the CPU's issue time bounds the microbatch from below (throughput), the GPU
+    # work plus its waits after each sync (`moe_sync`'s race) too: the GPU waits
+    #   max(host_mb, t_mb + race) − t_mb   [s]
+    # (the host time behind a race is part of host_mb; counted once)
+    host_wait = relax.exceed(host_mb, t_mb + race) + race
     # DP collectives overlap with the layers as they really run: GPU time plus the
     # time the GPU waits for a host-bound CPU.
-    t_busy = t_layers + relax.exceed(host_mb, t_mb)
+    t_busy = t_layers + host_wait
     dp_records = dp_collectives(model, mapping)
     pp_records = pp_collectives(model, mapping, s, relax=relax)
     dp, dp_hidden = dp_exposed(cluster, dp_records, mapping, t_busy, ls, relax=relax)
@@ -412,7 +480,7 @@ def train_step(
         pp_p2p=p2p_exposed(cluster, pp_records, mapping, relax=relax),
         dp_comm=dp,
         optimizer=optimizer_time(cluster, model, mapping),
-        host_stall=m * (relax.exceed(host_mb, t_mb) + syncs),
+        host_stall=m * (host_wait + sigma),
         offload=off,
         step_overhead=host.step_overhead,
     )

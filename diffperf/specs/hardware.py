@@ -273,13 +273,15 @@ class Host(eqx.Module):
 
     `dispatch_overhead` is CPU time per launched kernel, hidden while the GPU has queued
     work; `sync_overhead` is the time exposed by one device-to-host synchronization
-    (the GPU drains, then waits for the CPU to launch what follows), e.g. the token
-    counts of a dropless MoE layer. `moe_host_ops` is the number of small CPU-side ops
-    an MoE layer issues per pass besides its kernels (router bookkeeping, auxiliary
-    loss, token-count histogram, permutation indices, all-to-all splits), each costing
-    `dispatch_overhead`; its default, 40, is a prior counted from the structure of
-    Megatron-core's MoE layer (router, token dispatcher), not a measurement:
-    `diffperf calibrate --leaves host.moe_host_ops,...` fits it.
+    (the device-to-host copy and the host's wake-up once the GPU has drained), e.g.
+    the token counts of a dropless MoE layer, once per pass over it. `moe_host_ops` is
+    the number of small CPU-side ops an MoE layer issues per pass besides its kernels
+    (router bookkeeping, auxiliary loss, token-count histogram, permutation indices,
+    all-to-all splits), each costing `dispatch_overhead`; after the sync the GPU waits
+    for them, so their issue time shows where it exceeds the MoE block's GPU time
+    (`model.train.moe_sync`). Its default, 40, is a prior counted from the structure
+    of Megatron-core's MoE layer (router, token dispatcher), not a measurement:
+    `experiments/calibrate_hierarchy` fits it per training stack.
 
     PCIe: each chip's link is `pcie_bandwidth` [B/s per direction], or, when
     `pcie_gen` is given, pcie_lanes × the per-lane rate of that generation

@@ -114,8 +114,11 @@ HIERARCHY_STACK = (
     "host.dispatch_overhead",
     "host.sync_overhead",
     "host.step_overhead",
+    "host.moe_host_ops",
 )
-"""Software leaves of the hierarchical training fit (global, stack levels)."""
+"""Software leaves of the hierarchical training fit (global, stack levels).
+`host.moe_host_ops` sets the host's issue time of an MoE block after its dispatch
+sync (`model.train.moe_sync`), exposed where it exceeds the block's GPU time."""
 HIERARCHY_SERVE_STACK = ("host.serve_overhead", "host.dispatch_overhead")
 """Software leaves of the hierarchical serving fit (chip leaves come from training)."""
 
