@@ -16,6 +16,7 @@ from ..specs.workload import LOW_PRECISION, Transformer
 from .comm import Collective
 from .ops import (
     GROUPED_TILE_M,
+    SERVING_TILE_M,
     attention_time,
     attention_work,
     gemm_time,
@@ -414,7 +415,10 @@ def layer_forward(
     in bf16) at the bf16 peak with bf16 operands:
         t_i = λ_i·t(π_low·ε_dtype, b_low) + (1 − λ_i)·t(π_bf16, b_bf16)       [s]
     The grouped expert GEMMs (`GROUPED_OPS`) compute on their rows per expert padded
-    to the M tile (`ops.padded_rows`): few rows per expert cost at least a tile each.
+    to the M tile (`ops.padded_rows`): few rows per expert cost at least a tile each;
+    the tile is training's grouped GEMM's (`ops.GROUPED_TILE_M`, 128 rows) with a
+    backward pass, else an inference engine's fused MoE kernel's
+    (`ops.SERVING_TILE_M`, 16 rows).
     Quantize kernels (`quantize_bytes`) and the MoE token permutation
     (`permute_bytes`) add to the elementwise time; `quant` and `permute` hold their
     forward and backward seconds (the backward's are not 2× the forward's, so
@@ -429,8 +433,10 @@ def layer_forward(
     peak16 = chip.peak_flops("bf16")
     (mm, kk, nn, count, weight), names = _gemm_shapes(model, s)
     dims = dict(count=count, relax=relax)
-    # grouped expert GEMMs compute on rows padded to the M tile (`ops.padded_rows`)
-    tile = jnp.array([GROUPED_TILE_M if n in GROUPED_OPS else 0.0 for n in names])
+    # grouped expert GEMMs compute on rows padded to the M tile (`ops.padded_rows`):
+    # training's grouped GEMMs tile by 128 rows, inference's fused MoE kernels by 16
+    tile_m = GROUPED_TILE_M if s.backward else SERVING_TILE_M
+    tile = jnp.array([tile_m if n in GROUPED_OPS else 0.0 for n in names])
     if s.low:
         math = m.precision.math
         peak_low = chip.peak_flops(math) * chip.dtype_efficiency(math)

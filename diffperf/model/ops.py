@@ -52,6 +52,7 @@ from ..specs.hardware import Chip
 
 __all__ = [
     "GROUPED_TILE_M",
+    "SERVING_TILE_M",
     "padded_rows",
     "gemm_time",
     "gemm_work",
@@ -65,7 +66,16 @@ __all__ = [
 GROUPED_TILE_M = 128.0
 """Rows of one CTA tile along M of a grouped (per-expert) GEMM [rows]: DeepGEMM's
 per-expert M alignment of its grouped contiguous layout, the 128-row tile of the
-CUTLASS Hopper/Blackwell grouped GEMM kernels (module docstring)."""
+CUTLASS Hopper/Blackwell grouped GEMM kernels (module docstring). Training."""
+
+SERVING_TILE_M = 16.0
+"""Rows of the M tile of an inference engine's fused MoE GEMM [rows]. The serving
+kernels pick their tile by the rows per expert instead of padding to a fixed 128:
+vLLM's and SGLang's Triton `fused_moe` default config takes BLOCK_SIZE_M = 16 while the
+tokens do not outnumber the experts (64 above; tuned configs per shape), and
+TensorRT-LLM autotunes its CUTLASS MoE GEMM tactics, which include 16-row tiles and
+swapped-AB kernels for few rows. The smallest tile bounds the waste at decode, where
+the rows per expert are few; at prefill the larger tiles are full."""
 
 
 def padded_rows(m, tile=GROUPED_TILE_M) -> Array:
