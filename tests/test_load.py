@@ -37,7 +37,7 @@ def des_step_time():
     return step_table(HW, MODEL, SERVING, max_batch=SLOTS, budget=BUDGET)
 
 
-CAPACITY = 26.26  # requests/s: dp.max_request_rate of this replica (checked below)
+CAPACITY = 26.3  # requests/s: dp.max_request_rate of this replica (checked below)
 
 
 def _errors(r, i, sim):

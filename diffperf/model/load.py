@@ -104,8 +104,9 @@ faster than C per step, or when λ·R ≥ B; `max_request_rate` is the largest s
 (bisection). D's Fano factor is bounded by the slots (Var D ≤ D̄·(B − D̄), see
 `_bounded_fano`), so near the slot limit the fixed point runs up to B and the slot
 load λR/B decides: the simulated capacity of the test replica (the rate where its
-throughput stops following λ) is within 1% of `max_request_rate` (26.3 vs 26.5
-requests/s; without the bound the fixed point folded at 25.6).
+throughput stops following λ) is within 1% of `max_request_rate` (26.3 vs 26.6
+requests/s, `experiments/load_vs_simulation`; without the bound the fixed point
+folded 4% below it).
 The closed loop's throughput plateaus at N = min(B, N_C) with
 N_C = (C/S_in)·(S_out − 1 + n̄) the concurrency at which the prompt budget is full.
 
