@@ -396,6 +396,52 @@ def load_simulation() -> str:
     return "\n\n".join([head, edge, note])  # fmt: skip
 
 
+def _triple(st: dict) -> str:
+    return (f"{pct(st['mape'])} / {pct(st['median_ape'], 0)} / "
+            f"{st['median_ratio']:.2f}")  # fmt: skip
+
+
+def engines() -> str:
+    """Engine profiles fitted on the AIConfigurator rows (calibrate_engines)."""
+    res = load("experiments/calibrate_engines/results.json")
+    names = {"trtllm": "TensorRT-LLM", "vllm": "vLLM", "sglang": "SGLang",
+             "global": "global level"}  # fmt: skip
+    leaves = table(
+        ["engine", "serve_overhead", "kernel_overhead"],
+        [[names[k], f"{1e3 * v['host.serve_overhead']:.3f} ms",
+          f"{1e6 * v['chip.kernel_overhead']:.2f} µs"]
+         for k, v in sorted(res["values"].items(), key=lambda kv: kv[0] == "global")],
+        "lrr",
+    )  # fmt: skip
+    runs = [("before the fit (the stacks as they were)", res["before"]),
+            ("in sample", res["in_sample"]),
+            ("leave one device out", res["leave_one_device_out"]),
+            ("leave one engine out", res["leave_one_engine_out"])]  # fmt: skip
+    head = table(
+        ["", "rows", "TTFT", "TPOT"],
+        [[what, r["all"]["rows"], _triple(r["all"]["ttft"]), _triple(r["all"]["tpot"])]
+         for what, r in runs],
+        "lrll",
+    )  # fmt: skip
+    groups = []
+    for by, label in (("by_engine", "engine"), ("by_system", "device"),
+                      ("by_kind", "model kind"),
+                      ("by_concurrency", "clients")):  # fmt: skip
+        for key, r in sorted(res["leave_one_device_out"][by].items()):
+            ins = res["in_sample"][by][key]
+            groups.append([f"{label}: {key}", r["rows"], _triple(ins["ttft"]),
+                           _triple(ins["tpot"]), _triple(r["tpot"])])  # fmt: skip
+    detail = table(
+        ["group", "rows", "TTFT in sample", "TPOT in sample",
+         "TPOT leave one device out"],
+        groups, "lrlll",
+    )  # fmt: skip
+    note = (f"MAPE / median APE / median predicted÷measured; {res['rows_fitted']} "
+            f"aggregated rows fitted of {res['rows']}; leaves on a bound: "
+            f"{len(res['at_bound'])}.")  # fmt: skip
+    return "\n\n".join([leaves, head, detail, note])
+
+
 def _heldout(rel: str, column: str) -> str:
     res = load(rel)
     rows = res["rows"]
@@ -572,6 +618,7 @@ BLOCKS = {
         "heldout-inference": lambda: _heldout(H + "results_inference.json", "held-out"),
         "peers": peers,
         "load-simulation": load_simulation,
+        "engines": engines,
         "fidelity": fidelity,
         "hierarchy-training": hierarchy_headline,
         "hierarchy-training-levels": hierarchy_levels,
