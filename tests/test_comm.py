@@ -144,11 +144,12 @@ def test_nic_bytes_time_and_trace_come_from_the_same_records(hw, model, kw, chan
         )
 
 
-def _ep_nic(cluster, m, mapping):
+def _ep_nic(cluster, m, mapping, kind="all_to_all"):
+    """NIC bytes of the EP collectives of one kind: the token dispatch and combine
+    (all_to_all), or the dropless dispatcher's token-count exchange (all_gather)."""
     records = step_collectives(cluster, m, mapping)
-    return float(
-        nic_bytes(cluster, [r for r in records if r.axis == "ep"], relax=EXACT)
-    )
+    mine = [r for r in records if r.axis == "ep" and r.kind == kind]
+    return float(nic_bytes(cluster, mine, relax=EXACT))
 
 
 def test_capacity_factor_scales_ep_traffic_and_time_alike():
@@ -172,6 +173,11 @@ def test_capacity_factor_scales_ep_traffic_and_time_alike():
     mbs = 32 / 16
     want = 4 * per * float(m.n_layers) * float(m.moe_fraction) * mbs
     np.testing.assert_allclose(e2, want, rtol=RTOL)
+    # beside the tokens, the dropless dispatcher all-gathers the per-expert token
+    # counts (8 B per expert and rank) before each forward dispatch: tiny
+    counts = _ep_nic(cluster, eqx.tree_at(lambda t: t.capacity_factor, m, 0.0),
+                     mapping, kind="all_gather")  # fmt: skip
+    assert 0 < counts < 1e-3 * e0
 
 
 def test_latent_moe_tokens_cross_the_network_at_the_latent_width():
