@@ -55,6 +55,7 @@ __all__ = [
     "benchmark_limits",
     "model_text",
     "scheduler_for",
+    "is_trtllm",
     "in_flight",
     "bench_scheduler",
     "replica_value",
@@ -136,8 +137,13 @@ def benchmark_limits(row: dict, spec: str | None) -> tuple:
 
 def scheduler_for(framework: str) -> Scheduler:
     """The engine's scheduler: defaults, KV admission by engine (module docstring)."""
-    trt = "tensorrt" in framework.lower() or "trt-llm" in framework.lower()
-    return Scheduler(reserved_output=1.0 if trt else 0.5)
+    return Scheduler(reserved_output=1.0 if is_trtllm(framework) else 0.5)
+
+
+def is_trtllm(framework: str) -> bool:
+    """Whether a row's framework is TensorRT-LLM (TensorRT-LLM, TRT-LLM, trtllm...)."""
+    f = framework.lower()
+    return any(k in f for k in ("tensorrt", "trt-llm", "trtllm"))
 
 
 def in_flight(framework: str) -> bool:
@@ -183,7 +189,7 @@ def bench_scheduler(framework: str, cluster, model, serving) -> Scheduler:
                          max_tokens_per_step=16384.0 if big else 8192.0,
                          chunked_prefill_budget=16384.0 if big else 8192.0,
                          reserved_output=float(sched.reserved_output))  # fmt: skip
-    if not ("tensorrt" in f or "trt-llm" in f or "trtllm" in f):
+    if not is_trtllm(framework):
         return sched
     s_in, s_out = float(serving.input_len), float(serving.output_len)
     held = kv_capacity(cluster, model, serving, serving.input_len + serving.output_len)

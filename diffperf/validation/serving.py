@@ -276,10 +276,9 @@ def _modelopt(row: dict) -> bool:
     quantization path, and the models of its performance tables), which set an fp8 KV
     cache.
     """
-    framework = row.get("framework", "").lower()
-    trt = any(k in framework for k in ("tensorrt", "trt-llm", "trtllm"))
+    framework = row.get("framework", "")
     mlperf_row = row.get("metric", "").strip() in mlperf.METRICS
-    return trt and (mlperf.in_flight(framework) or mlperf_row)
+    return mlperf.is_trtllm(framework) and (mlperf.in_flight(framework) or mlperf_row)
 
 
 def _predict_op_row(row: dict, metric: str, fidelity: str) -> dict:
